@@ -1,0 +1,147 @@
+//! The controller: one [`Context`] shared as `Arc`, and the kube-runtime
+//! wiring. The per-kind reconcilers are thin: fetch → compute (pure, in
+//! [`plan`]) → apply (Server-Side Apply) → write status.
+
+mod api_key;
+pub mod plan;
+
+pub use api_key::reconcile;
+
+use crate::clock::Clock;
+use crate::crd::ApiKey;
+use crate::error::{Error, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The one field manager of every write latchkey makes.
+pub const FIELD_MANAGER: &str = "latchkey";
+
+/// How often an ApiKey is reconciled when nothing happens (a safety net; the
+/// watches on ApiKeys and their Secrets drive the real work).
+pub const RESYNC: Duration = Duration::from_secs(3600);
+/// First and maximum delay after a failed reconcile (doubling in between).
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn Clock>,
+    /// Consecutive failures per object, for capped exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, clock: Arc<dyn Clock>, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: "latchkey".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            clock,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn record_success(&self, obj: &ObjectRef<ApiKey>) {
+        self.failures.lock().expect("failures lock").remove(obj);
+    }
+
+    fn next_backoff(&self, obj: ObjectRef<ApiKey>) -> Duration {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let n = failures.entry(obj).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff(*n)
+    }
+}
+
+/// Delay after the `n`th consecutive failure: 1 s, 2 s, 4 s … capped.
+pub fn backoff(n: u32) -> Duration {
+    let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+    BACKOFF_MIN.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+/// Options of `latchkey controller`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// How many ApiKeys are reconciled at once.
+    pub concurrency: u16,
+}
+
+/// Runs the ApiKey controller until SIGTERM or SIGINT.
+pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
+    let client = ctx.client.clone();
+    let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) = match &options.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    api_keys
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdMissing)?;
+
+    // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
+    let managed = format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY_VALUE);
+    tracing::info!(namespace = options.namespace.as_deref().unwrap_or("*"), "ApiKey controller starting");
+    Controller::new(api_keys, watcher::Config::default().any_semantic())
+        .owns(secrets, watcher::Config::default().labels(&managed).any_semantic())
+        .with_config(controller::Config::default().concurrency(options.concurrency))
+        .shutdown_on_signal()
+        .run(reconcile_and_track, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile round ended with an error");
+            }
+        })
+        .await;
+    tracing::info!("ApiKey controller stopped");
+    Ok(())
+}
+
+async fn reconcile_and_track(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
+    let action = reconcile(api_key.clone(), ctx.clone()).await?;
+    ctx.record_success(&ObjectRef::from_obj(&*api_key));
+    Ok(action)
+}
+
+fn error_policy(api_key: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.next_backoff(ObjectRef::from_obj(&*api_key));
+    tracing::warn!(
+        namespace = api_key.metadata.namespace.as_deref(),
+        name = api_key.metadata.name.as_deref(),
+        error = %err,
+        kind = err.metric_label(),
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}

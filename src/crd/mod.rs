@@ -1,0 +1,22 @@
+//! Custom resource types. `latchkey crd` prints [`all`] as YAML; the files in
+//! `crds/` are that output, and `tests/crd_drift.rs` fails when they differ.
+
+mod api_key;
+
+pub use api_key::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, SecretTemplate};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every latchkey resource.
+pub const GROUP: &str = "latchkey.dev";
+
+/// Every CRD latchkey serves, with the file name it has under `crds/`.
+pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
+    vec![("apikeys.latchkey.dev.yaml", ApiKey::crd())]
+}
+
+/// One CRD as the YAML document committed under `crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
+    serde_yaml::to_string(crd).expect("a CRD always serializes to YAML")
+}

@@ -1,0 +1,43 @@
+//! Typed errors. Messages never contain a key, a Secret's data or a token.
+
+/// Errors of the controller and the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed while {action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the ApiKey has no {0}")]
+    MissingObjectKey(&'static str),
+    #[error("could not load the kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("the ApiKey CRD is not installed or not served ({0}); install it with `latchkey crd | kubectl apply -f -`")]
+    CrdMissing(#[source] kube::Error),
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Kubeconfig(_) => "kubeconfig",
+            Error::CrdMissing(_) => "crd_missing",
+        }
+    }
+}
+
+/// Extension to attach what we were doing to a kube error.
+pub trait KubeResultExt<T> {
+    fn during(self, action: &'static str) -> Result<T>;
+}
+
+impl<T> KubeResultExt<T> for std::result::Result<T, kube::Error> {
+    fn during(self, action: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Kube { action, source })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

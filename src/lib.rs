@@ -1,0 +1,17 @@
+//! latchkey: a Kubernetes operator for rotated API keys and short-lived tokens.
+//!
+//! Layers (see `../shared/research/rust-operator-style.md`): [`crd`] types;
+//! pure logic ([`key`], [`conditions`], [`controller::plan`]) that takes no
+//! client; thin reconcilers in [`controller`] that fetch → compute → apply →
+//! write status.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod key;
+pub mod telemetry;
+
+pub use error::{Error, Result};
