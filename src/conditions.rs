@@ -125,7 +125,12 @@ mod tests {
     #[test]
     fn first_phase_creates_all_three_conditions() {
         let mut c = Vec::new();
-        apply_phase(&mut c, &Phase::reconciling("IssuingKey", "writing"), Some(1), t(0));
+        apply_phase(
+            &mut c,
+            &Phase::reconciling("IssuingKey", "writing"),
+            Some(1),
+            t(0),
+        );
         assert_eq!(c.len(), 3);
         assert_eq!(find(&c, READY).unwrap().status, "False");
         assert_eq!(find(&c, RECONCILING).unwrap().status, "True");

@@ -13,7 +13,9 @@ pub enum Error {
     MissingObjectKey(&'static str),
     #[error("could not load the kubeconfig: {0}")]
     Kubeconfig(String),
-    #[error("the ApiKey CRD is not installed or not served ({0}); install it with `latchkey crd | kubectl apply -f -`")]
+    #[error(
+        "the ApiKey CRD is not installed or not served ({0}); install it with `latchkey crd | kubectl apply -f -`"
+    )]
     CrdMissing(#[source] kube::Error),
 }
 

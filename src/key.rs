@@ -143,10 +143,7 @@ mod tests {
         assert_eq!(s.len(), KEY_LEN);
         assert!(s.starts_with("lk_"));
         assert_eq!(&s[3 + KEY_ID_LEN..4 + KEY_ID_LEN], "_");
-        assert!(
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        );
+        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         assert_eq!(ApiKeyValue::parse(s), Ok(key));
     }
 

@@ -83,12 +83,15 @@ fn print_crds() {
 async fn client(args: &KubeArgs) -> Result<Client, Error> {
     let config = match &args.kubeconfig {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| Error::Kubeconfig(e.to_string()))?
         }
-        None => Config::infer().await.map_err(|e| Error::Kubeconfig(e.to_string()))?,
+        None => Config::infer()
+            .await
+            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
     };
     Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))
 }

@@ -47,19 +47,37 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
     };
 
     match decision {
-        plan::KeyDecision::Keep { key, refresh_metadata } => {
+        plan::KeyDecision::Keep {
+            key,
+            refresh_metadata,
+        } => {
             if refresh_metadata {
                 writer.apply_secret(&key).await?;
             }
             // A pending key that never reached the Secret is dropped here.
-            let next = plan::next_status(&api_key, status.current_key, None, &plan::ready_phase(&api_key), now);
+            let next = plan::next_status(
+                &api_key,
+                status.current_key,
+                None,
+                &plan::ready_phase(&api_key),
+                now,
+            );
             writer.write_status(next).await?;
         }
-        plan::KeyDecision::Promote { key, refresh_metadata } => {
+        plan::KeyDecision::Promote {
+            key,
+            refresh_metadata,
+        } => {
             if refresh_metadata {
                 writer.apply_secret(&key).await?;
             }
-            let next = plan::next_status(&api_key, status.pending_key, None, &plan::ready_phase(&api_key), now);
+            let next = plan::next_status(
+                &api_key,
+                status.pending_key,
+                None,
+                &plan::ready_phase(&api_key),
+                now,
+            );
             writer.write_status(next).await?;
         }
         plan::KeyDecision::Issue(reason) => {
@@ -81,7 +99,13 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
             };
             writer.apply_secret(&key).await?;
             // 3. it becomes current.
-            let done = plan::next_status(&api_key, Some(record.clone()), None, &plan::ready_phase(&api_key), now);
+            let done = plan::next_status(
+                &api_key,
+                Some(record.clone()),
+                None,
+                &plan::ready_phase(&api_key),
+                now,
+            );
             writer.write_status(done).await?;
             let (event_reason, note) = plan::issue_event(reason, &api_key, &record.id);
             let type_ = match reason {
@@ -120,7 +144,11 @@ impl Writer<'_> {
         body["apiVersion"] = "v1".into();
         body["kind"] = "Secret".into();
         self.secrets
-            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
             .await
             .during("applying the Secret")?;
         Ok(())

@@ -96,9 +96,15 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
 
     // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
     let managed = format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY_VALUE);
-    tracing::info!(namespace = options.namespace.as_deref().unwrap_or("*"), "ApiKey controller starting");
+    tracing::info!(
+        namespace = options.namespace.as_deref().unwrap_or("*"),
+        "ApiKey controller starting"
+    );
     Controller::new(api_keys, watcher::Config::default().any_semantic())
-        .owns(secrets, watcher::Config::default().labels(&managed).any_semantic())
+        .owns(
+            secrets,
+            watcher::Config::default().labels(&managed).any_semantic(),
+        )
         .with_config(controller::Config::default().concurrency(options.concurrency))
         .shutdown_on_signal()
         .run(reconcile_and_track, error_policy, ctx)

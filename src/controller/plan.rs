@@ -63,9 +63,15 @@ pub enum IssueReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyDecision {
     /// The Secret holds `currentKey`; at most its metadata needs a refresh.
-    Keep { key: ApiKeyValue, refresh_metadata: bool },
+    Keep {
+        key: ApiKeyValue,
+        refresh_metadata: bool,
+    },
     /// The Secret holds `pendingKey`: it reached the Secret, record it as current.
-    Promote { key: ApiKeyValue, refresh_metadata: bool },
+    Promote {
+        key: ApiKeyValue,
+        refresh_metadata: bool,
+    },
     /// Generate a key and deliver it.
     Issue(IssueReason),
     /// The Secret belongs to someone else: touch nothing.
@@ -97,7 +103,10 @@ pub fn observe_secret(api_key: &ApiKey, secret: Option<&Secret>, field_manager: 
         Some(k) => metadata_in_sync(api_key, secret, k, field_manager),
         None => false,
     };
-    SecretObservation::Owned { key, metadata_in_sync }
+    SecretObservation::Owned {
+        key,
+        metadata_in_sync,
+    }
 }
 
 /// Decides what to do, from the status and the Secret.
@@ -110,7 +119,10 @@ pub fn decide(status: Option<&ApiKeyStatus>, observation: &SecretObservation) ->
             (None, None) => KeyDecision::Issue(IssueReason::FirstKey),
             _ => KeyDecision::Issue(IssueReason::SecretMissing),
         },
-        SecretObservation::Owned { key, metadata_in_sync } => {
+        SecretObservation::Owned {
+            key,
+            metadata_in_sync,
+        } => {
             let held = key.as_ref().map(|k| (k, k.sha256_hex()));
             let matches = |r: Option<&KeyRecord>| match (&held, r) {
                 (Some((_, hash)), Some(r)) => *hash == r.sha256,
@@ -168,7 +180,10 @@ pub fn desired_secret(api_key: &ApiKey, key: &ApiKeyValue) -> Secret {
     }
 }
 
-fn desired_metadata(api_key: &ApiKey, key: &ApiKeyValue) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+fn desired_metadata(
+    api_key: &ApiKey,
+    key: &ApiKeyValue,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let template = api_key.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
@@ -183,7 +198,9 @@ fn desired_metadata(api_key: &ApiKey, key: &ApiKeyValue) -> (BTreeMap<String, St
 fn metadata_in_sync(api_key: &ApiKey, secret: &Secret, key: &ApiKeyValue, field_manager: &str) -> bool {
     let (labels, annotations) = desired_metadata(api_key, key);
     let (owned_labels, owned_annotations) = owned_metadata_keys(secret, field_manager);
-    let same = |want: &BTreeMap<String, String>, owned: &BTreeSet<String>, have: &Option<BTreeMap<String, String>>| {
+    let same = |want: &BTreeMap<String, String>,
+                owned: &BTreeSet<String>,
+                have: &Option<BTreeMap<String, String>>| {
         want.keys().cloned().collect::<BTreeSet<_>>() == *owned
             && want
                 .iter()
@@ -203,7 +220,9 @@ pub fn owned_metadata_keys(secret: &Secret, field_manager: &str) -> (BTreeSet<St
         if entry.manager.as_deref() != Some(field_manager) || entry.operation.as_deref() != Some("Apply") {
             continue;
         }
-        let Some(fields) = entry.fields_v1.as_ref() else { continue };
+        let Some(fields) = entry.fields_v1.as_ref() else {
+            continue;
+        };
         let meta = fields.0.get("f:metadata");
         for (section, into) in [("f:labels", &mut labels), ("f:annotations", &mut annotations)] {
             if let Some(map) = meta.and_then(|m| m.get(section)).and_then(|s| s.as_object()) {
@@ -301,7 +320,10 @@ mod tests {
         ak.metadata.namespace = Some("shop".into());
         ak.metadata.uid = Some("uid-1".into());
         ak.metadata.generation = Some(3);
-        ak.metadata.labels = Some(BTreeMap::from([("argocd.argoproj.io/instance".into(), "shop".into())]));
+        ak.metadata.labels = Some(BTreeMap::from([(
+            "argocd.argoproj.io/instance".into(),
+            "shop".into(),
+        )]));
         ak
     }
 
@@ -309,7 +331,11 @@ mod tests {
     fn applied(ak: &ApiKey, key: &ApiKeyValue) -> Secret {
         let mut s = desired_secret(ak, key);
         let field = |m: &BTreeMap<String, String>| {
-            serde_json::Value::Object(m.keys().map(|k| (format!("f:{k}"), serde_json::json!({}))).collect())
+            serde_json::Value::Object(
+                m.keys()
+                    .map(|k| (format!("f:{k}"), serde_json::json!({})))
+                    .collect(),
+            )
         };
         s.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
             manager: Some(MANAGER.into()),
@@ -370,7 +396,10 @@ mod tests {
         let ak = api_key();
         let obs = observe_secret(&ak, None, MANAGER);
         assert_eq!(obs, SecretObservation::Missing);
-        assert_eq!(decide(ak.status.as_ref(), &obs), KeyDecision::Issue(IssueReason::FirstKey));
+        assert_eq!(
+            decide(ak.status.as_ref(), &obs),
+            KeyDecision::Issue(IssueReason::FirstKey)
+        );
     }
 
     #[test]
@@ -406,7 +435,12 @@ mod tests {
         );
         // Someone else edits a label we own.
         let mut edited = secret.clone();
-        edited.metadata.labels.as_mut().unwrap().insert("team".into(), "other".into());
+        edited
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "other".into());
         let obs = observe_secret(&ak, Some(&edited), MANAGER);
         assert!(matches!(
             decide(ak.status.as_ref(), &obs),
@@ -417,7 +451,12 @@ mod tests {
         ));
         // A label someone else added is theirs: no refresh.
         let mut extra = secret;
-        extra.metadata.labels.as_mut().unwrap().insert("other".into(), "x".into());
+        extra
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("other".into(), "x".into());
         let obs = observe_secret(&ak, Some(&extra), MANAGER);
         assert!(matches!(
             decide(ak.status.as_ref(), &obs),
@@ -445,11 +484,10 @@ mod tests {
         let ak = with_status(api_key(), Some(&key), None);
         let mut secret = applied(&ak, &key);
         let other = ApiKeyValue::generate();
-        secret
-            .data
-            .as_mut()
-            .unwrap()
-            .insert(SECRET_DATA_KEY.into(), ByteString(other.expose().as_bytes().to_vec()));
+        secret.data.as_mut().unwrap().insert(
+            SECRET_DATA_KEY.into(),
+            ByteString(other.expose().as_bytes().to_vec()),
+        );
         let obs = observe_secret(&ak, Some(&secret), MANAGER);
         assert_eq!(
             decide(ak.status.as_ref(), &obs),
@@ -479,7 +517,10 @@ mod tests {
         // Owned by another ApiKey of the same name (a deleted and re-created one).
         let mut other = desired_secret(&ak, &ApiKeyValue::generate());
         other.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-old".into();
-        assert_eq!(observe_secret(&ak, Some(&other), MANAGER), SecretObservation::Foreign);
+        assert_eq!(
+            observe_secret(&ak, Some(&other), MANAGER),
+            SecretObservation::Foreign
+        );
     }
 
     #[test]
@@ -521,7 +562,10 @@ mod tests {
         let ak = with_status(api_key(), None, Some(&pending));
         let secret = applied(&ak, &pending);
         let obs = observe_secret(&ak, Some(&secret), MANAGER);
-        assert!(matches!(decide(ak.status.as_ref(), &obs), KeyDecision::Promote { .. }));
+        assert!(matches!(
+            decide(ak.status.as_ref(), &obs),
+            KeyDecision::Promote { .. }
+        ));
         // And if the Secret never got it, a new first key is issued.
         let obs = observe_secret(&ak, None, MANAGER);
         assert_eq!(
@@ -562,7 +606,11 @@ mod tests {
     fn events_name_the_key_id_never_the_key() {
         let ak = api_key();
         let key = ApiKeyValue::generate();
-        for reason in [IssueReason::FirstKey, IssueReason::SecretMissing, IssueReason::KeyMismatch] {
+        for reason in [
+            IssueReason::FirstKey,
+            IssueReason::SecretMissing,
+            IssueReason::KeyMismatch,
+        ] {
             let (_, note) = issue_event(reason, &ak, key.key_id());
             assert!(note.contains(key.key_id()));
             assert!(!note.contains(key.expose()));

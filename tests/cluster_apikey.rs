@@ -1,0 +1,330 @@
+//! The ApiKey → Secret loop against the real local control plane.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use latchkey::conditions;
+use latchkey::crd::ApiKey;
+use latchkey::key::{ApiKeyValue, sha256_hex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn manifest(ns: &str, name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  scopes: [\"orders:read\"]\n{extra_spec}"
+    )
+}
+
+fn apply(yaml: &str) {
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], yaml);
+    assert!(ok, "kubectl apply failed:\n{out}{err}");
+}
+
+fn key_in(secret: &Secret) -> String {
+    let bytes = &secret.data.as_ref().expect("Secret has data")["api-key"].0;
+    String::from_utf8(bytes.clone()).unwrap()
+}
+
+/// Waits until the ApiKey is Ready and its Secret's key hashes to status; returns both.
+async fn ready_pair(api_keys: &Api<ApiKey>, secrets: &Api<Secret>, name: &str) -> (ApiKey, Secret) {
+    eventually(
+        WAIT,
+        &format!("ApiKey {name} Ready with a matching Secret"),
+        || async {
+            let ak = api_keys.get(name).await.ok()?;
+            let status = ak.status.as_ref()?;
+            if !conditions::is_true(&status.conditions, conditions::READY) {
+                return None;
+            }
+            let secret = secrets.get_opt(&ak.secret_name()).await.ok()??;
+            let current = status.current_key.as_ref()?;
+            (sha256_hex(key_in(&secret).as_bytes()) == current.sha256).then_some((ak, secret))
+        },
+    )
+    .await
+}
+
+async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+#[tokio::test]
+async fn crds_are_established() {
+    kubeconfig();
+    let out = kubectl_ok(&[
+        "get",
+        "crd",
+        "apikeys.latchkey.dev",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+    ]);
+    assert_eq!(out, "True");
+    let explain = kubectl_ok(&["explain", "apikey.spec.secretName"]);
+    assert!(
+        explain.contains("DNS-1123"),
+        "kubectl explain reads the schema docs:\n{explain}"
+    );
+}
+
+#[tokio::test]
+async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
+    let ns = TestNamespace::new("ak-basic").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let client = client().await;
+    apply(&manifest(
+        &ns.name,
+        "billing",
+        "  secretName: billing-key\n  secretTemplate:\n    labels: {team: payments}\n    annotations: {reloader.stakater.com/match: \"true\"}\n",
+    ));
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "apikey/billing",
+        "-n",
+        &ns.name,
+        "--timeout=30s",
+    ]);
+
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let (ak, secret) = ready_pair(&api_keys, &secrets, "billing").await;
+    let key = ApiKeyValue::parse(&key_in(&secret)).expect("the Secret holds a well-formed key");
+    let status = ak.status.unwrap();
+    assert_eq!(status.current_key.as_ref().unwrap().id, key.key_id());
+    assert_eq!(status.observed_generation, ak.metadata.generation);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == ak.metadata.generation)
+    );
+    let labels = secret.metadata.labels.clone().unwrap();
+    assert_eq!(labels["team"], "payments");
+    let annotations = secret.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["latchkey.dev/key-id"], key.key_id());
+    assert_eq!(annotations["reloader.stakater.com/match"], "true");
+    let owner = &secret.metadata.owner_references.unwrap()[0];
+    assert_eq!(owner.kind, "ApiKey");
+    assert_eq!(Some(owner.uid.clone()), ak.metadata.uid);
+    // The printer columns show readiness and the key id.
+    let row = kubectl_ok(&["get", "ak", "billing", "-n", &ns.name, "--no-headers"]);
+    assert!(
+        row.contains("True") && row.contains(key.key_id()),
+        "kubectl get ak: {row}"
+    );
+    let events = events_for(&client, &ns.name, "billing").await;
+    assert!(events.iter().any(|e| e.reason.as_deref() == Some("KeyIssued")));
+    // Nothing in status or Events carries the key.
+    let all = kubectl_ok(&["get", "ak,events", "-n", &ns.name, "-o", "yaml"]);
+    assert!(!all.contains(key.expose()));
+}
+
+#[tokio::test]
+async fn deleting_the_apikey_garbage_collects_its_secret() {
+    let ns = TestNamespace::new("ak-gc").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let client = client().await;
+    apply(&manifest(&ns.name, "gc", ""));
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    ready_pair(&api_keys, &secrets, "gc").await;
+    api_keys.delete("gc", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, "the garbage collector removes the Secret", || async {
+        secrets.get_opt("gc").await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
+    let ns = TestNamespace::new("ak-del").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let client = client().await;
+    apply(&manifest(&ns.name, "svc", ""));
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let (_, before) = ready_pair(&api_keys, &secrets, "svc").await;
+    secrets.delete("svc", &DeleteParams::default()).await.unwrap();
+    let (ak, after) = eventually(WAIT, "a new Secret with a new key", || async {
+        let (ak, s) = ready_pair(&api_keys, &secrets, "svc").await;
+        (s.metadata.uid != before.metadata.uid).then_some((ak, s))
+    })
+    .await;
+    assert_ne!(key_in(&after), key_in(&before));
+    assert_eq!(
+        ak.status.unwrap().current_key.unwrap().sha256,
+        sha256_hex(key_in(&after).as_bytes())
+    );
+    eventually(WAIT, "a SecretRecreated event", || async {
+        events_for(&client, &ns.name, "svc")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SecretRecreated") && e.type_.as_deref() == Some("Warning"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
+    let ns = TestNamespace::new("ak-tamper").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let client = client().await;
+    apply(&manifest(&ns.name, "svc", ""));
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let (_, before) = ready_pair(&api_keys, &secrets, "svc").await;
+    let planted = ApiKeyValue::generate();
+    let patch = serde_json::json!({"stringData": {"api-key": planted.expose()}});
+    secrets
+        .patch("svc", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    let (_, after) = eventually(WAIT, "the planted key replaced by a new one", || async {
+        let (ak, s) = ready_pair(&api_keys, &secrets, "svc").await;
+        let k = key_in(&s);
+        (k != planted.expose() && k != key_in(&before)).then_some((ak, s))
+    })
+    .await;
+    assert_eq!(after.metadata.uid, before.metadata.uid);
+    eventually(WAIT, "a KeyReplaced event", || async {
+        events_for(&client, &ns.name, "svc")
+            .await
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("KeyReplaced"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled() {
+    let ns = TestNamespace::new("ak-foreign").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let client = client().await;
+    kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "taken",
+        "-n",
+        &ns.name,
+        "--from-literal=password=keep-me",
+    ]);
+    apply(&manifest(&ns.name, "svc", "  secretName: taken\n"));
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let ak = eventually(WAIT, "Stalled=True with reason SecretConflict", || async {
+        let ak = api_keys.get("svc").await.ok()?;
+        let c = conditions::find(&ak.status.as_ref()?.conditions, conditions::STALLED)?.clone();
+        (c.status == "True" && c.reason == "SecretConflict").then_some(ak)
+    })
+    .await;
+    let status = ak.status.unwrap();
+    let msg = &conditions::find(&status.conditions, conditions::STALLED)
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("spec.secretName"),
+        "the message says what to change: {msg}"
+    );
+    let secret = Api::<Secret>::namespaced(client, &ns.name)
+        .get("taken")
+        .await
+        .unwrap();
+    assert_eq!(secret.data.unwrap()["password"].0, b"keep-me");
+    assert!(secret.metadata.owner_references.is_none());
+}
+
+#[tokio::test]
+async fn invalid_apikeys_are_refused_by_the_api_server_naming_the_field() {
+    let ns = TestNamespace::new("ak-cel").await;
+    let cases: [(&str, &str, &str); 5] = [
+        ("bad-secret", "  secretName: Not_A_Name\n", "spec.secretName"),
+        ("bad-scope", "  scopes: [\"orders read\"]\n", "spec.scopes"),
+        ("bad-subject", "  subject: \" spaced\"\n", "spec.subject"),
+        (
+            "reserved",
+            "  secretTemplate:\n    labels: {latchkey.dev/x: y}\n",
+            "spec.secretTemplate.labels",
+        ),
+        (
+            "too-many",
+            &format!(
+                "  audiences: [{}]\n",
+                (0..17).map(|i| format!("\"a{i}\"")).collect::<Vec<_>>().join(",")
+            ),
+            "spec.audiences",
+        ),
+    ];
+    for (name, spec, field) in cases {
+        let yaml = format!(
+            "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n{spec}",
+            ns.name
+        );
+        let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &yaml);
+        assert!(!ok, "{name} was accepted: {out}");
+        assert!(err.contains(field), "{name}: the error names {field}:\n{err}");
+    }
+    // secretName cannot change after creation.
+    apply(&manifest(&ns.name, "fixed", "  secretName: first\n"));
+    let (ok, _, err) = kubectl_stdin(
+        &["apply", "-f", "-"],
+        &manifest(&ns.name, "fixed", "  secretName: second\n"),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("cannot be changed") && err.contains("create a new ApiKey"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn restarting_the_controller_changes_nothing_already_reconciled() {
+    let ns = TestNamespace::new("ak-restart").await;
+    let mut controller = ControllerProcess::start(&ns.name);
+    let client = client().await;
+    for name in ["one", "two", "three"] {
+        apply(&manifest(&ns.name, name, ""));
+    }
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let mut before = Vec::new();
+    for name in ["one", "two", "three"] {
+        let (ak, s) = ready_pair(&api_keys, &secrets, name).await;
+        before.push((ak.metadata.resource_version, s.metadata.resource_version));
+    }
+    // A clean stop on SIGTERM, then a fresh start that resyncs everything.
+    let status = controller.terminate();
+    assert!(status.success(), "controller exit status on SIGTERM: {status:?}");
+    drop(controller);
+    let controller = ControllerProcess::start(&ns.name);
+    eventually(WAIT, "the new controller to start reconciling", || async {
+        controller
+            .log_text()
+            .contains("ApiKey controller starting")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        let ak = api_keys.get(name).await.unwrap();
+        let s = secrets.get(name).await.unwrap();
+        assert_eq!(
+            (ak.metadata.resource_version, s.metadata.resource_version),
+            before[i],
+            "{name} was written again after a restart"
+        );
+    }
+}
