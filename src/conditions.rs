@@ -60,11 +60,13 @@ impl Phase {
 /// `phase` at `generation`.
 pub fn apply_phase(conditions: &mut Vec<Condition>, phase: &Phase, generation: Option<i64>, now: Timestamp) {
     let (reason, message) = phase.reason_and_message();
-    let is = |t: &str| match (t, phase) {
-        (READY, Phase::Ready { .. }) => true,
-        (RECONCILING, Phase::Reconciling { .. }) => true,
-        (STALLED, Phase::Stalled { .. }) => true,
-        _ => false,
+    let is = |t: &str| {
+        matches!(
+            (t, phase),
+            (READY, Phase::Ready { .. })
+                | (RECONCILING, Phase::Reconciling { .. })
+                | (STALLED, Phase::Stalled { .. })
+        )
     };
     for type_ in [READY, RECONCILING, STALLED] {
         // All three carry the phase's reason, so each explains itself alone.

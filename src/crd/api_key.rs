@@ -3,6 +3,9 @@
 //! Spec is owned by the user (or their GitOps tool): latchkey never writes it.
 //! Status is written only by the controller, with Server-Side Apply.
 
+// Several `printcolumn(...)` entries look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
