@@ -28,11 +28,14 @@ async fn main() {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(1000);
-    let kubeconfig = std::env::var("BENCH_KUBECONFIG").expect("BENCH_KUBECONFIG (set by e2e/bench-reconcile)");
+    let kubeconfig =
+        std::env::var("BENCH_KUBECONFIG").expect("BENCH_KUBECONFIG (set by e2e/bench-reconcile)");
     let binary = std::env::var("BENCH_LATCHKEY").expect("BENCH_LATCHKEY (set by e2e/bench-reconcile)");
     let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "32".into());
     let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     config.read_timeout = Some(Duration::from_secs(120));
     let client = Client::try_from(config).unwrap();
 
@@ -43,7 +46,13 @@ async fn main() {
 
     let log = std::fs::File::create(std::env::temp_dir().join("latchkey-bench-controller.log")).unwrap();
     let mut controller = Command::new(&binary)
-        .args(["controller", "--kubeconfig", &kubeconfig, "--watch-namespace", &ns_name])
+        .args([
+            "controller",
+            "--kubeconfig",
+            &kubeconfig,
+            "--watch-namespace",
+            &ns_name,
+        ])
         .args(["--concurrency", &concurrency])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -59,7 +68,9 @@ async fn main() {
     let watch_api = api.clone();
     let ready = tokio::spawn(async move {
         let mut seen = HashSet::new();
-        let mut stream = watcher(watch_api, watcher::Config::default()).applied_objects().boxed();
+        let mut stream = watcher(watch_api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
         while let Some(ak) = stream.try_next().await.expect("watch ApiKeys") {
             let is_ready = ak
                 .status
@@ -88,7 +99,9 @@ async fn main() {
                         ..Default::default()
                     },
                 );
-                api.create(&PostParams::default(), &ak).await.expect("create ApiKey");
+                api.create(&PostParams::default(), &ak)
+                    .await
+                    .expect("create ApiKey");
             }
         })
         .buffer_unordered(64)
@@ -105,9 +118,18 @@ async fn main() {
     println!("bench-reconcile: N = {n}, controller concurrency = {concurrency}");
     println!("  all {n} ApiKeys created in   {:>8.2} s", created.as_secs_f64());
     println!("  all {n} ApiKeys Ready after  {:>8.2} s", elapsed.as_secs_f64());
-    println!("  throughput                  {:>8.1} keys/s", n as f64 / elapsed.as_secs_f64());
-    println!("  controller RSS idle         {:>8.1} MiB", rss_idle as f64 / 1024.0);
-    println!("  controller peak RSS         {:>8.1} MiB", rss_peak as f64 / 1024.0);
+    println!(
+        "  throughput                  {:>8.1} keys/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  controller RSS idle         {:>8.1} MiB",
+        rss_idle as f64 / 1024.0
+    );
+    println!(
+        "  controller peak RSS         {:>8.1} MiB",
+        rss_peak as f64 / 1024.0
+    );
 
     let _ = controller.kill();
     let _ = controller.wait();
