@@ -21,6 +21,27 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" that ends the command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds of the control plane's processes, by the PIDs `e2e/cluster` recorded.
+fn control_plane_cpu() -> Vec<(String, f64)> {
+    let dir = std::env::var("BENCH_CLUSTER_DIR").unwrap_or_default();
+    ["kube-apiserver", "etcd"]
+        .iter()
+        .filter_map(|name| {
+            let pid = std::fs::read_to_string(format!("{dir}/{name}.pid")).ok()?;
+            Some((name.to_string(), cpu_seconds(pid.trim().parse().ok()?)?))
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args()
@@ -87,6 +108,8 @@ async fn main() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let cpu_before = control_plane_cpu();
+    let controller_cpu_before = cpu_seconds(pid).unwrap_or(0.0);
     let start = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -114,6 +137,8 @@ async fn main() {
         .unwrap();
     let elapsed = done - start;
     let rss_peak = peak_rss_kib(pid).unwrap_or(0);
+    let controller_cpu = cpu_seconds(pid).unwrap_or(0.0) - controller_cpu_before;
+    let cpu_after = control_plane_cpu();
 
     println!("bench-reconcile: N = {n}, controller concurrency = {concurrency}");
     println!("  all {n} ApiKeys created in   {:>8.2} s", created.as_secs_f64());
@@ -131,6 +156,18 @@ async fn main() {
         rss_peak as f64 / 1024.0
     );
 
+    let wall = elapsed.as_secs_f64();
+    println!(
+        "  CPU while reconciling       latchkey {controller_cpu:.1} s ({:.0} % of one core)",
+        100.0 * controller_cpu / wall
+    );
+    for ((name, before), (_, after)) in cpu_before.iter().zip(&cpu_after) {
+        println!(
+            "                              {name} {:.1} s ({:.0} % of one core)",
+            after - before,
+            100.0 * (after - before) / wall
+        );
+    }
     let _ = controller.kill();
     let _ = controller.wait();
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
