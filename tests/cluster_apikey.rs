@@ -60,6 +60,30 @@ async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
         .collect()
 }
 
+/// A namespace with its own controller, and clients for ApiKeys and Secrets in it.
+struct Scenario {
+    ns: TestNamespace,
+    _controller: ControllerProcess,
+    client: kube::Client,
+    api_keys: Api<ApiKey>,
+    secrets: Api<Secret>,
+}
+
+impl Scenario {
+    async fn new(prefix: &str) -> Self {
+        let ns = TestNamespace::new(prefix).await;
+        let controller = ControllerProcess::start(&ns.name);
+        let client = client().await;
+        Self {
+            api_keys: Api::namespaced(client.clone(), &ns.name),
+            secrets: Api::namespaced(client.clone(), &ns.name),
+            ns,
+            _controller: controller,
+            client,
+        }
+    }
+}
+
 #[tokio::test]
 async fn crds_are_established() {
     kubeconfig();
@@ -80,9 +104,14 @@ async fn crds_are_established() {
 
 #[tokio::test]
 async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
-    let ns = TestNamespace::new("ak-basic").await;
-    let _controller = ControllerProcess::start(&ns.name);
-    let client = client().await;
+    let scenario = Scenario::new("ak-basic").await;
+    let Scenario {
+        ns,
+        client,
+        api_keys,
+        secrets,
+        ..
+    } = &scenario;
     apply(&manifest(
         &ns.name,
         "billing",
@@ -97,9 +126,7 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
         "--timeout=30s",
     ]);
 
-    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let (ak, secret) = ready_pair(&api_keys, &secrets, "billing").await;
+    let (ak, secret) = ready_pair(api_keys, secrets, "billing").await;
     let key = ApiKeyValue::parse(&key_in(&secret)).expect("the Secret holds a well-formed key");
     let status = ak.status.unwrap();
     assert_eq!(status.current_key.as_ref().unwrap().id, key.key_id());
@@ -124,7 +151,7 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
         row.contains("True") && row.contains(key.key_id()),
         "kubectl get ak: {row}"
     );
-    let events = events_for(&client, &ns.name, "billing").await;
+    let events = events_for(client, &ns.name, "billing").await;
     assert!(events.iter().any(|e| e.reason.as_deref() == Some("KeyIssued")));
     // Nothing in status or Events carries the key.
     let all = kubectl_ok(&["get", "ak,events", "-n", &ns.name, "-o", "yaml"]);
@@ -133,13 +160,15 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
 
 #[tokio::test]
 async fn deleting_the_apikey_garbage_collects_its_secret() {
-    let ns = TestNamespace::new("ak-gc").await;
-    let _controller = ControllerProcess::start(&ns.name);
-    let client = client().await;
+    let scenario = Scenario::new("ak-gc").await;
+    let Scenario {
+        ns,
+        api_keys,
+        secrets,
+        ..
+    } = &scenario;
     apply(&manifest(&ns.name, "gc", ""));
-    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    ready_pair(&api_keys, &secrets, "gc").await;
+    ready_pair(api_keys, secrets, "gc").await;
     api_keys.delete("gc", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "the garbage collector removes the Secret", || async {
         secrets.get_opt("gc").await.unwrap().is_none().then_some(())
@@ -149,16 +178,19 @@ async fn deleting_the_apikey_garbage_collects_its_secret() {
 
 #[tokio::test]
 async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
-    let ns = TestNamespace::new("ak-del").await;
-    let _controller = ControllerProcess::start(&ns.name);
-    let client = client().await;
+    let scenario = Scenario::new("ak-del").await;
+    let Scenario {
+        ns,
+        client,
+        api_keys,
+        secrets,
+        ..
+    } = &scenario;
     apply(&manifest(&ns.name, "svc", ""));
-    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let (_, before) = ready_pair(&api_keys, &secrets, "svc").await;
+    let (_, before) = ready_pair(api_keys, secrets, "svc").await;
     secrets.delete("svc", &DeleteParams::default()).await.unwrap();
     let (ak, after) = eventually(WAIT, "a new Secret with a new key", || async {
-        let (ak, s) = ready_pair(&api_keys, &secrets, "svc").await;
+        let (ak, s) = ready_pair(api_keys, secrets, "svc").await;
         (s.metadata.uid != before.metadata.uid).then_some((ak, s))
     })
     .await;
@@ -168,7 +200,7 @@ async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
         sha256_hex(key_in(&after).as_bytes())
     );
     eventually(WAIT, "a SecretRecreated event", || async {
-        events_for(&client, &ns.name, "svc")
+        events_for(client, &ns.name, "svc")
             .await
             .iter()
             .any(|e| e.reason.as_deref() == Some("SecretRecreated") && e.type_.as_deref() == Some("Warning"))
@@ -179,13 +211,16 @@ async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
 
 #[tokio::test]
 async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
-    let ns = TestNamespace::new("ak-tamper").await;
-    let _controller = ControllerProcess::start(&ns.name);
-    let client = client().await;
+    let scenario = Scenario::new("ak-tamper").await;
+    let Scenario {
+        ns,
+        client,
+        api_keys,
+        secrets,
+        ..
+    } = &scenario;
     apply(&manifest(&ns.name, "svc", ""));
-    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let (_, before) = ready_pair(&api_keys, &secrets, "svc").await;
+    let (_, before) = ready_pair(api_keys, secrets, "svc").await;
     let planted = ApiKeyValue::generate();
     let patch = serde_json::json!({"stringData": {"api-key": planted.expose()}});
     secrets
@@ -193,14 +228,14 @@ async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
         .await
         .unwrap();
     let (_, after) = eventually(WAIT, "the planted key replaced by a new one", || async {
-        let (ak, s) = ready_pair(&api_keys, &secrets, "svc").await;
+        let (ak, s) = ready_pair(api_keys, secrets, "svc").await;
         let k = key_in(&s);
         (k != planted.expose() && k != key_in(&before)).then_some((ak, s))
     })
     .await;
     assert_eq!(after.metadata.uid, before.metadata.uid);
     eventually(WAIT, "a KeyReplaced event", || async {
-        events_for(&client, &ns.name, "svc")
+        events_for(client, &ns.name, "svc")
             .await
             .iter()
             .any(|e| e.reason.as_deref() == Some("KeyReplaced"))
@@ -211,9 +246,13 @@ async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
 
 #[tokio::test]
 async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled() {
-    let ns = TestNamespace::new("ak-foreign").await;
-    let _controller = ControllerProcess::start(&ns.name);
-    let client = client().await;
+    let scenario = Scenario::new("ak-foreign").await;
+    let Scenario {
+        ns,
+        api_keys,
+        secrets,
+        ..
+    } = &scenario;
     kubectl_ok(&[
         "create",
         "secret",
@@ -224,7 +263,6 @@ async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled(
         "--from-literal=password=keep-me",
     ]);
     apply(&manifest(&ns.name, "svc", "  secretName: taken\n"));
-    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
     let ak = eventually(WAIT, "Stalled=True with reason SecretConflict", || async {
         let ak = api_keys.get("svc").await.ok()?;
         let c = conditions::find(&ak.status.as_ref()?.conditions, conditions::STALLED)?.clone();
@@ -239,10 +277,7 @@ async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled(
         msg.contains("spec.secretName"),
         "the message says what to change: {msg}"
     );
-    let secret = Api::<Secret>::namespaced(client, &ns.name)
-        .get("taken")
-        .await
-        .unwrap();
+    let secret = secrets.get("taken").await.unwrap();
     assert_eq!(secret.data.unwrap()["password"].0, b"keep-me");
     assert!(secret.metadata.owner_references.is_none());
 }

@@ -46,41 +46,28 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
         api_key: &api_key,
     };
 
-    match decision {
+    match &decision {
         plan::KeyDecision::Keep {
             key,
             refresh_metadata,
-        } => {
-            if refresh_metadata {
-                writer.apply_secret(&key).await?;
-            }
-            // A pending key that never reached the Secret is dropped here.
-            let next = plan::next_status(
-                &api_key,
-                status.current_key,
-                None,
-                &plan::ready_phase(&api_key),
-                now,
-            );
-            writer.write_status(next).await?;
         }
-        plan::KeyDecision::Promote {
+        | plan::KeyDecision::Promote {
             key,
             refresh_metadata,
         } => {
-            if refresh_metadata {
-                writer.apply_secret(&key).await?;
+            if *refresh_metadata {
+                writer.apply_secret(key).await?;
             }
-            let next = plan::next_status(
-                &api_key,
-                status.pending_key,
-                None,
-                &plan::ready_phase(&api_key),
-                now,
-            );
+            // Keep: the Secret holds currentKey; a pending key that never
+            // reached it is dropped. Promote: it holds pendingKey, now current.
+            let delivered = match decision {
+                plan::KeyDecision::Promote { .. } => status.pending_key,
+                _ => status.current_key,
+            };
+            let next = plan::next_status(&api_key, delivered, None, &plan::ready_phase(&api_key), now);
             writer.write_status(next).await?;
         }
-        plan::KeyDecision::Issue(reason) => {
+        &plan::KeyDecision::Issue(reason) => {
             let key = ApiKeyValue::generate();
             let record = plan::record_for(&key, now);
             // 1. status knows the key before the Secret holds it.
