@@ -49,15 +49,25 @@ async fn ready_pair(api_keys: &Api<ApiKey>, secrets: &Api<Secret>, name: &str) -
     .await
 }
 
-async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect()
+/// Waits for an Event about ApiKey `name` with this reason and type.
+async fn wait_for_event(client: &kube::Client, ns: &str, name: &str, reason: &str, type_: &str) {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    eventually(
+        WAIT,
+        &format!("a {type_} Event {reason} about {name}"),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some(type_)
+                })
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// A namespace with its own controller, and clients for ApiKeys and Secrets in it.
@@ -151,8 +161,7 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
         row.contains("True") && row.contains(key.key_id()),
         "kubectl get ak: {row}"
     );
-    let events = events_for(client, &ns.name, "billing").await;
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("KeyIssued")));
+    wait_for_event(client, &ns.name, "billing", "KeyIssued", "Normal").await;
     // Nothing in status or Events carries the key.
     let all = kubectl_ok(&["get", "ak,events", "-n", &ns.name, "-o", "yaml"]);
     assert!(!all.contains(key.expose()));
@@ -199,14 +208,7 @@ async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
         ak.status.unwrap().current_key.unwrap().sha256,
         sha256_hex(key_in(&after).as_bytes())
     );
-    eventually(WAIT, "a SecretRecreated event", || async {
-        events_for(client, &ns.name, "svc")
-            .await
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("SecretRecreated") && e.type_.as_deref() == Some("Warning"))
-            .then_some(())
-    })
-    .await;
+    wait_for_event(client, &ns.name, "svc", "SecretRecreated", "Warning").await;
 }
 
 #[tokio::test]
@@ -234,14 +236,7 @@ async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
     })
     .await;
     assert_eq!(after.metadata.uid, before.metadata.uid);
-    eventually(WAIT, "a KeyReplaced event", || async {
-        events_for(client, &ns.name, "svc")
-            .await
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("KeyReplaced"))
-            .then_some(())
-    })
-    .await;
+    wait_for_event(client, &ns.name, "svc", "KeyReplaced", "Warning").await;
 }
 
 #[tokio::test]
