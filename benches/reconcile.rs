@@ -5,10 +5,9 @@
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config};
 use latchkey::conditions;
 use latchkey::crd::{ApiKey, ApiKeySpec};
 use std::collections::HashSet;
@@ -53,12 +52,9 @@ async fn main() {
         std::env::var("BENCH_KUBECONFIG").expect("BENCH_KUBECONFIG (set by e2e/bench-reconcile)");
     let binary = std::env::var("BENCH_LATCHKEY").expect("BENCH_LATCHKEY (set by e2e/bench-reconcile)");
     let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "32".into());
-    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let client = latchkey::client::from_kubeconfig(Some(std::path::Path::new(&kubeconfig)))
         .await
-        .unwrap();
-    config.read_timeout = Some(Duration::from_secs(120));
-    let client = Client::try_from(config).unwrap();
+        .expect("a client for the local cluster");
 
     let ns_name = format!("bench-{}", std::process::id());
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();

@@ -6,6 +6,7 @@
 //! write status.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod clock;
 pub mod conditions;
 pub mod controller;

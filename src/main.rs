@@ -1,8 +1,6 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use latchkey::clock::SystemClock;
 use latchkey::controller::{self, Context};
 use latchkey::{Error, crd, telemetry};
@@ -80,25 +78,9 @@ fn print_crds() {
     }
 }
 
-async fn client(args: &KubeArgs) -> Result<Client, Error> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::Kubeconfig(e.to_string()))?
-        }
-        None => Config::infer()
-            .await
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-    };
-    Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))
-}
-
 async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
-    let client = client(&args.kube).await?;
+    let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
     let ctx = Arc::new(Context::new(client, Arc::new(SystemClock), args.instance));
     controller::run(
         ctx,

@@ -7,9 +7,8 @@
 #![allow(dead_code)]
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::api::PostParams;
+use kube::{Api, Client};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -99,11 +98,9 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
 }
 
 pub async fn client() -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig()).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    latchkey::client::from_kubeconfig(Some(kubeconfig()))
         .await
-        .unwrap();
-    Client::try_from(config).unwrap()
+        .expect("a client for the local cluster")
 }
 
 /// A namespace for one test, deleted on drop.
@@ -155,10 +152,6 @@ impl ControllerProcess {
             .spawn()
             .expect("start latchkey controller");
         Self { child, log }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// SIGKILL, by PID.
@@ -214,11 +207,4 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-pub async fn delete_ignoring_missing<K>(api: &Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let _ = api.delete(name, &DeleteParams::default()).await;
 }
