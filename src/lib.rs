@@ -14,5 +14,6 @@ pub mod crd;
 pub mod error;
 pub mod key;
 pub mod telemetry;
+pub mod validity;
 
 pub use error::{Error, Result};

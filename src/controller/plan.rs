@@ -156,6 +156,7 @@ pub fn record_for(key: &ApiKeyValue, now: Timestamp) -> KeyRecord {
         id: key.key_id().to_owned(),
         sha256: key.sha256_hex(),
         issued_at: Time(now),
+        valid_until: None,
     }
 }
 
@@ -251,6 +252,7 @@ pub fn next_status(
         current_key: current,
         pending_key: pending,
         conditions,
+        ..previous
     }
 }
 

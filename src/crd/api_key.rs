@@ -32,13 +32,29 @@ use std::collections::BTreeMap;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Key ID", type_ = "string", json_path = ".status.currentKey.id"),
-    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
+    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationAt"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".status.secretName",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new(
     "has(self.secretName) == has(oldSelf.secretName) && (!has(self.secretName) || self.secretName == oldSelf.secretName)"
 ).message("spec.secretName cannot be changed after creation; create a new ApiKey for a new Secret").field_path(".secretName"))]
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)"
+).message("spec.revoked cannot be set back to false: revocation is permanent; create a new ApiKey for a new key").field_path(".revoked"))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
     /// Name of the Secret, in the ApiKey's namespace, that receives the key
@@ -87,6 +103,74 @@ pub struct ApiKeySpec {
     #[x_kube(validation = Rule::new("self.all(a, a.matches('^[!-~]+$'))")
         .message("every entry of spec.audiences must be printable ASCII without spaces"))]
     pub audiences: Vec<String>,
+
+    /// Scheduled rotation: a new key every `interval`; the previous key stays
+    /// valid for `gracePeriod` after it was replaced, so consumers reload
+    /// without a failed request. Without it the key is rotated only on request
+    /// (the `latchkey.dev/rotate` annotation: any new value asks for one
+    /// rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+
+    /// A hard end (RFC 3339, for example `2027-01-31T00:00:00Z`): after it no
+    /// key of this ApiKey is valid and it is not rotated any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// `true` revokes every key of this ApiKey at once (the auth server
+    /// refuses them within a second). One-way: it cannot be set back to
+    /// `false`; create a new ApiKey instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+
+    /// Requests per second (and burst) allowed per key, enforced by each
+    /// latchkey server replica on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Go-style duration syntax accepted by the API server's CEL `duration()`
+/// (`720h`, `1h30m`, `90s`).
+const DURATION_PATTERN: &str = "^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$";
+
+/// When keys are rotated, and how long a replaced key stays valid.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "!has(self.gracePeriod) || duration(self.gracePeriod) <= duration(self.interval)"
+).message("spec.rotation.gracePeriod must not be longer than spec.rotation.interval").field_path(".gracePeriod"))]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// How often a new key is issued, as a duration such as `720h` (30 days),
+    /// `24h` or `1h30m`. At least `1m`, at most `8760h` (365 days).
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) >= duration('1m') && duration(self) <= duration('8760h')"
+    ).message("spec.rotation.interval must be a duration between 1m and 8760h (365 days), for example 720h"))]
+    pub interval: String,
+
+    /// How long the previous key stays valid after a rotation, as a duration
+    /// such as `24h`. At least `30s`, at most `720h` (30 days), and not longer
+    /// than `interval`. Defaults to `1h`, or to `interval` when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) >= duration('30s') && duration(self) <= duration('720h')"
+    ).message("spec.rotation.gracePeriod must be a duration between 30s and 720h (30 days), for example 24h"))]
+    pub grace_period: Option<String>,
+}
+
+/// A token bucket per key: `requestsPerSecond` refill, `burst` capacity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second allowed per key, 1–100000.
+    #[schemars(range(min = 1, max = 100000))]
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the sustained rate, 1–1000000.
+    /// Defaults to `requestsPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<u32>,
 }
 
 /// Metadata latchkey puts on the Secret it writes.
@@ -118,6 +202,11 @@ pub struct KeyRecord {
     pub sha256: String,
     /// When latchkey generated the key.
     pub issued_at: Time,
+    /// When the key stops being valid: set on a replaced key (rotation time
+    /// plus grace period), absent while the key is current (then
+    /// `spec.expiresAt` and `spec.revoked` alone end it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Time>,
 }
 
 /// Observed state of an ApiKey, written by latchkey.
@@ -144,6 +233,35 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_key: Option<KeyRecord>,
 
+    /// Replaced keys that are still valid (in their grace period), oldest
+    /// first, each with its `validUntil`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<KeyRecord>,
+
+    /// Counts the keys delivered to the Secret: 1 for the first key, +1 for
+    /// every rotation or replacement. Never decreases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+
+    /// When the current key was delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated_at: Option<Time>,
+
+    /// When the next scheduled rotation is due (absent without
+    /// `spec.rotation`, or when the ApiKey is revoked or expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+
+    /// The last value of the `latchkey.dev/rotate` annotation that was
+    /// honoured with a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
+
+    /// When a key of this ApiKey was last accepted by a latchkey server
+    /// (written at most about once a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+
     /// `Ready`, `Reconciling` and `Stalled` (kstatus conventions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -158,6 +276,11 @@ impl ApiKey {
             .clone()
             .or_else(|| self.metadata.name.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether `spec.revoked` is set.
+    pub fn is_revoked(&self) -> bool {
+        self.spec.revoked == Some(true)
     }
 
     /// The subject reported downstream: `spec.subject`, or `<namespace>/<name>`.

@@ -3,7 +3,7 @@
 
 mod api_key;
 
-pub use api_key::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, SecretTemplate};
+pub use api_key::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, RateLimit, Rotation, SecretTemplate};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
