@@ -164,12 +164,13 @@ pub struct Rotation {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Sustained requests per second allowed per key, 1–100000.
-    #[schemars(range(min = 1, max = 100000))]
+    // Kubernetes knows int32, not the uint32 format schemars would emit.
+    #[schemars(range(min = 1, max = 100000), extend("format" = "int32"))]
     pub requests_per_second: u32,
     /// Requests allowed at once above the sustained rate, 1–1000000.
     /// Defaults to `requestsPerSecond`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000000))]
+    #[schemars(range(min = 1, max = 1000000), extend("format" = "int32"))]
     pub burst: Option<u32>,
 }
 
