@@ -421,6 +421,9 @@ async fn rotations_survive_sigkill_at_random_moments() {
     };
 
     let mut settled_violations = 0;
+    // Kills before the rotation began, after write 1 (pending in status),
+    // after write 2 (Secret holds the pending key), after write 3.
+    let mut kill_points = [0usize; 4];
     let mut revision = first_revision;
     for i in 0..ITERATIONS {
         let request = format!("crash-{i}");
@@ -428,6 +431,18 @@ async fn rotations_survive_sigkill_at_random_moments() {
         let delay = rand::random_range(0..300u64);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         s.controller.kill();
+        // Where did the kill land? (status, then the Secret, while nothing runs)
+        let ak = s.api_keys.get("svc").await.unwrap();
+        let secret = s.secrets.get("svc").await.unwrap();
+        let status = ak.status.as_ref().unwrap();
+        let held = key_hash(&secret).unwrap();
+        let point = match &status.pending_key {
+            Some(p) if p.sha256 == held => 2,
+            Some(_) => 1,
+            None if status.last_rotate_request.as_deref() == Some(request.as_str()) => 3,
+            None => 0,
+        };
+        kill_points[point] += 1;
         s.controller = ControllerProcess::start(&s.ns.name);
         let (ak, secret) = s
             .settled("svc", &format!("rotation {i} settled after a SIGKILL"), |ak| {
@@ -453,9 +468,14 @@ async fn rotations_survive_sigkill_at_random_moments() {
     println!(
         "crash test: {ITERATIONS} iterations (SIGKILL each), {checks} invariant checks by the poller \
          ({} saw a pending key), {violations} violations, {settled_violations} settled-state violations, \
-         revision {first_revision} → {revision}, {:.1} s",
+         revision {first_revision} → {revision}, {:.1} s; kills landed: {} before the rotation, \
+         {} after the pending status, {} after the Secret write, {} after the rotation",
         pending_seen.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        kill_points[0],
+        kill_points[1],
+        kill_points[2],
+        kill_points[3],
     );
     assert!(checks > 0, "the poller made no check");
     assert_eq!(

@@ -229,6 +229,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failure_summary_names_what_failed_but_not_the_servers_message() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "Secret \"svc\" is invalid: data[api-key]: lk_secret_material".into(),
+            ..Default::default()
+        };
+        let err = Error::Kube {
+            action: "applying the Secret",
+            source: kube::Error::Api(Box::new(status)),
+        };
+        let summary = failure_summary(&err);
+        assert_eq!(
+            summary,
+            "Kubernetes API call failed while applying the Secret: 422 Invalid"
+        );
+        assert!(!summary.contains("lk_"));
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(2), Duration::from_secs(2));

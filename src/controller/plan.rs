@@ -254,7 +254,12 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                     warning: false,
                     reason: "KeyRotated",
                     message: format!(
-                        "finished delivering key {new_id} after an interruption; key {} stays valid for the grace period",
+                        "{}: finished delivering key {new_id} after an interruption; key {} stays valid \
+                         for the grace period",
+                        match before.pending_rotate_request {
+                            Some(_) => "rotation requested by the latchkey.dev/rotate annotation",
+                            None => "rotation",
+                        },
                         old.id
                     ),
                 },
@@ -388,8 +393,9 @@ pub fn delivered_status(
 }
 
 /// Fills the fields every status write carries: generation, Secret name,
-/// revision and rotation time defaults, the schedule, the conditions for
-/// `phase`; never `lastUsedAt` (the auth server owns it).
+/// revision and rotation time defaults, the schedule, `previousKeys` without
+/// ended grace periods, the conditions for `phase`; never `lastUsedAt` (the
+/// auth server owns it).
 pub fn settle(
     api_key: &ApiKey,
     mut status: ApiKeyStatus,
@@ -408,6 +414,7 @@ pub fn settle(
         Some(_) => None,
         None => schedule::next_rotation_at(&status, schedule).map(Time),
     };
+    status.previous_keys = schedule::prune_ended(&status.previous_keys, now);
     status.last_used_at = None;
     conditions::apply_phase(&mut status.conditions, phase, generation, now);
     status
