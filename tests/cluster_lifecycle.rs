@@ -5,11 +5,13 @@
 mod common;
 
 use common::*;
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use latchkey::conditions;
 use latchkey::crd::ApiKey;
 use latchkey::key::sha256_hex;
@@ -365,9 +367,48 @@ async fn cel_bounds_refuse_bad_intervals_and_grace_periods_naming_the_bound() {
     ));
 }
 
-/// The invariant under fire: ≥ 30 forced rotations, the controller killed
-/// with SIGKILL at a random moment of each and restarted, while a poller
-/// checks every ~20 ms that the Secret's key is valid per status.
+#[tokio::test]
+async fn a_failing_reconcile_is_recorded_in_status_and_recovers() {
+    let s = Scenario::new("lc-retry").await;
+    // The API server refuses this label value on the Secret (not on the ApiKey).
+    apply(&manifest(
+        &s.ns.name,
+        "svc",
+        "  secretTemplate:\n    labels: {team: \"not a valid label value!\"}\n",
+    ));
+    let ak = eventually(WAIT, "Reconciling=True reason RetryingAfterError", || async {
+        let ak = s.api_keys.get("svc").await.ok()?;
+        let c = conditions::find(&ak.status.as_ref()?.conditions, conditions::RECONCILING)?;
+        (c.status == "True" && c.reason == "RetryingAfterError").then_some(ak)
+    })
+    .await;
+    let status = ak.status.as_ref().unwrap();
+    let message = &conditions::find(&status.conditions, conditions::RECONCILING)
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("applying the Secret") && message.contains("422") && message.contains("retrying in"),
+        "{message}"
+    );
+    assert!(!conditions::is_true(&status.conditions, conditions::READY));
+    // The pending key is listed (status first), the Secret does not exist.
+    assert!(s.secrets.get_opt("svc").await.unwrap().is_none());
+    // Fixing the spec gets a key delivered and Ready.
+    apply(&manifest(
+        &s.ns.name,
+        "svc",
+        "  secretTemplate:\n    labels: {team: payments}\n",
+    ));
+    let (ak, _) = s.settled("svc", "Ready after the fix", |_| true).await;
+    assert_eq!(ak.status.as_ref().unwrap().revision, Some(1));
+    s.wait_for_event("svc", "KeyIssued", "Normal").await;
+}
+
+/// The invariant under fire: 30 forced rotations, the controller killed with
+/// SIGKILL during each and restarted, while a poller checks every ~20 ms that
+/// the Secret's key is valid per status. Half the kills come at a random
+/// moment 0–300 ms after the request, half 0–10 ms after the pending key
+/// shows up in status (inside the three writes).
 #[tokio::test]
 async fn rotations_survive_sigkill_at_random_moments() {
     const ITERATIONS: usize = 30;
@@ -427,9 +468,39 @@ async fn rotations_survive_sigkill_at_random_moments() {
     let mut revision = first_revision;
     for i in 0..ITERATIONS {
         let request = format!("crash-{i}");
-        s.request_rotation("svc", &request).await;
-        let delay = rand::random_range(0..300u64);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if i % 2 == 0 {
+            // A random moment after the request.
+            s.request_rotation("svc", &request).await;
+            let delay = rand::random_range(0..300u64);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        } else {
+            // Aimed between the writes: 0–10 ms after a watch shows the
+            // pending key in status (the whole delivery takes a few ms, so
+            // random moments alone rarely land inside it).
+            let watch = watcher(
+                s.api_keys.clone(),
+                watcher::Config::default().fields("metadata.name=svc"),
+            )
+            .applied_objects();
+            let mut watch = std::pin::pin!(watch);
+            watch.try_next().await.expect("watch the ApiKey"); // the initial list
+            s.request_rotation("svc", &request).await;
+            let pending_for_request = |ak: &ApiKey| {
+                ak.status.as_ref().is_some_and(|st| {
+                    st.pending_key.is_some() && st.pending_rotate_request.as_deref() == Some(&request)
+                })
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Ok(Some(ak)) = watch.try_next().await {
+                    if pending_for_request(&ak) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let delay = rand::random_range(0..10u64);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         s.controller.kill();
         // Where did the kill land? (status, then the Secret, while nothing runs)
         let ak = s.api_keys.get("svc").await.unwrap();

@@ -1,6 +1,13 @@
 //! The controller: one [`Context`] shared as `Arc`, and the kube-runtime
 //! wiring. The per-kind reconcilers are thin: fetch → compute (pure, in
-//! [`plan`]) → apply (Server-Side Apply) → write status.
+//! [`plan`] and [`schedule`]) → apply (Server-Side Apply) → write status →
+//! requeue at the next deadline.
+//!
+//! ApiKeys are reconciled when their spec (generation) or annotations
+//! change, when a Secret they own changes, and at the deadline the last
+//! reconcile asked for; not when only their status changes. A failed
+//! reconcile is retried after a capped exponential backoff and recorded in
+//! status (`RetryingAfterError`), which therefore cannot trigger an early retry.
 
 mod api_key;
 pub mod plan;

@@ -161,9 +161,10 @@ pub fn decide(status: Option<&ApiKeyStatus>, observation: &SecretObservation) ->
     let pending = status.and_then(|s| s.pending_key.as_ref());
     match observation {
         SecretObservation::Foreign => KeyDecision::Conflict,
-        SecretObservation::Missing => match (current, pending) {
-            (None, None) => KeyDecision::Issue(IssueReason::FirstKey),
-            _ => KeyDecision::Issue(IssueReason::SecretMissing),
+        // A pending first key that never reached the Secret: still the first key.
+        SecretObservation::Missing => match current {
+            None => KeyDecision::Issue(IssueReason::FirstKey),
+            Some(_) => KeyDecision::Issue(IssueReason::SecretMissing),
         },
         SecretObservation::Owned {
             key,
@@ -976,7 +977,7 @@ mod tests {
         let obs = observe_secret(&ak, None, MANAGER);
         assert_eq!(
             decide(ak.status.as_ref(), &obs),
-            KeyDecision::Issue(IssueReason::SecretMissing)
+            KeyDecision::Issue(IssueReason::FirstKey)
         );
     }
 
