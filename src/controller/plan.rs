@@ -312,12 +312,15 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 event,
             }
         }
-        KeyDecision::Issue(reason) => Plan {
-            status: settle(api_key, status, schedule, &delivering_phase(api_key), now),
-            refresh_secret: None,
-            deliver: Some(DeliveryCause::Issue(reason)),
-            event: None,
-        },
+        KeyDecision::Issue(reason) => {
+            let cause = DeliveryCause::Issue(reason);
+            Plan {
+                status: settle(api_key, status, schedule, &delivering_phase(api_key, &cause), now),
+                refresh_secret: None,
+                deliver: Some(cause),
+                event: None,
+            }
+        }
         KeyDecision::Keep { .. } | KeyDecision::Promote { .. } => {
             status.previous_keys = schedule::prune_ended(&status.previous_keys, now);
             let due = schedule::rotation_due(api_key, &status, schedule, now);
@@ -326,7 +329,10 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 .and_then(|_| schedule::rotation_deferred_until(&status.previous_keys));
             let (phase, deliver) = match (due, deferred) {
                 (Some(_), Some(until)) => (deferred_phase(status.previous_keys.len(), until), None),
-                (Some(cause), None) => (delivering_phase(api_key), Some(DeliveryCause::Rotation(cause))),
+                (Some(cause), None) => {
+                    let cause = DeliveryCause::Rotation(cause);
+                    (delivering_phase(api_key, &cause), Some(cause))
+                }
                 (None, _) => (ready_phase(api_key), None),
             };
             let status = settle(api_key, status, schedule, &phase, now);
@@ -543,11 +549,17 @@ pub fn ready_phase(api_key: &ApiKey) -> Phase {
 }
 
 /// The phase while a new key is being delivered (between writes 1 and 3).
-pub fn delivering_phase(api_key: &ApiKey) -> Phase {
-    Phase::reconciling(
-        "IssuingKey",
-        format!("writing a new key into Secret {}", api_key.secret_name()),
-    )
+pub fn delivering_phase(api_key: &ApiKey, cause: &DeliveryCause) -> Phase {
+    let secret = api_key.secret_name();
+    match cause {
+        DeliveryCause::Issue(_) => {
+            Phase::reconciling("IssuingKey", format!("writing a new key into Secret {secret}"))
+        }
+        DeliveryCause::Rotation(_) => Phase::reconciling(
+            "RotatingKey",
+            format!("writing the next key into Secret {secret}; the current one stays valid"),
+        ),
+    }
 }
 
 /// The phase of a rotation that waits for a free place in `previousKeys`.
