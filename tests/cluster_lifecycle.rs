@@ -404,6 +404,67 @@ async fn a_failing_reconcile_is_recorded_in_status_and_recovers() {
     s.wait_for_event("svc", "KeyIssued", "Normal").await;
 }
 
+/// Crash point 1 made deterministic: the Secret write of a rotation fails
+/// (a label value the API server refuses), so status lists a pending key the
+/// Secret never got; the controller is then killed, the spec fixed, and the
+/// restarted controller drops that key and delivers a new one, once.
+#[tokio::test]
+async fn a_rotation_stopped_after_the_pending_status_is_dropped_and_redone_once() {
+    let mut s = Scenario::new("lc-point1").await;
+    let with = |labels: &str| {
+        format!(
+            "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: svc\n  namespace: {}\n  \
+             annotations: {{latchkey.dev/rotate: r1}}\nspec:\n  secretTemplate:\n    labels: {{team: {labels}}}\n",
+            s.ns.name
+        )
+    };
+    apply(&manifest(
+        &s.ns.name,
+        "svc",
+        "  secretTemplate:\n    labels: {team: payments}\n",
+    ));
+    let (ak, _) = s.settled("svc", "first key", |_| true).await;
+    let first = ak.status.unwrap().current_key.unwrap();
+    apply(&with("\"not a valid label value!\""));
+    let stuck = eventually(WAIT, "a pending key the Secret did not get", || async {
+        let ak = s.api_keys.get("svc").await.ok()?;
+        let st = ak.status.as_ref()?;
+        let failing =
+            conditions::find(&st.conditions, conditions::RECONCILING)?.reason == "RetryingAfterError";
+        (failing && st.pending_rotate_request.as_deref() == Some("r1")).then_some(ak)
+    })
+    .await;
+    let never_delivered = stuck.status.as_ref().unwrap().pending_key.clone().unwrap();
+    let secret = s.secrets.get("svc").await.unwrap();
+    assert_eq!(
+        key_hash(&secret).unwrap(),
+        first.sha256,
+        "the Secret still holds the first key"
+    );
+    assert!(validity::is_valid_hash(&stuck, &first.sha256, Timestamp::now()));
+
+    s.controller.kill();
+    apply(&with("payments"));
+    s.controller = ControllerProcess::start(&s.ns.name);
+    let (ak, secret) = s
+        .settled("svc", "the rotation redone", |ak| {
+            ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some("r1")
+        })
+        .await;
+    let st = ak.status.as_ref().unwrap();
+    assert_eq!(st.revision, Some(2), "one key delivered for r1");
+    let listed: Vec<&str> = validity::all_keys(&ak).map(|(k, _)| k.sha256.as_str()).collect();
+    assert!(
+        !listed.contains(&never_delivered.sha256.as_str()),
+        "the undelivered key is gone"
+    );
+    assert!(
+        listed.contains(&first.sha256.as_str()),
+        "the first key is in its grace period"
+    );
+    assert_ne!(key_hash(&secret).unwrap(), first.sha256);
+}
+
 /// The invariant under fire: 30 forced rotations, the controller killed with
 /// SIGKILL during each and restarted, while a poller checks every ~20 ms that
 /// the Secret's key is valid per status. Half the kills come at a random
