@@ -1,11 +1,15 @@
-//! The ApiKey reconciler: fetch → decide ([`plan`]) → apply → status.
+//! The ApiKey reconciler: fetch → decide ([`plan`], [`schedule`]) → apply →
+//! status, and requeue at the next deadline.
 
-use super::{Context, FIELD_MANAGER, RESYNC, plan};
-use crate::conditions::{self, Phase};
+use super::plan::{self, DeliveryCause, Note, SecretStamp};
+use super::schedule::{self, Schedule};
+use super::{Context, FIELD_MANAGER, RESYNC};
+use crate::conditions::Phase;
 use crate::crd::{ApiKey, ApiKeyStatus};
 use crate::error::{Error, KubeResultExt, Result};
 use crate::key::ApiKeyValue;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -35,104 +39,101 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
         .get_opt(&api_key.secret_name())
         .await
         .during("reading the Secret")?;
-    let observation = plan::observe_secret(&api_key, secret.as_ref(), FIELD_MANAGER);
-    let decision = plan::decide(api_key.status.as_ref(), &observation);
-    let now = ctx.clock.now();
-    let status = api_key.status.clone().unwrap_or_default();
+    let now = schedule::whole_second(ctx.clock.now());
     let writer = Writer {
         ctx: &ctx,
         api_keys: &api_keys,
         secrets: &secrets,
-        api_key: &api_key,
     };
+    let schedule = match Schedule::of(&api_key.spec) {
+        Ok(s) => s,
+        Err(err) => {
+            // The CRD's pattern refuses these; an older CRD might not have.
+            let status = api_key.status.clone().unwrap_or_default();
+            let phase = Phase::stalled("InvalidRotation", err.to_string());
+            let status = plan::settle(&api_key, status, &Schedule::default(), &phase, now);
+            writer.write_status(&api_key, status).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+    let observation = plan::observe_secret(&api_key, secret.as_ref(), FIELD_MANAGER);
+    let plan = plan::plan(&api_key, &observation, &schedule, now);
 
-    match &decision {
-        plan::KeyDecision::Keep {
-            key,
-            refresh_metadata,
-        }
-        | plan::KeyDecision::Promote {
-            key,
-            refresh_metadata,
-        } => {
-            if *refresh_metadata {
-                writer.apply_secret(key).await?;
-            }
-            // Keep: the Secret holds currentKey; a pending key that never
-            // reached it is dropped. Promote: it holds pendingKey, now current.
-            let delivered = match decision {
-                plan::KeyDecision::Promote { .. } => status.pending_key,
-                _ => status.current_key,
-            };
-            let next = plan::next_status(&api_key, delivered, None, &plan::ready_phase(&api_key), now);
-            writer.write_status(next).await?;
-        }
-        &plan::KeyDecision::Issue(reason) => {
-            let key = ApiKeyValue::generate();
-            let record = plan::record_for(&key, now);
-            // 1. status knows the key before the Secret holds it.
-            let issuing = Phase::reconciling(
-                "IssuingKey",
-                format!("writing key {} into Secret {}", record.id, api_key.secret_name()),
-            );
-            // The old current key is not in the Secret any more (it was
-            // deleted or overwritten), so it is not carried over.
-            let pending_status = plan::next_status(&api_key, None, Some(record.clone()), &issuing, now);
-            let api_key = writer.write_status(pending_status).await?;
-            // 2. the Secret receives it.
-            let writer = Writer {
-                api_key: &api_key,
-                ..writer
-            };
-            writer.apply_secret(&key).await?;
-            // 3. it becomes current.
-            let done = plan::next_status(
-                &api_key,
-                Some(record.clone()),
-                None,
-                &plan::ready_phase(&api_key),
-                now,
-            );
-            writer.write_status(done).await?;
-            let (event_reason, note) = plan::issue_event(reason, &api_key, &record.id);
-            let type_ = match reason {
-                plan::IssueReason::FirstKey => EventType::Normal,
-                plan::IssueReason::SecretMissing | plan::IssueReason::KeyMismatch => EventType::Warning,
-            };
-            writer.publish(type_, event_reason, note).await;
-            tracing::info!(key_id = %record.id, reason = event_reason, "issued a key");
-        }
-        plan::KeyDecision::Conflict => {
-            let phase = plan::conflict_phase(&api_key);
-            let was_stalled = conditions::is_true(&status.conditions, conditions::STALLED);
-            let next = plan::next_status(&api_key, status.current_key, status.pending_key, &phase, now);
-            writer.write_status(next).await?;
-            if !was_stalled && let Phase::Stalled { reason, message } = phase {
-                writer.publish(EventType::Warning, &reason, message).await;
-            }
-        }
+    if let Some((key, stamp)) = &plan.refresh_secret {
+        writer.apply_secret(&api_key, key, *stamp).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    let (api_key, status) = match &plan.deliver {
+        None => {
+            let api_key = writer.write_status(&api_key, plan.status.clone()).await?;
+            if let Some(note) = plan.event {
+                writer.publish(&api_key, note).await;
+            }
+            (api_key, plan.status)
+        }
+        Some(cause) => {
+            // The settled status goes out with write 1 (and the Event of a
+            // promotion it contains after it).
+            let (api_key, status) = writer
+                .deliver(api_key, &plan.status, cause, &schedule, now)
+                .await?;
+            if let Some(note) = plan.event {
+                writer.publish(&api_key, note).await;
+            }
+            (api_key, status)
+        }
+    };
+    let deadline = schedule::next_deadline(&api_key, &status, &schedule, now);
+    Ok(Action::requeue(schedule::requeue_after(deadline, now)))
 }
 
-/// The writes of one reconcile, all Server-Side Apply under [`FIELD_MANAGER`].
+/// The writes of one reconcile: Server-Side Apply under [`FIELD_MANAGER`].
 struct Writer<'a> {
     ctx: &'a Context,
     api_keys: &'a Api<ApiKey>,
     secrets: &'a Api<Secret>,
-    api_key: &'a ApiKey,
 }
 
 impl Writer<'_> {
-    async fn apply_secret(&self, key: &ApiKeyValue) -> Result<()> {
-        let secret = plan::desired_secret(self.api_key, key);
-        let name = self.api_key.secret_name();
+    /// Delivers a new key in three writes (see [`plan`]); returns the ApiKey
+    /// and the status after the last one.
+    async fn deliver(
+        &self,
+        api_key: ApiKey,
+        settled: &ApiKeyStatus,
+        cause: &DeliveryCause,
+        schedule: &Schedule,
+        now: Timestamp,
+    ) -> Result<(ApiKey, ApiKeyStatus)> {
+        let key = ApiKeyValue::generate();
+        let record = plan::record_for(&key, now);
+        // 1. status knows the key before the Secret holds it.
+        let pending = plan::pending_status(settled, record, cause);
+        let api_key = self.write_status(&api_key, pending.clone()).await?;
+        // 2. the Secret receives it.
+        let stamp = plan::pending_stamp(&pending).expect("a pending key has a stamp");
+        self.apply_secret(&api_key, &key, stamp).await?;
+        // 3. it becomes current; the old current key enters its grace period.
+        let delivered = plan::delivered_status(&api_key, &pending, schedule, now);
+        let api_key = self.write_status(&api_key, delivered.clone()).await?;
+        let note = plan::delivery_event(cause, &api_key, &pending, &delivered);
+        tracing::info!(
+            key_id = %key.key_id(),
+            revision = stamp.revision,
+            reason = note.reason,
+            "delivered a new key"
+        );
+        self.publish(&api_key, note).await;
+        Ok((api_key, delivered))
+    }
+
+    async fn apply_secret(&self, api_key: &ApiKey, key: &ApiKeyValue, stamp: SecretStamp) -> Result<()> {
+        let secret = plan::desired_secret(api_key, key, stamp);
         let mut body = serde_json::to_value(&secret).expect("a Secret serializes");
         body["apiVersion"] = "v1".into();
         body["kind"] = "Secret".into();
         self.secrets
             .patch(
-                &name,
+                &api_key.secret_name(),
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(body),
             )
@@ -141,43 +142,68 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Writes `status` unless it equals what the object already has; returns
-    /// the object as it is after the write.
-    async fn write_status(&self, status: ApiKeyStatus) -> Result<ApiKey> {
-        if self.api_key.status.as_ref() == Some(&status) {
-            return Ok(self.api_key.clone());
+    /// Writes `status` unless the object already has it (`lastUsedAt`, which
+    /// the auth server writes, is left out of both the comparison and the
+    /// body); returns the object as it is after the write.
+    async fn write_status(&self, api_key: &ApiKey, mut status: ApiKeyStatus) -> Result<ApiKey> {
+        status.last_used_at = None;
+        if same_status(api_key.status.as_ref(), &status) {
+            return Ok(api_key.clone());
         }
-        let body = serde_json::json!({
-            "apiVersion": ApiKey::api_version(&()),
-            "kind": ApiKey::kind(&()),
-            "status": status,
-        });
-        self.api_keys
-            .patch_status(
-                &self.api_key.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await
-            .during("writing the ApiKey status")
+        apply_status(self.api_keys, &api_key.name_any(), &status).await
     }
 
     /// Events are best effort: a failure to record one is logged, not retried.
-    async fn publish(&self, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self
-            .ctx
-            .recorder
-            .publish(&event, &self.api_key.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %err, reason, "could not record an Event");
-        }
+    async fn publish(&self, api_key: &ApiKey, note: Note) {
+        publish(self.ctx, api_key, note).await
+    }
+}
+
+/// Whether `have` equals `want`, ignoring `lastUsedAt`.
+pub(super) fn same_status(have: Option<&ApiKeyStatus>, want: &ApiKeyStatus) -> bool {
+    have.is_some_and(|have| {
+        let mut have = have.clone();
+        have.last_used_at = None;
+        have == *want
+    })
+}
+
+/// Server-Side Apply of the whole status (without `lastUsedAt`).
+pub(super) async fn apply_status(
+    api_keys: &Api<ApiKey>,
+    name: &str,
+    status: &ApiKeyStatus,
+) -> Result<ApiKey> {
+    let mut status = status.clone();
+    status.last_used_at = None;
+    let body = serde_json::json!({
+        "apiVersion": ApiKey::api_version(&()),
+        "kind": ApiKey::kind(&()),
+        "status": status,
+    });
+    api_keys
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .during("writing the ApiKey status")
+}
+
+pub(super) async fn publish(ctx: &Context, api_key: &ApiKey, note: Note) {
+    let event = Event {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.into(),
+        note: Some(note.message),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &api_key.object_ref(&())).await {
+        tracing::warn!(error = %err, reason = note.reason, "could not record an Event");
     }
 }

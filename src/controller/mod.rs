@@ -1,9 +1,17 @@
 //! The controller: one [`Context`] shared as `Arc`, and the kube-runtime
 //! wiring. The per-kind reconcilers are thin: fetch → compute (pure, in
-//! [`plan`]) → apply (Server-Side Apply) → write status.
+//! [`plan`] and [`schedule`]) → apply (Server-Side Apply) → write status →
+//! requeue at the next deadline.
+//!
+//! ApiKeys are reconciled when their spec (generation) or annotations
+//! change, when a Secret they own changes, and at the deadline the last
+//! reconcile asked for; not when only their status changes. A failed
+//! reconcile is retried after a capped exponential backoff and recorded in
+//! status (`RetryingAfterError`), which therefore cannot trigger an early retry.
 
 mod api_key;
 pub mod plan;
+pub mod schedule;
 
 pub use api_key::reconcile;
 
@@ -16,7 +24,8 @@ use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +74,12 @@ impl Context {
         *n = n.saturating_add(1);
         backoff(*n)
     }
+
+    /// The delay [`next_backoff`](Self::next_backoff) gave last for `obj`.
+    fn current_backoff(&self, obj: &ObjectRef<ApiKey>) -> Duration {
+        let failures = self.failures.lock().expect("failures lock");
+        backoff(failures.get(obj).copied().unwrap_or(1))
+    }
 }
 
 /// Delay after the `n`th consecutive failure: 1 s, 2 s, 4 s … capped.
@@ -100,7 +115,22 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
         namespace = options.namespace.as_deref().unwrap_or("*"),
         "ApiKey controller starting"
     );
-    Controller::new(api_keys, watcher::Config::default().any_semantic())
+    // Reconcile on changes of spec (generation) and annotations (rotate-now),
+    // not on status writes: our own status writes need no second look, the
+    // auth server's lastUsedAt updates neither, and a failure recorded in
+    // status must not trigger a retry before its backoff.
+    let (reader, store_writer) = reflector::store();
+    let api_key_changes = reflector(
+        store_writer,
+        watcher(api_keys, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    Controller::for_stream(api_key_changes, reader)
         .owns(
             secrets,
             watcher::Config::default().labels(&managed).any_semantic(),
@@ -119,13 +149,77 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
 }
 
 async fn reconcile_and_track(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
-    let action = reconcile(api_key.clone(), ctx.clone()).await?;
-    ctx.record_success(&ObjectRef::from_obj(&*api_key));
-    Ok(action)
+    let obj = ObjectRef::from_obj(&*api_key);
+    match reconcile(api_key.clone(), ctx.clone()).await {
+        Ok(action) => {
+            ctx.record_success(&obj);
+            Ok(action)
+        }
+        Err(err) => {
+            let delay = ctx.next_backoff(obj);
+            record_failure(&api_key, &err, delay, &ctx).await;
+            Err(err)
+        }
+    }
+}
+
+/// What status says about a failed reconcile: what failed, never the API
+/// server's full message (it could echo a request body).
+pub fn failure_summary(err: &Error) -> String {
+    match err {
+        Error::Kube {
+            action,
+            source: kube::Error::Api(status),
+        } => format!(
+            "Kubernetes API call failed while {action}: {} {}",
+            status.code, status.reason
+        ),
+        Error::Kube { action, .. } => format!("Kubernetes API call failed while {action}"),
+        other => other.to_string(),
+    }
+}
+
+/// Records a failed reconcile in status, best effort (Reconciling=True,
+/// reason `RetryingAfterError`, with the retry time). Re-reads the ApiKey and
+/// writes its whole status back (Server-Side Apply would drop the fields we
+/// left out), changing only the conditions.
+async fn record_failure(api_key: &ApiKey, err: &Error, delay: Duration, ctx: &Context) {
+    let (Some(ns), Some(name)) = (
+        api_key.metadata.namespace.as_deref(),
+        api_key.metadata.name.as_deref(),
+    ) else {
+        return;
+    };
+    let api_keys: Api<ApiKey> = Api::namespaced(ctx.client.clone(), ns);
+    let Ok(Some(fresh)) = api_keys.get_opt(name).await else {
+        return;
+    };
+    let now = schedule::whole_second(ctx.clock.now());
+    let retry_at = now
+        .checked_add(k8s_openapi::jiff::SignedDuration::try_from(delay).unwrap_or_default())
+        .unwrap_or(now);
+    let phase = crate::conditions::Phase::reconciling(
+        "RetryingAfterError",
+        format!(
+            "{}; retrying in {}s (at {})",
+            failure_summary(err),
+            delay.as_secs(),
+            plan::rfc3339(retry_at)
+        ),
+    );
+    let mut status = fresh.status.clone().unwrap_or_default();
+    crate::conditions::apply_phase(&mut status.conditions, &phase, fresh.metadata.generation, now);
+    status.last_used_at = None;
+    if api_key::same_status(fresh.status.as_ref(), &status) {
+        return;
+    }
+    if let Err(err) = api_key::apply_status(&api_keys, name, &status).await {
+        tracing::debug!(error = %err, "could not record the failure in status");
+    }
 }
 
 fn error_policy(api_key: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.next_backoff(ObjectRef::from_obj(&*api_key));
+    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*api_key));
     tracing::warn!(
         namespace = api_key.metadata.namespace.as_deref(),
         name = api_key.metadata.name.as_deref(),
@@ -140,6 +234,26 @@ fn error_policy(api_key: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_summary_names_what_failed_but_not_the_servers_message() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "Secret \"svc\" is invalid: data[api-key]: lk_secret_material".into(),
+            ..Default::default()
+        };
+        let err = Error::Kube {
+            action: "applying the Secret",
+            source: kube::Error::Api(Box::new(status)),
+        };
+        let summary = failure_summary(&err);
+        assert_eq!(
+            summary,
+            "Kubernetes API call failed while applying the Secret: 422 Invalid"
+        );
+        assert!(!summary.contains("lk_"));
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

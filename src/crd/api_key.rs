@@ -258,6 +258,12 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotate_request: Option<String>,
 
+    /// The value of the `latchkey.dev/rotate` annotation that `pendingKey`
+    /// answers: it becomes `lastRotateRequest` when the key is delivered, so
+    /// a request is honoured exactly once even across a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_rotate_request: Option<String>,
+
     /// When a key of this ApiKey was last accepted by a latchkey server
     /// (written at most about once a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
