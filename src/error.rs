@@ -17,6 +17,8 @@ pub enum Error {
         "the ApiKey CRD is not installed or not served ({0}); install it with `latchkey crd | kubectl apply -f -`"
     )]
     CrdMissing(#[source] kube::Error),
+    #[error("auth server: {0}")]
+    Server(String),
 }
 
 impl Error {
@@ -27,6 +29,7 @@ impl Error {
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Kubeconfig(_) => "kubeconfig",
             Error::CrdMissing(_) => "crd_missing",
+            Error::Server(_) => "server",
         }
     }
 }

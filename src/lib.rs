@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod key;
+pub mod server;
 pub mod telemetry;
 pub mod validity;
 

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use latchkey::clock::SystemClock;
 use latchkey::controller::{self, Context};
-use latchkey::{Error, crd, telemetry};
+use latchkey::{Error, crd, server, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +22,10 @@ enum Command {
     Crd,
     /// Run the controller that turns ApiKeys into Secrets.
     Controller(ControllerArgs),
+    /// Run the auth server (external auth, introspection, metrics).
+    Serve(ServeArgs),
+    /// Run the controller and the auth server in one process.
+    Run(RunArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +45,64 @@ struct ControllerArgs {
     /// Watch ApiKeys in this namespace only (default: every namespace).
     #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    #[command(flatten)]
+    reconcile: ReconcileArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Watch ApiKeys in this namespace only (default: every namespace).
+    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Watch ApiKeys in this namespace only (default: every namespace).
+    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    #[command(flatten)]
+    reconcile: ReconcileArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// Address of the plain-HTTP server (external auth, /introspect, probes, /metrics).
+    #[arg(long, env = "LATCHKEY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
+    #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
+    api_key_header: Option<axum::http::HeaderName>,
+    /// The longest a proxy may cache an allow (Cache-Control max-age); 0 = no-store.
+    #[arg(long, default_value_t = 1)]
+    decision_cache_seconds: u64,
+    /// How often status.lastUsedAt is brought up to date.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    last_used_flush_seconds: u64,
+}
+
+impl ServerArgs {
+    fn options(&self, namespace: Option<String>) -> latchkey::server::Options {
+        latchkey::server::Options {
+            http_addr: self.http_addr,
+            namespace,
+            api_key_header: self.api_key_header.clone(),
+            decision_cache_seconds: self.decision_cache_seconds,
+            last_used_flush: std::time::Duration::from_secs(self.last_used_flush_seconds),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ReconcileArgs {
     /// How many ApiKeys are reconciled at the same time.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -58,6 +120,8 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Controller(args) => run_controller(args).await,
+        Command::Serve(args) => run_server(args).await,
+        Command::Run(args) => run_both(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,13 +145,41 @@ fn print_crds() {
 async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let ctx = Arc::new(Context::new(client, Arc::new(SystemClock), args.instance));
-    controller::run(
-        ctx,
-        controller::Options {
-            namespace: args.watch_namespace,
-            concurrency: args.concurrency,
-        },
-    )
-    .await
+    let (ctx, options) = args.reconcile.context(client, args.watch_namespace);
+    controller::run(ctx, options).await
+}
+
+async fn run_server(args: ServeArgs) -> Result<(), Error> {
+    telemetry::init(args.kube.log_json);
+    let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let options = args.server.options(args.watch_namespace);
+    server::run(client, Arc::new(SystemClock), options, server::shutdown_signal()).await
+}
+
+async fn run_both(args: RunArgs) -> Result<(), Error> {
+    telemetry::init(args.kube.log_json);
+    let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let options = args.server.options(args.watch_namespace.clone());
+    let (ctx, controller_options) = args.reconcile.context(client.clone(), args.watch_namespace);
+    // Both stop on SIGTERM/SIGINT; either failing stops the process.
+    tokio::try_join!(
+        controller::run(ctx, controller_options),
+        server::run(client, Arc::new(SystemClock), options, server::shutdown_signal()),
+    )?;
+    Ok(())
+}
+
+impl ReconcileArgs {
+    fn context(
+        &self,
+        client: kube::Client,
+        namespace: Option<String>,
+    ) -> (Arc<Context>, controller::Options) {
+        let ctx = Arc::new(Context::new(client, Arc::new(SystemClock), self.instance.clone()));
+        let options = controller::Options {
+            namespace,
+            concurrency: self.concurrency,
+        };
+        (ctx, options)
+    }
 }

@@ -1,0 +1,343 @@
+//! The in-memory index the auth server answers from: key id → the keys that
+//! status lists under that id, each with its SHA-256 and the instant it stops
+//! being valid, and the facts about its ApiKey that a decision needs.
+//!
+//! It is fed by a watch of ApiKeys (the stream kube-runtime's reflectors are
+//! built on) but keeps no ApiKey objects: only what [`crate::validity::all_keys`]
+//! lists, compactly, so that 100,000 keys fit in well under 1 KiB each. A
+//! revoked ApiKey contributes no key; grace ends and expiry are compared with
+//! the clock on each request, so they take effect without any write.
+
+use crate::crd::{ApiKey, RateLimit};
+use crate::key::KEY_ID_LEN;
+use crate::validity;
+use axum::http::HeaderValue;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::jiff::Timestamp;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use subtle::ConstantTimeEq;
+
+/// A public key id, as bytes (always [`KEY_ID_LEN`] ASCII characters).
+pub type KeyId = [u8; KEY_ID_LEN];
+
+/// One key that status lists.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    pub sha256: [u8; 32],
+    /// When the key stops being valid (`None`: not before a rotation,
+    /// revocation or expiry is written).
+    pub valid_until: Option<Timestamp>,
+    pub owner: Arc<Owner>,
+}
+
+/// What a decision needs to know about the ApiKey a key belongs to.
+#[derive(Debug)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+    pub scopes: Box<[Box<str>]>,
+    pub audiences: Box<[Box<str>]>,
+    /// Identity headers, built once per ApiKey version.
+    pub subject_header: HeaderValue,
+    pub scopes_header: HeaderValue,
+    pub namespace_header: HeaderValue,
+    pub name_header: HeaderValue,
+    /// What survives a new version of the same ApiKey: the rate limiter's
+    /// bucket and the last use.
+    pub usage: Arc<Usage>,
+    /// `metadata.resourceVersion` and `status.lastUsedAt` as the watch saw
+    /// them, for the lastUsedAt writer's optimistic lock.
+    pub resource_version: String,
+    pub status_last_used: Option<Timestamp>,
+}
+
+impl Owner {
+    pub fn subject(&self) -> &str {
+        self.subject_header.to_str().unwrap_or_default()
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| &**s == scope)
+    }
+}
+
+/// Per-ApiKey state that changes on requests, not on watch events.
+#[derive(Debug)]
+pub struct Usage {
+    pub rate_limit: Option<RateLimit>,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Unix seconds of the last accepted request (0: none since start).
+    pub last_used: AtomicI64,
+}
+
+impl Usage {
+    fn new(rate_limit: Option<RateLimit>) -> Self {
+        let limiter = rate_limit.as_ref().map(|r| {
+            let rps = NonZeroU32::new(r.requests_per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = r.burst.and_then(NonZeroU32::new).unwrap_or(rps);
+            RateLimiter::direct(Quota::per_second(rps).allow_burst(burst))
+        });
+        Self {
+            rate_limit,
+            limiter,
+            last_used: AtomicI64::new(0),
+        }
+    }
+}
+
+/// Namespace and name of an ApiKey.
+type ObjectKey = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    by_key_id: HashMap<KeyId, Vec<KeyEntry>>,
+    by_object: HashMap<ObjectKey, (Arc<Owner>, Vec<KeyId>)>,
+}
+
+/// The index, shared by every request handler.
+#[derive(Default)]
+pub struct Index {
+    inner: RwLock<Inner>,
+    synced: AtomicBool,
+}
+
+/// Builds an index from a full list (the watch's initial list, or a re-list).
+#[derive(Default)]
+pub struct Rebuild {
+    inner: Inner,
+}
+
+impl Rebuild {
+    pub fn apply(&mut self, api_key: &ApiKey, previous: Option<&Index>) {
+        let usage = previous.and_then(|p| p.usage_of(api_key));
+        upsert(&mut self.inner, api_key, usage);
+    }
+}
+
+impl Index {
+    /// Whether the first full list has been loaded.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Replaces the whole index with a finished rebuild.
+    pub fn replace(&self, rebuild: Rebuild) {
+        *self.inner.write().expect("index lock") = rebuild.inner;
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// A new or changed ApiKey.
+    pub fn apply(&self, api_key: &ApiKey) {
+        let usage = self.usage_of(api_key);
+        upsert(&mut self.inner.write().expect("index lock"), api_key, usage);
+    }
+
+    /// A deleted ApiKey.
+    pub fn delete(&self, api_key: &ApiKey) {
+        let mut inner = self.inner.write().expect("index lock");
+        remove(&mut inner, &object_key(api_key));
+    }
+
+    /// The key listed under `key_id` whose hash is `sha256`, compared in
+    /// constant time (with every entry under that id, usually one).
+    pub fn find(&self, key_id: &KeyId, sha256: &[u8; 32]) -> Option<KeyEntry> {
+        let inner = self.inner.read().expect("index lock");
+        let entries = inner.by_key_id.get(key_id)?;
+        let mut found = None;
+        for entry in entries {
+            if bool::from(entry.sha256.ct_eq(sha256)) {
+                found = Some(entry.clone());
+            }
+        }
+        found
+    }
+
+    /// Number of keys and of ApiKeys indexed.
+    pub fn len(&self) -> (usize, usize) {
+        let inner = self.inner.read().expect("index lock");
+        (
+            inner.by_key_id.values().map(Vec::len).sum(),
+            inner.by_object.len(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len().0 == 0
+    }
+
+    /// Every indexed ApiKey (for the lastUsedAt writer).
+    pub fn owners(&self) -> Vec<Arc<Owner>> {
+        let inner = self.inner.read().expect("index lock");
+        inner.by_object.values().map(|(o, _)| o.clone()).collect()
+    }
+
+    fn usage_of(&self, api_key: &ApiKey) -> Option<Arc<Usage>> {
+        let inner = self.inner.read().expect("index lock");
+        let (owner, _) = inner.by_object.get(&object_key(api_key))?;
+        Some(owner.usage.clone())
+    }
+}
+
+fn object_key(api_key: &ApiKey) -> ObjectKey {
+    (
+        api_key.metadata.namespace.clone().unwrap_or_default(),
+        api_key.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn remove(inner: &mut Inner, key: &ObjectKey) {
+    let Some((owner, ids)) = inner.by_object.remove(key) else {
+        return;
+    };
+    for id in ids {
+        if let Some(entries) = inner.by_key_id.get_mut(&id) {
+            entries.retain(|e| !Arc::ptr_eq(&e.owner, &owner));
+            if entries.is_empty() {
+                inner.by_key_id.remove(&id);
+            }
+        }
+    }
+}
+
+fn header(value: &str) -> HeaderValue {
+    // Subjects, scopes and names are restricted by the CRD to visible ASCII;
+    // anything else becomes an empty header rather than a failed request.
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
+    let key = object_key(api_key);
+    remove(inner, &key);
+    let rate_limit = api_key.spec.rate_limit.clone();
+    let usage = match usage {
+        Some(u) if u.rate_limit == rate_limit => u,
+        Some(u) => {
+            let fresh = Usage::new(rate_limit);
+            fresh
+                .last_used
+                .store(u.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+            Arc::new(fresh)
+        }
+        None => Arc::new(Usage::new(rate_limit)),
+    };
+    let status = api_key.status.as_ref();
+    let owner = Arc::new(Owner {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        scopes: api_key.spec.scopes.iter().map(|s| s.as_str().into()).collect(),
+        audiences: api_key.spec.audiences.iter().map(|s| s.as_str().into()).collect(),
+        subject_header: header(&api_key.subject()),
+        scopes_header: header(&api_key.spec.scopes.join(" ")),
+        namespace_header: header(&key.0),
+        name_header: header(&key.1),
+        usage,
+        resource_version: api_key.metadata.resource_version.clone().unwrap_or_default(),
+        status_last_used: status.and_then(|s| s.last_used_at.as_ref()).map(|t| t.0),
+    });
+    let mut ids = Vec::new();
+    for (record, valid_until) in validity::all_keys(api_key) {
+        let (Ok(id), Ok(hash)) = (
+            KeyId::try_from(record.id.as_bytes()),
+            <[u8; 32]>::try_from(hex::decode(&record.sha256).unwrap_or_default()),
+        ) else {
+            continue;
+        };
+        inner.by_key_id.entry(id).or_default().push(KeyEntry {
+            sha256: hash,
+            valid_until,
+            owner: owner.clone(),
+        });
+        ids.push(id);
+    }
+    inner.by_object.insert(key, (owner, ids));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ApiKeySpec, ApiKeyStatus, KeyRecord};
+    use crate::key::ApiKeyValue;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    pub fn api_key_with(name: &str, keys: &[(&ApiKeyValue, Option<Timestamp>)]) -> ApiKey {
+        let mut ak = ApiKey::new(
+            name,
+            ApiKeySpec {
+                scopes: vec!["orders:read".into(), "orders:write".into()],
+                ..Default::default()
+            },
+        );
+        ak.metadata.namespace = Some("shop".into());
+        let mut records = keys.iter().map(|(k, until)| KeyRecord {
+            id: k.key_id().into(),
+            sha256: k.sha256_hex(),
+            issued_at: Time(Timestamp::UNIX_EPOCH),
+            valid_until: until.map(Time),
+        });
+        ak.status = Some(ApiKeyStatus {
+            current_key: records.next(),
+            previous_keys: records.collect(),
+            ..Default::default()
+        });
+        ak
+    }
+
+    fn id(k: &ApiKeyValue) -> KeyId {
+        KeyId::try_from(k.key_id().as_bytes()).unwrap()
+    }
+
+    fn hash(k: &ApiKeyValue) -> [u8; 32] {
+        <[u8; 32]>::try_from(hex::decode(k.sha256_hex()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn apply_update_and_delete() {
+        let index = Index::default();
+        let (a, b) = (ApiKeyValue::generate(), ApiKeyValue::generate());
+        let ak = api_key_with("billing", &[(&a, None)]);
+        index.apply(&ak);
+        let lookup = |k: &ApiKeyValue| index.find(&id(k), &hash(k));
+        let entry = lookup(&a).unwrap();
+        assert_eq!(hex::encode(entry.sha256), a.sha256_hex());
+        assert_eq!(entry.owner.subject(), "shop/billing");
+        assert_eq!(entry.owner.scopes_header, "orders:read orders:write");
+
+        // A rotation: b current, a in grace. The usage state survives.
+        entry.owner.usage.last_used.store(42, Ordering::Relaxed);
+        let until = Timestamp::from_second(2_000_000_000).unwrap();
+        index.apply(&api_key_with("billing", &[(&b, None), (&a, Some(until))]));
+        assert_eq!(index.len(), (2, 1));
+        let old = lookup(&a).unwrap();
+        assert_eq!(old.valid_until, Some(until));
+        assert_eq!(old.owner.usage.last_used.load(Ordering::Relaxed), 42);
+
+        // Revoked: no key left.
+        let mut revoked = api_key_with("billing", &[(&b, None), (&a, Some(until))]);
+        revoked.spec.revoked = Some(true);
+        index.apply(&revoked);
+        assert!(lookup(&a).is_none() && lookup(&b).is_none());
+
+        index.apply(&api_key_with("billing", &[(&b, None)]));
+        index.delete(&api_key_with("billing", &[]));
+        assert_eq!(index.len(), (0, 0));
+    }
+
+    #[test]
+    fn a_rebuild_replaces_everything_and_marks_synced() {
+        let index = Index::default();
+        assert!(!index.is_synced());
+        let (a, b) = (ApiKeyValue::generate(), ApiKeyValue::generate());
+        index.apply(&api_key_with("gone", &[(&a, None)]));
+        let mut rebuild = Rebuild::default();
+        rebuild.apply(&api_key_with("kept", &[(&b, None)]), Some(&index));
+        index.replace(rebuild);
+        assert!(index.is_synced());
+        assert!(index.find(&id(&a), &hash(&a)).is_none());
+        assert!(index.find(&id(&b), &hash(&b)).is_some());
+        // Right id, wrong hash.
+        assert!(index.find(&id(&b), &hash(&a)).is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus metrics of the auth server: decisions by route and result,
+//! and a latency histogram by route. No per-key labels (cardinality stays
+//! fixed however many keys there are). Every series is created at start-up
+//! and its handle kept, so the request path does no label lookup.
+
+use super::Family;
+use super::decision::Decision;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family as MetricFamily;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Every `result` label value, in [`Decision::label`]'s words.
+const RESULTS: [&str; 9] = [
+    "allow",
+    "no_credential",
+    "malformed",
+    "unknown",
+    "expired",
+    "audience",
+    "insufficient_scope",
+    "rate_limited",
+    "not_ready",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    route: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    decisions: Vec<[Counter; RESULTS.len()]>,
+    latency: Vec<Histogram>,
+    keys: Gauge,
+    api_keys: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("latchkey");
+        let decisions_family = MetricFamily::<DecisionLabels, Counter>::default();
+        let latency_family = MetricFamily::<RouteLabels, Histogram>::new_with_constructor(|| {
+            // 10 µs … ~80 ms.
+            Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
+        });
+        registry.register(
+            "auth_decisions",
+            "External-auth decisions by route and result",
+            decisions_family.clone(),
+        );
+        registry.register(
+            "auth_decision_seconds",
+            "Time to decide an external-auth request, by route",
+            latency_family.clone(),
+        );
+        let keys = Gauge::default();
+        let api_keys = Gauge::default();
+        registry.register("index_keys", "Keys in the auth index", keys.clone());
+        registry.register("index_api_keys", "ApiKeys in the auth index", api_keys.clone());
+        let decisions = Family::ALL
+            .iter()
+            .map(|f| {
+                RESULTS.map(|result| {
+                    decisions_family
+                        .get_or_create(&DecisionLabels {
+                            route: f.label(),
+                            result,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        let latency = Family::ALL
+            .iter()
+            .map(|f| {
+                latency_family
+                    .get_or_create(&RouteLabels { route: f.label() })
+                    .clone()
+            })
+            .collect();
+        Self {
+            registry,
+            decisions,
+            latency,
+            keys,
+            api_keys,
+        }
+    }
+
+    pub fn observe(&self, family: Family, decision: &Decision, elapsed: Duration) {
+        let route = family as usize;
+        if let Some(i) = RESULTS.iter().position(|r| *r == decision.label()) {
+            self.decisions[route][i].inc();
+        }
+        self.latency[route].observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text, with the index sizes as of now.
+    pub fn encode(&self, keys: usize, api_keys: usize) -> Result<String, std::fmt::Error> {
+        self.keys.set(keys as i64);
+        self.api_keys.set(api_keys as i64);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_counted_by_route_and_result() {
+        let m = Metrics::new();
+        m.observe(Family::Nginx, &Decision::NoCredential, Duration::from_micros(20));
+        m.observe(Family::Nginx, &Decision::NoCredential, Duration::from_micros(20));
+        m.observe(Family::Envoy, &Decision::NotReady, Duration::from_micros(20));
+        let text = m.encode(3, 2).unwrap();
+        assert!(
+            text.contains(r#"latchkey_auth_decisions_total{route="nginx",result="no_credential"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"latchkey_auth_decisions_total{route="envoy",result="not_ready"} 1"#));
+        assert!(text.contains("latchkey_index_keys 3"));
+        assert!(text.contains(r#"latchkey_auth_decision_seconds_count{route="nginx"} 2"#));
+    }
+}

@@ -1,0 +1,258 @@
+//! The auth server (`latchkey serve`, and half of `latchkey run`): axum
+//! handlers, thin over [`decision`], answering from an in-memory [`index`]
+//! fed by a watch of ApiKeys. It reads no Secret and makes no API call on the
+//! request path.
+//!
+//! Routes:
+//! - `/auth/nginx`: nginx `auth_request`, ingress-nginx `auth-url`, NGINX
+//!   Gateway Fabric. The original request arrives in `X-Original-URL` and
+//!   `X-Original-Method`, which nginx sets itself; nothing else is trusted.
+//! - `/auth/forward`: Traefik ForwardAuth and Caddy `forward_auth`
+//!   (`X-Forwarded-Method/Proto/Host/Uri`).
+//! - `/auth/envoy` and `/auth/envoy/*`: Envoy ext_authz (HTTP) and Gateway
+//!   API `ExternalAuth`, which send the client's method and path.
+//!
+//!   All three accept any method, never read a body, and take the required
+//!   `scope`s and `audience` from the auth URL's query. The original request
+//!   only goes into debug logs: decisions depend on the key and the route's
+//!   requirement, never on headers a client could forge.
+//! - `POST /introspect`: RFC 7662 (see [`introspect`]).
+//! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
+
+pub mod decision;
+pub mod index;
+pub mod introspect;
+pub mod metrics;
+pub mod usage;
+
+use crate::clock::Clock;
+use crate::crd::ApiKey;
+use crate::error::{Error, Result};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use decision::Requirement;
+use futures::StreamExt;
+use index::{Index, Rebuild};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `latchkey serve` (and the server half of `latchkey run`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub http_addr: SocketAddr,
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// A header that carries the API key besides `Authorization: Bearer` and `X-Api-Key`.
+    pub api_key_header: Option<HeaderName>,
+    /// The longest a proxy may cache an allow.
+    pub decision_cache_seconds: u64,
+    /// How often `status.lastUsedAt` is brought up to date.
+    pub last_used_flush: Duration,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub index: Arc<Index>,
+    pub clock: Arc<dyn Clock>,
+    pub options: Options,
+    pub metrics: metrics::Metrics,
+}
+
+/// Which proxy family a route serves (for metrics and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Nginx,
+    Forward,
+    Envoy,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Nginx, Family::Forward, Family::Envoy];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::Nginx => "nginx",
+            Family::Forward => "forward",
+            Family::Envoy => "envoy",
+        }
+    }
+
+    /// The original method and URL as this family's proxy reports them (for
+    /// debug logs only).
+    fn original(self, headers: &HeaderMap, request_path: &str) -> (String, String) {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match self {
+            Family::Nginx => (get("x-original-method"), get("x-original-url")),
+            Family::Forward => (
+                get("x-forwarded-method"),
+                format!(
+                    "{}://{}{}",
+                    get("x-forwarded-proto"),
+                    get("x-forwarded-host"),
+                    get("x-forwarded-uri")
+                ),
+            ),
+            Family::Envoy => (
+                String::new(),
+                request_path
+                    .strip_prefix("/auth/envoy")
+                    .unwrap_or(request_path)
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The router with every route, over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/auth/nginx", any(|s, r| auth(s, Family::Nginx, r)))
+        .route("/auth/forward", any(|s, r| auth(s, Family::Forward, r)))
+        .route("/auth/envoy", any(|s, r| auth(s, Family::Envoy, r)))
+        .route("/auth/envoy/{*path}", any(|s, r| auth(s, Family::Envoy, r)))
+        .route("/introspect", post(introspect::handle))
+        .with_state(state)
+}
+
+async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Request) -> Response {
+    let started = Instant::now();
+    let requirement = Requirement::from_query(request.uri().query());
+    let headers = request.headers();
+    let presented = decision::credential(headers, state.options.api_key_header.as_ref());
+    let decision = decision::decide(
+        presented,
+        &requirement,
+        &state.index,
+        state.clock.now(),
+        state.options.decision_cache_seconds,
+    );
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let (method, url) = family.original(headers, request.uri().path());
+        tracing::debug!(route = family.label(), result = decision.label(), %method, %url, "auth decision");
+    }
+    state.metrics.observe(family, &decision, started.elapsed());
+    decision.into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.index.is_synced() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "ApiKeys not loaded yet").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let (keys, api_keys) = state.index.len();
+    match state.metrics.encode(keys, api_keys) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Keeps `index` up to date from a watch of ApiKeys until the stream ends.
+/// A (re-)list is built aside and swapped in whole once complete, so a
+/// request never sees a half-loaded index.
+pub async fn feed_index(api_keys: Api<ApiKey>, index: Arc<Index>) {
+    let mut rebuild: Option<Rebuild> = None;
+    let mut events = watcher(api_keys, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => rebuild = Some(Rebuild::default()),
+            Ok(watcher::Event::InitApply(api_key)) => {
+                if let Some(r) = rebuild.as_mut() {
+                    r.apply(&api_key, Some(&index));
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(r) = rebuild.take() {
+                    index.replace(r);
+                    let (keys, api_keys) = index.len();
+                    tracing::info!(keys, api_keys, "ApiKey index loaded");
+                }
+            }
+            Ok(watcher::Event::Apply(api_key)) => index.apply(&api_key),
+            Ok(watcher::Event::Delete(api_key)) => index.delete(&api_key),
+            Err(err) => tracing::warn!(error = %err, "ApiKey watch failed; retrying"),
+        }
+    }
+}
+
+/// Runs the server until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let api_keys: Api<ApiKey> = match &options.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let index = Arc::new(Index::default());
+    let feeder = tokio::spawn(feed_index(api_keys, index.clone()));
+    let flusher = tokio::spawn(usage::run(
+        client,
+        index.clone(),
+        clock.clone(),
+        options.last_used_flush,
+    ));
+    let listener = tokio::net::TcpListener::bind(options.http_addr)
+        .await
+        .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", options.http_addr)))?;
+    tracing::info!(addr = %options.http_addr, "auth server listening");
+    let state = Arc::new(AppState {
+        index,
+        clock,
+        metrics: metrics::Metrics::new(),
+        options,
+    });
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Server(e.to_string()));
+    feeder.abort();
+    flusher.abort();
+    tracing::info!("auth server stopped");
+    served
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
