@@ -141,10 +141,36 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(namespace: &str) -> Self {
-        let log = std::env::temp_dir().join(format!("latchkey-controller-{namespace}-{}.log", rand_suffix()));
+        Self::start_with(namespace, &["controller"])
+    }
+
+    /// `latchkey run` (controller and auth server) on a free loopback port;
+    /// returns the process and the server's base URL once `/livez` answers.
+    pub fn start_run(namespace: &str, extra: &[&str]) -> (Self, String) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec!["run", "--http-addr", &addr];
+        args.extend_from_slice(extra);
+        let mut process = Self::start_with(namespace, &args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!("latchkey run exited ({status}):\n{}", process.log_text());
+            }
+            assert!(Instant::now() < deadline, "latchkey run did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (process, format!("http://{addr}"))
+    }
+
+    /// `latchkey <args…> --watch-namespace NS --kubeconfig …`.
+    pub fn start_with(namespace: &str, args: &[&str]) -> Self {
+        let log =
+            std::env::temp_dir().join(format!("latchkey-{}-{namespace}-{}.log", args[0], rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(["controller", "--watch-namespace", namespace, "--kubeconfig"])
+            .args(args)
+            .args(["--watch-namespace", namespace, "--kubeconfig"])
             .arg(kubeconfig())
             .env("RUST_LOG", "info,latchkey=debug")
             .stdout(file.try_clone().unwrap())
@@ -188,6 +214,15 @@ impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other
+/// processes is accepted).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes (then panics with `what`).
