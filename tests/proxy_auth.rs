@@ -1,0 +1,496 @@
+//! External auth through the real proxies: nginx configured as ingress-nginx
+//! generates it for `auth-url` + `auth-response-headers` (with the 429
+//! recipe), and Caddy with `forward_auth` + `copy_headers`, both in front of a
+//! `latchkey run` and an upstream that echoes the headers it receives
+//! (`e2e/proxy/`). Traefik ForwardAuth and Envoy ext_authz requests are sent
+//! to latchkey directly with the headers those proxies send.
+//!
+//! nginx and Caddy come from Debian (`e2e/deps` installs them); without them
+//! these tests fail and say so.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use latchkey::conditions;
+use latchkey::crd::ApiKey;
+use reqwest::{Method, StatusCode};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A process we started, stopped by PID (SIGTERM, then SIGKILL) on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { name, child, log }
+    }
+
+    fn wait_listening(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}):\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} is not listening on {port}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        for _ in 0..50 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn require(tool: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} is not installed: run e2e/deps (it installs nginx, caddy and wrk from Debian)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn render(template: &str, out: &Path, vars: &[(&str, String)]) {
+    let mut text = std::fs::read_to_string(repo().join("e2e/proxy").join(template)).unwrap();
+    for (name, value) in vars {
+        text = text.replace(&format!("@{name}@"), value);
+    }
+    let unfilled = text
+        .split('@')
+        .skip(1)
+        .step_by(2)
+        .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()));
+    assert!(
+        unfilled.is_none(),
+        "unfilled placeholder @{unfilled:?}@ in {template}"
+    );
+    std::fs::write(out, text).unwrap();
+}
+
+/// latchkey, the echo upstream, nginx and Caddy for one namespace.
+struct Stack {
+    ns: TestNamespace,
+    latchkey: ControllerProcess,
+    latchkey_url: String,
+    nginx: String,
+    caddy: String,
+    http: reqwest::Client,
+    api_keys: Api<ApiKey>,
+    secrets: Api<Secret>,
+    _procs: Vec<Proc>,
+}
+
+impl Stack {
+    async fn start(prefix: &str) -> Self {
+        let (nginx_bin, caddy_bin) = (require("nginx"), require("caddy"));
+        let ns = TestNamespace::new(prefix).await;
+        let (latchkey, latchkey_url) = ControllerProcess::start_run(&ns.name, &[]);
+        let latchkey_addr = latchkey_url.trim_start_matches("http://").to_owned();
+        let dir = std::env::temp_dir().join(format!("latchkey-proxies-{}", ns.name));
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::create_dir_all(dir.join("static")).unwrap();
+        std::fs::write(dir.join("static/index.html"), "ok\n").unwrap();
+
+        let (echo_port, nginx_port, caddy_port) = (free_port(), free_port(), free_port());
+        let mut procs = Vec::new();
+        let mut echo = Proc::spawn(
+            "echo",
+            &dir,
+            Command::new("python3")
+                .arg(repo().join("e2e/proxy/echo.py"))
+                .arg(echo_port.to_string()),
+        );
+        echo.wait_listening(echo_port);
+        procs.push(echo);
+
+        let upstream = format!("127.0.0.1:{echo_port}");
+        let vars = [
+            ("PREFIX", dir.display().to_string()),
+            ("LISTEN", format!("127.0.0.1:{nginx_port}")),
+            ("LATCHKEY", latchkey_addr.clone()),
+            ("UPSTREAM", upstream.clone()),
+            ("STATIC", dir.join("static").display().to_string()),
+        ];
+        render("nginx.conf.in", &dir.join("nginx.conf"), &vars);
+        let mut nginx = Proc::spawn(
+            "nginx",
+            &dir,
+            Command::new(nginx_bin)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.join("error.log")),
+        );
+        nginx.wait_listening(nginx_port);
+        procs.push(nginx);
+
+        let vars = [
+            ("LISTEN", format!("127.0.0.1:{caddy_port}")),
+            ("LATCHKEY", latchkey_addr),
+            ("UPSTREAM", upstream),
+        ];
+        render("Caddyfile.in", &dir.join("Caddyfile"), &vars);
+        let mut caddy = Proc::spawn(
+            "caddy",
+            &dir,
+            Command::new(caddy_bin)
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(dir.join("Caddyfile"))
+                .env("HOME", &dir)
+                .env("XDG_DATA_HOME", &dir)
+                .env("XDG_CONFIG_HOME", &dir),
+        );
+        caddy.wait_listening(caddy_port);
+        procs.push(caddy);
+
+        let client = client().await;
+        Self {
+            api_keys: Api::namespaced(client.clone(), &ns.name),
+            secrets: Api::namespaced(client, &ns.name),
+            ns,
+            latchkey,
+            latchkey_url,
+            nginx: format!("http://127.0.0.1:{nginx_port}"),
+            caddy: format!("http://127.0.0.1:{caddy_port}"),
+            http: reqwest::Client::new(),
+            _procs: procs,
+        }
+    }
+
+    fn proxies(&self) -> [(&'static str, &str); 2] {
+        [("nginx", &self.nginx), ("caddy", &self.caddy)]
+    }
+
+    /// Applies an ApiKey; returns its key once latchkey accepts it.
+    async fn key(&self, name: &str, spec: &str) -> String {
+        let (ok, out, err) = kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n{spec}",
+                self.ns.name
+            ),
+        );
+        assert!(ok, "kubectl apply failed:\n{out}{err}");
+        let key = eventually(WAIT, &format!("ApiKey {name} Ready"), || async {
+            let ak = self.api_keys.get(name).await.ok()?;
+            conditions::is_true(&ak.status.as_ref()?.conditions, conditions::READY).then_some(())?;
+            let secret = self.secrets.get(&ak.secret_name()).await.ok()?;
+            String::from_utf8(secret.data?.get("api-key")?.0.clone()).ok()
+        })
+        .await;
+        eventually(WAIT, "latchkey accepts the new key", || async {
+            let resp = self
+                .http
+                .get(format!("{}/auth/envoy", self.latchkey_url))
+                .header("x-api-key", &key)
+                .send()
+                .await
+                .ok()?;
+            (resp.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        key
+    }
+
+    async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send(Method::GET, url, headers).await
+    }
+
+    async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.http.request(method, url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}\n{}", self.latchkey.log_text()));
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn refs<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The headers the echo upstream received.
+    fn upstream_header(&self, name: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not the echo upstream's JSON ({e}): {}", self.body));
+        v["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+#[tokio::test]
+async fn nginx_and_caddy_enforce_latchkeys_decisions() {
+    let s = Stack::start("proxy-auth").await;
+    let key = s
+        .key(
+            "billing",
+            "  subject: billing-service\n  scopes: [\"orders:read\"]\n",
+        )
+        .await;
+    let auth = format!("Bearer {key}");
+    let mut bad_sum = key.clone();
+    let last = bad_sum.pop().unwrap();
+    bad_sum.push(if last == 'x' { 'y' } else { 'x' });
+
+    for (proxy, base) in s.proxies() {
+        let url = format!("{base}/api/orders?page=2");
+
+        // No key: 401 with a challenge that carries no error.
+        let a = s.get(&url, &[]).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{proxy}: no key");
+        assert_eq!(
+            a.header("www-authenticate"),
+            "Bearer realm=\"latchkey\"",
+            "{proxy}"
+        );
+
+        // Garbage and a bad checksum: 401.
+        for bad in ["Bearer garbage", &format!("Bearer {bad_sum}")] {
+            let a = s.get(&url, &[("authorization", bad)]).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{proxy}: {bad:.14}…");
+            assert!(a.header("www-authenticate").contains("invalid_token"), "{proxy}");
+        }
+
+        // A valid key: the upstream answers and sees who called, and a
+        // client's own X-Auth-Subject does not get through.
+        let a = s
+            .get(
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("x-auth-subject", "mallory"),
+                    ("x-auth-scopes", "orders:admin"),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{proxy}: valid key");
+        assert_eq!(
+            a.upstream_header("x-auth-subject").as_deref(),
+            Some("billing-service"),
+            "{proxy}"
+        );
+        assert_eq!(
+            a.upstream_header("x-auth-scopes").as_deref(),
+            Some("orders:read"),
+            "{proxy}"
+        );
+        assert_eq!(
+            a.upstream_header("x-auth-key-id").as_deref(),
+            Some(&key[3..15]),
+            "{proxy}"
+        );
+
+        // X-Api-Key works as well, for any method (nginx's subrequest is a GET).
+        let a = s.send(Method::POST, &url, &[("x-api-key", &key)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{proxy}: POST with X-Api-Key");
+
+        // A route that requires a scope the key lacks: 403.
+        let a = s
+            .get(&format!("{base}/admin/users"), &[("authorization", &auth)])
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{proxy}: missing scope");
+    }
+
+    // Revocation: both proxies refuse the key.
+    s.api_keys
+        .patch(
+            "billing",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
+        )
+        .await
+        .unwrap();
+    for (proxy, base) in s.proxies() {
+        let url = format!("{base}/api/orders");
+        eventually(
+            Duration::from_secs(10),
+            &format!("{proxy} refuses the revoked key"),
+            || async {
+                (s.get(&url, &[("authorization", &auth)]).await.status == StatusCode::UNAUTHORIZED)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_each_proxy_answers_429_with_retry_after() {
+    let s = Stack::start("proxy-rate").await;
+    let key = s
+        .key(
+            "limited",
+            "  scopes: [\"orders:read\"]\n  rateLimit: {requestsPerSecond: 1, burst: 2}\n",
+        )
+        .await;
+    for (proxy, base) in s.proxies() {
+        let url = format!("{base}/api/orders");
+        let mut limited = None;
+        for _ in 0..6 {
+            let a = s.get(&url, &[("x-api-key", &key)]).await;
+            if a.status == StatusCode::TOO_MANY_REQUESTS {
+                limited = Some(a);
+                break;
+            }
+            assert_eq!(a.status, StatusCode::OK, "{proxy}: {}", a.body);
+        }
+        let a = limited.unwrap_or_else(|| panic!("{proxy}: no 429 in 6 requests at burst 2"));
+        let retry: u64 = a
+            .header("retry-after")
+            .parse()
+            .unwrap_or_else(|_| panic!("{proxy}: Retry-After {:?}", a.header("retry-after")));
+        assert!(retry >= 1, "{proxy}");
+        // Let the bucket refill before the next proxy.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+#[tokio::test]
+async fn traefik_and_envoy_style_requests_get_their_contracts() {
+    let s = Stack::start("proxy-styles").await;
+    let key = s
+        .key("svc", "  subject: svc\n  scopes: [\"orders:read\"]\n")
+        .await;
+    let base = &s.latchkey_url;
+
+    // Traefik ForwardAuth: GET with X-Forwarded-* describing the original request.
+    let traefik = |credential: Option<&str>| {
+        let mut h: Vec<(&str, String)> = [
+            ("x-forwarded-method", "POST"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+            ("x-forwarded-uri", "/orders?page=2"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]
+        .map(|(k, v)| (k, v.to_owned()))
+        .into();
+        if let Some(c) = credential {
+            h.push(("x-api-key", c.to_owned()));
+        }
+        h
+    };
+    let a = s
+        .get(
+            &format!("{base}/auth/forward?scope=orders:read"),
+            &refs(&traefik(Some(&key))),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("x-auth-subject"), "svc");
+    assert_eq!(a.header("x-auth-scopes"), "orders:read");
+    let a = s
+        .get(&format!("{base}/auth/forward"), &refs(&traefik(None)))
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = s
+        .get(
+            &format!("{base}/auth/forward?scope=orders:write"),
+            &refs(&traefik(Some(&key))),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+
+    // Envoy ext_authz (HTTP) and Gateway API ExternalAuth: the client's method
+    // and path under the prefix; allow is exactly 200.
+    let auth = format!("Bearer {key}");
+    for method in [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+    ] {
+        let a = s
+            .send(
+                method.clone(),
+                &format!("{base}/auth/envoy/orders/17?expand=items"),
+                &[
+                    ("authorization", &auth),
+                    ("host", "api.example.com"),
+                    ("x-request-id", "abc"),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "envoy {method}");
+        assert_eq!(a.header("x-auth-subject"), "svc");
+        let a = s
+            .send(
+                method.clone(),
+                &format!("{base}/auth/envoy/orders/17"),
+                &[("authorization", "Bearer nope")],
+            )
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "envoy {method} with a bad key"
+        );
+    }
+}
