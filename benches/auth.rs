@@ -1,0 +1,569 @@
+//! Benchmarks of the auth server, run by `e2e/bench-auth` and `e2e/bench-index`
+//! (which build the release binary and bring the local control plane up):
+//!
+//! - `throughput`: wrk on loopback against one `latchkey serve` and one nginx,
+//!   in the same run and with the same connections: latchkey's plain `/livez`
+//!   (the ceiling) vs `/auth/nginx` with a valid key vs an invalid key, and
+//!   nginx serving a static file without auth vs with `auth_request` to
+//!   latchkey. Each is run `BENCH_REPEAT` times (default 3), interleaved, and
+//!   the median is printed with the ratios; then the API-key route at half of
+//!   its measured maximum rate (wrk paced by a Lua `delay()`), for p99.
+//! - `revocation N`: N times, create an ApiKey, wait until nginx lets it
+//!   through, patch `revoked: true` and time from the patch's return to the
+//!   first 401 through nginx; prints p50, p99 and max.
+//! - `index-synthetic N`: the auth index's memory for N synthetic ApiKeys
+//!   (RSS before and after), per key.
+//! - `index-real N`: N real ApiKeys on the control plane, then the RSS of a
+//!   `latchkey serve` that indexed them minus one that watches an empty
+//!   namespace, per key.
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use latchkey::crd::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord};
+use latchkey::key::ApiKeyValue;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run this through e2e/bench-auth"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A child process stopped by PID on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        for _ in 0..50 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} is not listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A namespace of the local control plane for one benchmark, deleted at the end.
+struct Bench {
+    client: kube::Client,
+    ns: String,
+    api_keys: Api<ApiKey>,
+    secrets: Api<Secret>,
+    kubeconfig: String,
+    latchkey: String,
+    dir: PathBuf,
+}
+
+impl Bench {
+    async fn new(prefix: &str) -> Self {
+        let kubeconfig = env("BENCH_KUBECONFIG");
+        let client = latchkey::client::from_kubeconfig(Some(Path::new(&kubeconfig)))
+            .await
+            .expect("a client for the local cluster");
+        let ns = format!("{prefix}-{}", std::process::id());
+        let obj: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("latchkey-bench-{ns}"));
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::create_dir_all(dir.join("static")).unwrap();
+        std::fs::write(dir.join("static/index.html"), "ok\n").unwrap();
+        Self {
+            api_keys: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            kubeconfig,
+            latchkey: env("BENCH_LATCHKEY"),
+            dir,
+        }
+    }
+
+    async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client)
+            .delete(&self.ns, &DeleteParams::default())
+            .await;
+    }
+
+    /// `latchkey <mode>` watching `ns` on a free port; returns it and its port.
+    fn latchkey(&self, mode: &str, ns: &str) -> (Proc, u16) {
+        let port = free_port();
+        let log = std::fs::File::create(self.dir.join(format!("latchkey-{mode}-{port}.log"))).unwrap();
+        let child = Command::new(&self.latchkey)
+            .args([
+                mode,
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--watch-namespace",
+                ns,
+            ])
+            .args(["--kubeconfig", &self.kubeconfig])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start latchkey");
+        wait_port(port, "latchkey");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while http_status(port, "/readyz") != Some(200) {
+            assert!(Instant::now() < deadline, "latchkey never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (Proc(child), port)
+    }
+
+    /// nginx from `e2e/proxy/nginx.conf.in` in front of latchkey on `latchkey_port`.
+    fn nginx(&self, latchkey_port: u16) -> (Proc, u16) {
+        let port = free_port();
+        let template =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/proxy/nginx.conf.in"))
+                .unwrap();
+        let conf = template
+            .replace("@PREFIX@", &self.dir.display().to_string())
+            .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+            .replace("@LATCHKEY@", &format!("127.0.0.1:{latchkey_port}"))
+            .replace("@UPSTREAM@", "127.0.0.1:9")
+            .replace("@STATIC@", &self.dir.join("static").display().to_string());
+        let path = self.dir.join(format!("nginx-{port}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&path)
+            .arg("-e")
+            .arg(self.dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (run e2e/deps)");
+        wait_port(port, "nginx");
+        (Proc(child), port)
+    }
+
+    /// Creates an ApiKey and returns its key once the Secret holds it.
+    async fn key(&self, name: &str, scopes: &[&str]) -> String {
+        let ak = ApiKey::new(
+            name,
+            ApiKeySpec {
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        );
+        self.api_keys.create(&PostParams::default(), &ak).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(s)) = self.secrets.get_opt(name).await
+                && let Some(k) = s.data.and_then(|d| d.get("api-key").cloned())
+            {
+                return String::from_utf8(k.0).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no Secret for ApiKey {name}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Status of one plain HTTP/1.1 GET to 127.0.0.1:`port` (optionally with a key).
+fn http_status_with(port: u16, path: &str, key: Option<&str>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: app.example\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_status_with(port, path, None)
+}
+
+/// What wrk printed: requests/s and latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    non_2xx: u64,
+}
+
+fn parse_duration_us(s: &str) -> Option<f64> {
+    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1_000.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        return None;
+    };
+    Some(num.parse::<f64>().ok()? * factor)
+}
+
+fn wrk(url: &str, connections: u32, seconds: u32, key: Option<&str>, script: Option<&Path>) -> WrkResult {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(k) = key {
+        cmd.args(["-H", &format!("Authorization: Bearer {k}")]);
+    }
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    let out = cmd.arg(url).output().expect("run wrk (run e2e/deps)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = WrkResult::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => r.rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => r.p50_us = parse_duration_us(v).unwrap_or(0.0),
+            ["99%", v] => r.p99_us = parse_duration_us(v).unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", v] => r.non_2xx = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    assert!(
+        r.rps > 0.0,
+        "wrk printed no rate for {url}:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn throughput() {
+    let bench = Bench::new("bench-auth").await;
+    // The controller delivers the key; the measured server is `serve` alone.
+    let (_controller, _) = bench.latchkey("run", &bench.ns);
+    let key = bench.key("bench", &["orders:read"]).await;
+    let (_server, lk) = bench.latchkey("serve", &bench.ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status_with(lk, "/auth/nginx?scope=orders:read", Some(&key)) != Some(200) {
+        assert!(Instant::now() < deadline, "latchkey never accepted the bench key");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_nginx, ng) = bench.nginx(lk);
+    assert_eq!(
+        http_status(ng, "/static-auth/index.html"),
+        Some(401),
+        "nginx must refuse without a key"
+    );
+    assert_eq!(
+        http_status_with(ng, "/static-auth/index.html", Some(&key)),
+        Some(200)
+    );
+
+    let invalid = ApiKeyValue::generate();
+    let repeat: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seconds: u32 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let connections = 64;
+    let targets: [(&str, String, Option<&str>, bool); 5] = [
+        (
+            "latchkey /livez (ceiling)",
+            format!("http://127.0.0.1:{lk}/livez"),
+            None,
+            true,
+        ),
+        (
+            "latchkey /auth/nginx, valid key",
+            format!("http://127.0.0.1:{lk}/auth/nginx?scope=orders:read"),
+            Some(&key),
+            true,
+        ),
+        (
+            "latchkey /auth/nginx, invalid key",
+            format!("http://127.0.0.1:{lk}/auth/nginx?scope=orders:read"),
+            Some(invalid.expose()),
+            false,
+        ),
+        (
+            "nginx static, no auth",
+            format!("http://127.0.0.1:{ng}/static/index.html"),
+            None,
+            true,
+        ),
+        (
+            "nginx static + auth_request",
+            format!("http://127.0.0.1:{ng}/static-auth/index.html"),
+            Some(&key),
+            true,
+        ),
+    ];
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
+    for round in 0..repeat {
+        for (i, (name, url, k, ok)) in targets.iter().enumerate() {
+            let r = wrk(url, connections, seconds, *k, None);
+            if *ok {
+                assert_eq!(r.non_2xx, 0, "{name}: non-2xx answers during the benchmark");
+            }
+            eprintln!("round {}: {name}: {:.0} req/s", round + 1, r.rps);
+            results[i].push(r);
+        }
+    }
+    let med = |i: usize, f: fn(&WrkResult) -> f64| median(results[i].iter().map(f).collect());
+    println!(
+        "\nwrk -t1 -c{connections} -d{seconds}s --latency, median of {repeat} interleaved runs (loopback, same run):"
+    );
+    println!("{:<38} {:>10} {:>10} {:>10}", "target", "req/s", "p50", "p99");
+    for (i, (name, ..)) in targets.iter().enumerate() {
+        println!(
+            "{name:<38} {:>10.0} {:>8.0}us {:>8.0}us",
+            med(i, |r| r.rps),
+            med(i, |r| r.p50_us),
+            med(i, |r| r.p99_us)
+        );
+    }
+    let ceiling = med(0, |r| r.rps);
+    println!(
+        "ratio valid-key decision / ceiling:     {:.2}",
+        med(1, |r| r.rps) / ceiling
+    );
+    println!(
+        "ratio invalid-key decision / ceiling:   {:.2}",
+        med(2, |r| r.rps) / ceiling
+    );
+    println!(
+        "ratio nginx+auth_request / nginx:       {:.2}",
+        med(4, |r| r.rps) / med(3, |r| r.rps)
+    );
+
+    // Half of the measured maximum, paced: each connection waits 1 ms between
+    // requests, so the rate is about connections × 1000 / (1 + latency in ms).
+    let target = med(1, |r| r.rps) / 2.0;
+    let script = bench.dir.join("paced.lua");
+    std::fs::write(&script, "function delay()\n  return 1\nend\n").unwrap();
+    let mut conns = ((target / 900.0).round() as u32).max(1);
+    let mut paced = wrk(&targets[1].1, conns, seconds * 2, Some(&key), Some(&script));
+    // One correction towards the target rate.
+    conns = ((conns as f64 * target / paced.rps).round() as u32).max(1);
+    paced = wrk(&targets[1].1, conns, seconds * 2, Some(&key), Some(&script));
+    println!(
+        "valid-key decision at half the max rate ({:.0} req/s wanted, {:.0} achieved, {conns} connections): p50 {:.0}us, p99 {:.0}us",
+        target, paced.rps, paced.p50_us, paced.p99_us
+    );
+    drop(_nginx);
+    bench.cleanup().await;
+}
+
+async fn revocation(trials: usize) {
+    let bench = Bench::new("bench-revoke").await;
+    let (_latchkey, lk) = bench.latchkey("run", &bench.ns);
+    let (_nginx, ng) = bench.nginx(lk);
+    let mut latencies = Vec::new();
+    for i in 0..trials {
+        let name = format!("revoke-{i}");
+        let key = bench.key(&name, &["orders:read"]).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_status_with(ng, "/static-auth/index.html", Some(&key)) != Some(200) {
+            assert!(Instant::now() < deadline, "nginx never let key {i} through");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bench
+            .api_keys
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
+            )
+            .await
+            .unwrap();
+        let returned = Instant::now();
+        while http_status_with(ng, "/static-auth/index.html", Some(&key)) != Some(401) {
+            assert!(
+                returned.elapsed() < Duration::from_secs(30),
+                "key {i} still accepted 30 s after revocation"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let latency = returned.elapsed();
+        eprintln!(
+            "trial {}: first 401 through nginx {:.1} ms after the patch returned",
+            i + 1,
+            latency.as_secs_f64() * 1e3
+        );
+        latencies.push(latency);
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "revocation → first 401 through nginx, {trials} trials: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+    bench.cleanup().await;
+}
+
+fn index_synthetic(n: usize) {
+    use latchkey::server::index::{Index, Rebuild};
+    let pid = std::process::id();
+    let template = {
+        let mut ak = ApiKey::new(
+            "k",
+            ApiKeySpec {
+                scopes: vec!["orders:read".into(), "invoices:write".into()],
+                ..Default::default()
+            },
+        );
+        ak.metadata.namespace = Some("team-payments".into());
+        ak
+    };
+    let before = rss_kib(pid);
+    let index = Index::default();
+    let mut rebuild = Rebuild::default();
+    for i in 0..n {
+        let key = ApiKeyValue::generate();
+        let mut ak = template.clone();
+        ak.metadata.name = Some(format!("billing-service-{i}"));
+        ak.status = Some(ApiKeyStatus {
+            current_key: Some(KeyRecord {
+                id: key.key_id().into(),
+                sha256: key.sha256_hex(),
+                issued_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ),
+                valid_until: None,
+            }),
+            ..Default::default()
+        });
+        rebuild.apply(&ak, None);
+    }
+    index.replace(rebuild);
+    let after = rss_kib(pid);
+    let (keys, api_keys) = index.len();
+    println!(
+        "synthetic index: {keys} keys of {api_keys} ApiKeys: RSS +{:.1} MiB, {:.0} bytes per key",
+        (after - before) as f64 / 1024.0,
+        (after - before) as f64 * 1024.0 / keys as f64
+    );
+}
+
+async fn index_real(n: usize) {
+    use futures::StreamExt;
+    let bench = Bench::new("bench-index").await;
+    let empty = Bench::new("bench-index-empty").await;
+    // Real ApiKey objects with a real status (one key each), written by the
+    // admin rather than the controller so that N = 10,000 takes a minute.
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api_keys = bench.api_keys.clone();
+            async move {
+                let name = format!("billing-service-{i}");
+                let ak = ApiKey::new(
+                    &name,
+                    ApiKeySpec {
+                        scopes: vec!["orders:read".into(), "invoices:write".into()],
+                        ..Default::default()
+                    },
+                );
+                api_keys.create(&PostParams::default(), &ak).await.unwrap();
+                let key = ApiKeyValue::generate();
+                let status = serde_json::json!({"status": {"currentKey": {
+                    "id": key.key_id(), "sha256": key.sha256_hex(),
+                    "issuedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+                }}});
+                api_keys
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    eprintln!(
+        "created {n} ApiKeys with a key in status in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (full, _) = bench.latchkey("serve", &bench.ns);
+    let (idle, _) = bench.latchkey("serve", &empty.ns);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (full_kib, idle_kib) = (rss_kib(full.0.id()), rss_kib(idle.0.id()));
+    println!(
+        "real ApiKeys: latchkey serve RSS {:.1} MiB with {n} ApiKeys vs {:.1} MiB with none: {:.0} bytes per key (includes the watch's list buffers the allocator kept)",
+        full_kib as f64 / 1024.0,
+        idle_kib as f64 / 1024.0,
+        (full_kib.saturating_sub(idle_kib)) as f64 * 1024.0 / n as f64
+    );
+    drop((full, idle));
+    bench.cleanup().await;
+    empty.cleanup().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let n = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.first().map(String::as_str) {
+        Some("throughput") => throughput().await,
+        Some("revocation") => revocation(n(20)).await,
+        Some("index-synthetic") => index_synthetic(n(100_000)),
+        Some("index-real") => index_real(n(10_000)).await,
+        other => panic!(
+            "unknown benchmark {other:?}: throughput | revocation N | index-synthetic N | index-real N"
+        ),
+    }
+}
