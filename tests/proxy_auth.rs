@@ -493,4 +493,16 @@ async fn traefik_and_envoy_style_requests_get_their_contracts() {
             "envoy {method} with a bad key"
         );
     }
+    // The query is the client's own, not a requirement of the route.
+    let a = s
+        .get(
+            &format!("{base}/auth/envoy/search?scope=admin&audience=x"),
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "a client's own `scope` query parameter is not a requirement"
+    );
 }

@@ -12,8 +12,10 @@
 //! - `/auth/envoy` and `/auth/envoy/*`: Envoy ext_authz (HTTP) and Gateway
 //!   API `ExternalAuth`, which send the client's method and path.
 //!
-//!   All three accept any method, never read a body, and take the required
-//!   `scope`s and `audience` from the auth URL's query. The original request
+//!   All three accept any method and never read a body. The nginx and
+//!   forward routes take the required `scope`s and `audience` from the auth
+//!   URL's query; the Envoy route cannot (its query is the client's) and only
+//!   checks the key. The original request
 //!   only goes into debug logs: decisions depend on the key and the route's
 //!   requirement, never on headers a client could forge.
 //! - `POST /introspect`: RFC 7662 (see [`introspect`]).
@@ -131,7 +133,12 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Request) -> Response {
     let started = Instant::now();
-    let requirement = Requirement::from_query(request.uri().query());
+    // Envoy appends the client's own path and query to the prefix: a query
+    // there is the client's, not a requirement of the route.
+    let requirement = match family {
+        Family::Envoy => Requirement::default(),
+        _ => Requirement::from_query(request.uri().query()),
+    };
     let headers = request.headers();
     let presented = decision::credential(headers, state.options.api_key_header.as_ref());
     let decision = decision::decide(
