@@ -305,3 +305,50 @@ async fn over_the_rate_limit_is_429_with_retry_after() {
         "Retry-After {retry_after:?}"
     );
 }
+
+#[tokio::test]
+async fn last_used_at_from_two_replicas_only_moves_forward() {
+    let s = Server::start("srv-replicas", &["--last-used-flush-seconds", "1"]).await;
+    let key = s.key("shared", "  scopes: [\"orders:read\"]\n").await;
+    // A second server replica on the same ApiKeys.
+    let (_replica, replica) =
+        ControllerProcess::start_http("serve", &s.ns.name, &["--last-used-flush-seconds", "1"]);
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        for base in [&s.base, &replica] {
+            let resp = s
+                .http
+                .get(format!("{base}/auth/forward"))
+                .header("x-api-key", &key)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                resp.status() == StatusCode::OK || resp.status() == StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                resp.status()
+            );
+        }
+        if let Some(t) = s
+            .api_keys
+            .get("shared")
+            .await
+            .unwrap()
+            .status
+            .and_then(|st| st.last_used_at)
+        {
+            seen.push(t.0);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!seen.is_empty(), "no lastUsedAt written");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "lastUsedAt went backwards: {seen:?}"
+    );
+    let distinct = seen.windows(2).filter(|w| w[0] != w[1]).count() + 1;
+    // Written about once per flush step (1 s here), not once per request or per replica.
+    assert!(distinct <= 10, "{distinct} writes in 8 s: {seen:?}");
+    println!("lastUsedAt with two replicas: {distinct} distinct values in 8 s, never backwards");
+}

@@ -147,17 +147,26 @@ impl ControllerProcess {
     /// `latchkey run` (controller and auth server) on a free loopback port;
     /// returns the process and the server's base URL once `/livez` answers.
     pub fn start_run(namespace: &str, extra: &[&str]) -> (Self, String) {
+        Self::start_http("run", namespace, extra)
+    }
+
+    /// `latchkey <mode>` (`run` or `serve`) on a free loopback port; returns
+    /// the process and the server's base URL once it listens.
+    pub fn start_http(mode: &str, namespace: &str, extra: &[&str]) -> (Self, String) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let mut args = vec!["run", "--http-addr", &addr];
+        let mut args = vec![mode, "--http-addr", &addr];
         args.extend_from_slice(extra);
         let mut process = Self::start_with(namespace, &args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
             if let Some(status) = process.child.try_wait().unwrap() {
-                panic!("latchkey run exited ({status}):\n{}", process.log_text());
+                panic!("latchkey {mode} exited ({status}):\n{}", process.log_text());
             }
-            assert!(Instant::now() < deadline, "latchkey run did not listen on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "latchkey {mode} did not listen on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         (process, format!("http://{addr}"))
