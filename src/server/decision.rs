@@ -25,6 +25,7 @@ use crate::key;
 use axum::http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock as _, DefaultClock};
 use k8s_openapi::jiff::Timestamp;
 use std::sync::atomic::Ordering;
 
@@ -198,9 +199,7 @@ pub fn decide(
     if let (Some(limiter), Some(limit)) = (&owner.usage.limiter, &owner.usage.rate_limit)
         && let Err(not_until) = limiter.check()
     {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Decision::RateLimited {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
             limit: limit.requests_per_second,

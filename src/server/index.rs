@@ -164,10 +164,6 @@ impl Index {
         )
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len().0 == 0
-    }
-
     /// Every indexed ApiKey (for the lastUsedAt writer).
     pub fn owners(&self) -> Vec<Arc<Owner>> {
         let inner = self.inner.read().expect("index lock");

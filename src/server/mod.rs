@@ -222,12 +222,7 @@ pub async fn run(
     };
     let index = Arc::new(Index::default());
     let feeder = tokio::spawn(feed_index(api_keys, index.clone()));
-    let flusher = tokio::spawn(usage::run(
-        client,
-        index.clone(),
-        clock.clone(),
-        options.last_used_flush,
-    ));
+    let flusher = tokio::spawn(usage::run(client, index.clone(), options.last_used_flush));
     let listener = tokio::net::TcpListener::bind(options.http_addr)
         .await
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", options.http_addr)))?;

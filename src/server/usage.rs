@@ -14,7 +14,6 @@
 //! minute per ApiKey at most, whatever the number of replicas.
 
 use super::index::{Index, Owner};
-use crate::clock::Clock;
 use crate::controller::FIELD_MANAGER;
 use crate::crd::ApiKey;
 use k8s_openapi::jiff::Timestamp;
@@ -40,7 +39,7 @@ pub fn due(owner: &Owner, min_step: i64) -> Option<Timestamp> {
 }
 
 /// Writes due lastUsedAt values every `every` until the task is dropped.
-pub async fn run(client: Client, index: Arc<Index>, _clock: Arc<dyn Clock>, every: Duration) {
+pub async fn run(client: Client, index: Arc<Index>, every: Duration) {
     // A flush interval below a minute (tests) lowers the step with it.
     let min_step = MIN_STEP.min(every.as_secs().max(1) as i64);
     let mut tick = tokio::time::interval(every);
