@@ -9,17 +9,11 @@ use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use latchkey::conditions;
 use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn apply(yaml: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
 
 struct Server {
     ns: TestNamespace,
@@ -45,25 +39,10 @@ impl Server {
         }
     }
 
-    /// Applies an ApiKey and returns its key once it is Ready and the server
+    /// Applies an ApiKey; returns its key once it is Ready and latchkey
     /// accepts it.
     async fn key(&self, name: &str, spec: &str) -> String {
-        apply(&format!(
-            "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n{spec}",
-            self.ns.name
-        ));
-        let key = eventually(WAIT, &format!("ApiKey {name} Ready"), || async {
-            let ak = self.api_keys.get(name).await.ok()?;
-            conditions::is_true(&ak.status.as_ref()?.conditions, conditions::READY).then_some(())?;
-            let secret = self.secrets.get(&ak.secret_name()).await.ok()?;
-            String::from_utf8(secret.data?.get("api-key")?.0.clone()).ok()
-        })
-        .await;
-        eventually(WAIT, "the server accepts the new key", || async {
-            (self.auth("/auth/envoy", &[("x-api-key", &key)]).await.0 == StatusCode::OK).then_some(())
-        })
-        .await;
-        key
+        served_key(&self.ns.name, name, spec, &self.base).await
     }
 
     async fn request(

@@ -11,17 +11,13 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use latchkey::conditions;
 use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A process we started, stopped by PID (SIGTERM, then SIGKILL) on drop.
 struct Proc {
@@ -115,7 +111,6 @@ struct Stack {
     caddy: String,
     http: reqwest::Client,
     api_keys: Api<ApiKey>,
-    secrets: Api<Secret>,
     _procs: Vec<Proc>,
 }
 
@@ -186,8 +181,7 @@ impl Stack {
 
         let client = client().await;
         Self {
-            api_keys: Api::namespaced(client.clone(), &ns.name),
-            secrets: Api::namespaced(client, &ns.name),
+            api_keys: Api::namespaced(client, &ns.name),
             ns,
             latchkey,
             latchkey_url,
@@ -202,35 +196,10 @@ impl Stack {
         [("nginx", &self.nginx), ("caddy", &self.caddy)]
     }
 
-    /// Applies an ApiKey; returns its key once latchkey accepts it.
+    /// Applies an ApiKey; returns its key once it is Ready and latchkey
+    /// accepts it.
     async fn key(&self, name: &str, spec: &str) -> String {
-        let (ok, out, err) = kubectl_stdin(
-            &["apply", "-f", "-"],
-            &format!(
-                "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n{spec}",
-                self.ns.name
-            ),
-        );
-        assert!(ok, "kubectl apply failed:\n{out}{err}");
-        let key = eventually(WAIT, &format!("ApiKey {name} Ready"), || async {
-            let ak = self.api_keys.get(name).await.ok()?;
-            conditions::is_true(&ak.status.as_ref()?.conditions, conditions::READY).then_some(())?;
-            let secret = self.secrets.get(&ak.secret_name()).await.ok()?;
-            String::from_utf8(secret.data?.get("api-key")?.0.clone()).ok()
-        })
-        .await;
-        eventually(WAIT, "latchkey accepts the new key", || async {
-            let resp = self
-                .http
-                .get(format!("{}/auth/envoy", self.latchkey_url))
-                .header("x-api-key", &key)
-                .send()
-                .await
-                .ok()?;
-            (resp.status() == StatusCode::OK).then_some(())
-        })
-        .await;
-        key
+        served_key(&self.ns.name, name, spec, &self.latchkey_url).await
     }
 
     async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Answer {

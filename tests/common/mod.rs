@@ -252,3 +252,38 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Applies ApiKey `name` in `ns` with `spec` (YAML lines under `spec:`),
+/// waits until it is Ready and until the latchkey server at `server` (a base
+/// URL) accepts the key its Secret holds; returns that key.
+pub async fn served_key(ns: &str, name: &str, spec: &str, server: &str) -> String {
+    use latchkey::{conditions, crd::ApiKey};
+    let manifest = format!(
+        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(ok, "kubectl apply failed:\n{out}{err}");
+    let client = client().await;
+    let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, ns);
+    let wait = Duration::from_secs(60);
+    let key = eventually(wait, &format!("ApiKey {name} Ready"), || async {
+        let ak = api_keys.get(name).await.ok()?;
+        conditions::is_true(&ak.status.as_ref()?.conditions, conditions::READY).then_some(())?;
+        let secret = secrets.get(&ak.secret_name()).await.ok()?;
+        String::from_utf8(secret.data?.get("api-key")?.0.clone()).ok()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    eventually(wait, "the latchkey server accepts the new key", || async {
+        let resp = http
+            .get(format!("{server}/auth/envoy"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .ok()?;
+        (resp.status() == reqwest::StatusCode::OK).then_some(())
+    })
+    .await;
+    key
+}
