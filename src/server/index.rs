@@ -33,24 +33,25 @@ pub struct KeyEntry {
     pub owner: Arc<Owner>,
 }
 
-/// What a decision needs to know about the ApiKey a key belongs to.
+/// What a decision needs to know about the ApiKey a key belongs to. Kept
+/// small (the index's budget is 1 KiB per key): strings live once, as the
+/// header values the answers carry.
 #[derive(Debug)]
 pub struct Owner {
-    pub namespace: String,
-    pub name: String,
-    pub scopes: Box<[Box<str>]>,
-    pub audiences: Box<[Box<str>]>,
-    /// Identity headers, built once per ApiKey version.
+    /// Identity headers, built once per ApiKey version; namespace, name,
+    /// subject and scopes are read back from them.
     pub subject_header: HeaderValue,
+    /// Space-separated scopes.
     pub scopes_header: HeaderValue,
     pub namespace_header: HeaderValue,
     pub name_header: HeaderValue,
+    pub audiences: Box<[Box<str>]>,
     /// What survives a new version of the same ApiKey: the rate limiter's
     /// bucket and the last use.
     pub usage: Arc<Usage>,
     /// `metadata.resourceVersion` and `status.lastUsedAt` as the watch saw
     /// them, for the lastUsedAt writer's optimistic lock.
-    pub resource_version: String,
+    pub resource_version: Box<str>,
     pub status_last_used: Option<Timestamp>,
 }
 
@@ -59,8 +60,24 @@ impl Owner {
         self.subject_header.to_str().unwrap_or_default()
     }
 
+    pub fn namespace(&self) -> &str {
+        self.namespace_header.to_str().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.name_header.to_str().unwrap_or_default()
+    }
+
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scopes_header
+            .to_str()
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| &**s == scope)
+        self.scopes().any(|s| s == scope)
     }
 }
 
@@ -68,7 +85,7 @@ impl Owner {
 #[derive(Debug)]
 pub struct Usage {
     pub rate_limit: Option<RateLimit>,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub limiter: Option<Box<DefaultDirectRateLimiter>>,
     /// Unix seconds of the last accepted request (0: none since start).
     pub last_used: AtomicI64,
 }
@@ -78,7 +95,7 @@ impl Usage {
         let limiter = rate_limit.as_ref().map(|r| {
             let rps = NonZeroU32::new(r.requests_per_second).unwrap_or(NonZeroU32::MIN);
             let burst = r.burst.and_then(NonZeroU32::new).unwrap_or(rps);
-            RateLimiter::direct(Quota::per_second(rps).allow_burst(burst))
+            Box::new(RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)))
         });
         Self {
             rate_limit,
@@ -88,13 +105,15 @@ impl Usage {
     }
 }
 
-/// Namespace and name of an ApiKey.
-type ObjectKey = (String, String);
+/// `<namespace>/<name>` of an ApiKey.
+type ObjectKey = Box<str>;
 
 #[derive(Default)]
 struct Inner {
+    /// Usually one entry per id; a Vec only for the (71-bit random, so
+    /// practically impossible) case of two keys with the same id.
     by_key_id: HashMap<KeyId, Vec<KeyEntry>>,
-    by_object: HashMap<ObjectKey, (Arc<Owner>, Vec<KeyId>)>,
+    by_object: HashMap<ObjectKey, (Arc<Owner>, Box<[KeyId]>)>,
 }
 
 /// The index, shared by every request handler.
@@ -178,10 +197,12 @@ impl Index {
 }
 
 fn object_key(api_key: &ApiKey) -> ObjectKey {
-    (
-        api_key.metadata.namespace.clone().unwrap_or_default(),
-        api_key.metadata.name.clone().unwrap_or_default(),
+    format!(
+        "{}/{}",
+        api_key.metadata.namespace.as_deref().unwrap_or_default(),
+        api_key.metadata.name.as_deref().unwrap_or_default()
     )
+    .into()
 }
 
 fn remove(inner: &mut Inner, key: &ObjectKey) {
@@ -221,16 +242,18 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
     };
     let status = api_key.status.as_ref();
     let owner = Arc::new(Owner {
-        namespace: key.0.clone(),
-        name: key.1.clone(),
-        scopes: api_key.spec.scopes.iter().map(|s| s.as_str().into()).collect(),
-        audiences: api_key.spec.audiences.iter().map(|s| s.as_str().into()).collect(),
         subject_header: header(&api_key.subject()),
         scopes_header: header(&api_key.spec.scopes.join(" ")),
-        namespace_header: header(&key.0),
-        name_header: header(&key.1),
+        namespace_header: header(api_key.metadata.namespace.as_deref().unwrap_or_default()),
+        name_header: header(api_key.metadata.name.as_deref().unwrap_or_default()),
+        audiences: api_key.spec.audiences.iter().map(|s| s.as_str().into()).collect(),
         usage,
-        resource_version: api_key.metadata.resource_version.clone().unwrap_or_default(),
+        resource_version: api_key
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+            .into(),
         status_last_used: status.and_then(|s| s.last_used_at.as_ref()).map(|t| t.0),
     });
     let mut ids = Vec::new();
@@ -241,14 +264,18 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
         ) else {
             continue;
         };
-        inner.by_key_id.entry(id).or_default().push(KeyEntry {
-            sha256: hash,
-            valid_until,
-            owner: owner.clone(),
-        });
+        inner
+            .by_key_id
+            .entry(id)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(KeyEntry {
+                sha256: hash,
+                valid_until,
+                owner: owner.clone(),
+            });
         ids.push(id);
     }
-    inner.by_object.insert(key, (owner, ids));
+    inner.by_object.insert(key, (owner, ids.into_boxed_slice()));
 }
 
 #[cfg(test)]

@@ -42,9 +42,9 @@ pub fn answer(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
         "token_type": "api_key",
         "client_id": String::from_utf8_lossy(&key_id),
         "sub": owner.subject(),
-        "scope": owner.scopes.join(" "),
-        "namespace": owner.namespace,
-        "name": owner.name,
+        "scope": owner.scopes().collect::<Vec<_>>().join(" "),
+        "namespace": owner.namespace(),
+        "name": owner.name(),
     });
     if !owner.audiences.is_empty() {
         out["aud"] = json!(owner.audiences);

@@ -184,7 +184,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 /// request never sees a half-loaded index.
 pub async fn feed_index(api_keys: Api<ApiKey>, index: Arc<Index>) {
     let mut rebuild: Option<Rebuild> = None;
-    let mut events = watcher(api_keys, watcher::Config::default().any_semantic())
+    // Paged lists (500 per page), not one list from the watch cache: with
+    // 100,000 ApiKeys a single list would be hundreds of megabytes at once.
+    let mut events = watcher(api_keys, watcher::Config::default().page_size(500))
         .default_backoff()
         .boxed();
     while let Some(event) = events.next().await {

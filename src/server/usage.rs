@@ -50,7 +50,7 @@ pub async fn run(client: Client, index: Arc<Index>, every: Duration) {
             let Some(at) = due(&owner, min_step) else {
                 continue;
             };
-            let api: Api<ApiKey> = Api::namespaced(client.clone(), &owner.namespace);
+            let api: Api<ApiKey> = Api::namespaced(client.clone(), owner.namespace());
             let patch = serde_json::json!({
                 "metadata": {"resourceVersion": owner.resource_version},
                 "status": {"lastUsedAt": at.to_string()},
@@ -60,19 +60,23 @@ pub async fn run(client: Client, index: Arc<Index>, every: Duration) {
                 ..Default::default()
             };
             match api
-                .patch_status(&owner.name, &params, &Patch::Merge(&patch))
+                .patch_status(owner.name(), &params, &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => {
-                    tracing::debug!(namespace = %owner.namespace, name = %owner.name, "recorded lastUsedAt")
+                    tracing::debug!(
+                        namespace = owner.namespace(),
+                        name = owner.name(),
+                        "recorded lastUsedAt"
+                    )
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                     // Changed (or deleted) since the watch saw it: the next
                     // round decides again from the newer version.
                 }
                 Err(err) => tracing::warn!(
-                    namespace = %owner.namespace,
-                    name = %owner.name,
+                    namespace = owner.namespace(),
+                    name = owner.name(),
                     error = %err,
                     "could not record lastUsedAt"
                 ),
