@@ -99,12 +99,27 @@ impl Invalid {
     }
 }
 
+/// The identity headers of an allow. Fresh copies, not clones of the
+/// index's values: a clone would bump a reference count that every request
+/// for that key shares across cores.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub subject: HeaderValue,
+    pub scopes: HeaderValue,
+    pub key_id: HeaderValue,
+    pub namespace: HeaderValue,
+    pub name: HeaderValue,
+}
+
+fn copy(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or(HeaderValue::from_static(""))
+}
+
 /// The outcome of one external-auth request.
 #[derive(Debug, Clone)]
 pub enum Decision {
     Allow {
-        entry: KeyEntry,
-        key_id: KeyId,
+        identity: Box<Identity>,
         /// Seconds a proxy may cache this answer (0: `no-store`).
         max_age: u64,
     },
@@ -180,45 +195,65 @@ pub fn decide(
     let Some(presented) = presented else {
         return Decision::NoCredential;
     };
-    let (entry, key_id) = match verify(presented, index, now) {
-        Ok(found) => found,
-        Err(invalid) => return Decision::Invalid(invalid),
+    let Ok(key_id) = key::check(presented) else {
+        return Decision::Invalid(Invalid::Malformed);
     };
-    let owner = &entry.owner;
-    if let Some(audience) = &requirement.audience
-        && !owner.audiences.is_empty()
-        && !owner.audiences.iter().any(|a| **a == **audience)
-    {
-        return Decision::Invalid(Invalid::Audience);
-    }
-    if !requirement.scopes.iter().all(|s| owner.has_scope(s)) {
-        return Decision::InsufficientScope {
-            required: requirement.scopes.join(" "),
-        };
-    }
-    if let (Some(limiter), Some(limit)) = (&owner.usage.limiter, &owner.usage.rate_limit)
-        && let Err(not_until) = limiter.check()
-    {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        return Decision::RateLimited {
-            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
-            limit: limit.requests_per_second,
-        };
-    }
-    owner.usage.last_used.store(now.as_second(), Ordering::Relaxed);
-    let max_age = if owner.usage.limiter.is_some() {
-        0
-    } else {
-        let left = entry
-            .valid_until
-            .map(|t| t.as_second().saturating_sub(now.as_second()).max(0) as u64);
-        left.map_or(cache_seconds, |l| l.min(cache_seconds))
+    let Ok(id) = KeyId::try_from(key_id.as_bytes()) else {
+        return Decision::Invalid(Invalid::Malformed);
     };
-    Decision::Allow {
-        entry,
-        key_id,
-        max_age,
-    }
+    // Everything below runs under the index's read lock and takes no
+    // reference to the entry out of it.
+    let decided = index.find_with(&id, &key::sha256(presented.as_bytes()), |entry| {
+        if entry.valid_until.is_some_and(|t| t <= now) {
+            return Decision::Invalid(Invalid::Expired);
+        }
+        let owner = &entry.owner;
+        if let Some(audience) = &requirement.audience
+            && !owner.audiences.is_empty()
+            && !owner.audiences.iter().any(|a| **a == **audience)
+        {
+            return Decision::Invalid(Invalid::Audience);
+        }
+        if !requirement.scopes.iter().all(|s| owner.has_scope(s)) {
+            return Decision::InsufficientScope {
+                required: requirement.scopes.join(" "),
+            };
+        }
+        if let (Some(limiter), Some(limit)) = (&owner.usage.limiter, &owner.usage.rate_limit)
+            && let Err(not_until) = limiter.check()
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Decision::RateLimited {
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                limit: limit.requests_per_second,
+            };
+        }
+        // Written once a second at most: a store on every request would
+        // make the cores fight over the cache line.
+        let last_used = &owner.usage.last_used;
+        if last_used.load(Ordering::Relaxed) != now.as_second() {
+            last_used.store(now.as_second(), Ordering::Relaxed);
+        }
+        let max_age = if owner.usage.limiter.is_some() {
+            0
+        } else {
+            let left = entry
+                .valid_until
+                .map(|t| t.as_second().saturating_sub(now.as_second()).max(0) as u64);
+            left.map_or(cache_seconds, |l| l.min(cache_seconds))
+        };
+        Decision::Allow {
+            identity: Box::new(Identity {
+                subject: copy(&owner.subject_header),
+                scopes: copy(&owner.scopes_header),
+                key_id: HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("")),
+                namespace: copy(&owner.namespace_header),
+                name: copy(&owner.name_header),
+            }),
+            max_age,
+        }
+    });
+    decided.unwrap_or(Decision::Invalid(Invalid::Unknown))
 }
 
 fn quoted(value: &str) -> String {
@@ -231,24 +266,23 @@ impl IntoResponse for Decision {
     fn into_response(self) -> Response {
         let mut headers = HeaderMap::new();
         let status = match self {
-            Decision::Allow {
-                entry,
-                key_id,
-                max_age,
-            } => {
-                let owner = &entry.owner;
-                headers.insert(X_AUTH_SUBJECT, owner.subject_header.clone());
-                headers.insert(X_AUTH_SCOPES, owner.scopes_header.clone());
-                headers.insert(
-                    X_AUTH_KEY_ID,
-                    HeaderValue::from_bytes(&key_id).unwrap_or(HeaderValue::from_static("")),
-                );
-                headers.insert(X_AUTH_NAMESPACE, owner.namespace_header.clone());
-                headers.insert(X_AUTH_NAME, owner.name_header.clone());
-                let cache = if max_age == 0 {
-                    NO_STORE
-                } else {
-                    HeaderValue::from_str(&format!("private, max-age={max_age}")).unwrap_or(NO_STORE)
+            Decision::Allow { identity, max_age } => {
+                let Identity {
+                    subject,
+                    scopes,
+                    key_id,
+                    namespace,
+                    name,
+                } = *identity;
+                headers.insert(X_AUTH_SUBJECT, subject);
+                headers.insert(X_AUTH_SCOPES, scopes);
+                headers.insert(X_AUTH_KEY_ID, key_id);
+                headers.insert(X_AUTH_NAMESPACE, namespace);
+                headers.insert(X_AUTH_NAME, name);
+                let cache = match max_age {
+                    0 => NO_STORE,
+                    1 => HeaderValue::from_static("private, max-age=1"),
+                    n => HeaderValue::from_str(&format!("private, max-age={n}")).unwrap_or(NO_STORE),
                 };
                 headers.insert(CACHE_CONTROL, cache);
                 StatusCode::OK

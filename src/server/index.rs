@@ -174,6 +174,26 @@ impl Index {
         found
     }
 
+    /// `f` of the key listed under `key_id` whose hash is `sha256` (compared
+    /// in constant time), run under the read lock: the request path takes no
+    /// shared reference count out of the index.
+    pub fn find_with<R>(
+        &self,
+        key_id: &KeyId,
+        sha256: &[u8; 32],
+        f: impl FnOnce(&KeyEntry) -> R,
+    ) -> Option<R> {
+        let inner = self.inner.read().expect("index lock");
+        let entries = inner.by_key_id.get(key_id)?;
+        let mut found = None;
+        for entry in entries {
+            if bool::from(entry.sha256.ct_eq(sha256)) {
+                found = Some(entry);
+            }
+        }
+        found.map(f)
+    }
+
     /// Number of keys and of ApiKeys indexed.
     pub fn len(&self) -> (usize, usize) {
         let inner = self.inner.read().expect("index lock");
