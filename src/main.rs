@@ -36,15 +36,15 @@ struct KubeArgs {
     /// Log one JSON object per line instead of plain text (filter with RUST_LOG).
     #[arg(long, env = "LATCHKEY_LOG_JSON")]
     log_json: bool,
+    /// Watch ApiKeys in this namespace only (default: every namespace).
+    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
 struct ControllerArgs {
     #[command(flatten)]
     kube: KubeArgs,
-    /// Watch ApiKeys in this namespace only (default: every namespace).
-    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
     #[command(flatten)]
     reconcile: ReconcileArgs,
 }
@@ -53,9 +53,6 @@ struct ControllerArgs {
 struct ServeArgs {
     #[command(flatten)]
     kube: KubeArgs,
-    /// Watch ApiKeys in this namespace only (default: every namespace).
-    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -64,9 +61,6 @@ struct ServeArgs {
 struct RunArgs {
     #[command(flatten)]
     kube: KubeArgs,
-    /// Watch ApiKeys in this namespace only (default: every namespace).
-    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
     #[command(flatten)]
     reconcile: ReconcileArgs,
     #[command(flatten)]
@@ -145,22 +139,22 @@ fn print_crds() {
 async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let (ctx, options) = args.reconcile.context(client, args.watch_namespace);
+    let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace);
     controller::run(ctx, options).await
 }
 
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let options = args.server.options(args.watch_namespace);
+    let options = args.server.options(args.kube.watch_namespace);
     server::run(client, Arc::new(SystemClock), options, server::shutdown_signal()).await
 }
 
 async fn run_both(args: RunArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let options = args.server.options(args.watch_namespace.clone());
-    let (ctx, controller_options) = args.reconcile.context(client.clone(), args.watch_namespace);
+    let options = args.server.options(args.kube.watch_namespace.clone());
+    let (ctx, controller_options) = args.reconcile.context(client.clone(), args.kube.watch_namespace);
     // Both stop on SIGTERM/SIGINT; either failing stops the process.
     tokio::try_join!(
         controller::run(ctx, controller_options),
