@@ -70,30 +70,6 @@ async fn wait_for_event(client: &kube::Client, ns: &str, name: &str, reason: &st
     .await;
 }
 
-/// A namespace with its own controller, and clients for ApiKeys and Secrets in it.
-struct Scenario {
-    ns: TestNamespace,
-    _controller: ControllerProcess,
-    client: kube::Client,
-    api_keys: Api<ApiKey>,
-    secrets: Api<Secret>,
-}
-
-impl Scenario {
-    async fn new(prefix: &str) -> Self {
-        let ns = TestNamespace::new(prefix).await;
-        let controller = ControllerProcess::start(&ns.name);
-        let client = client().await;
-        Self {
-            api_keys: Api::namespaced(client.clone(), &ns.name),
-            secrets: Api::namespaced(client.clone(), &ns.name),
-            ns,
-            _controller: controller,
-            client,
-        }
-    }
-}
-
 #[tokio::test]
 async fn crds_are_established() {
     kubeconfig();
@@ -179,9 +155,13 @@ async fn deleting_the_apikey_garbage_collects_its_secret() {
     apply(&manifest(&ns.name, "gc", ""));
     ready_pair(api_keys, secrets, "gc").await;
     api_keys.delete("gc", &DeleteParams::default()).await.unwrap();
-    eventually(WAIT, "the garbage collector removes the Secret", || async {
-        secrets.get_opt("gc").await.unwrap().is_none().then_some(())
-    })
+    // The garbage collector looks for new resource types (our CRD, on a
+    // freshly started cluster) every 30 s: allow for one such period and more.
+    eventually(
+        Duration::from_secs(120),
+        "the garbage collector removes the Secret",
+        || async { secrets.get_opt("gc").await.unwrap().is_none().then_some(()) },
+    )
     .await;
 }
 

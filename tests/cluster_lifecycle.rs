@@ -48,28 +48,7 @@ fn annotation<'a>(secret: &'a Secret, key: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-struct Scenario {
-    ns: TestNamespace,
-    controller: ControllerProcess,
-    client: kube::Client,
-    api_keys: Api<ApiKey>,
-    secrets: Api<Secret>,
-}
-
 impl Scenario {
-    async fn new(prefix: &str) -> Self {
-        let ns = TestNamespace::new(prefix).await;
-        let controller = ControllerProcess::start(&ns.name);
-        let client = client().await;
-        Self {
-            api_keys: Api::namespaced(client.clone(), &ns.name),
-            secrets: Api::namespaced(client.clone(), &ns.name),
-            ns,
-            controller,
-            client,
-        }
-    }
-
     /// Waits until `name` is Ready, settled (no pending key) and its Secret
     /// holds the current key; returns both.
     async fn settled(&self, name: &str, what: &str, extra: impl Fn(&ApiKey) -> bool) -> (ApiKey, Secret) {

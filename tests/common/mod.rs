@@ -287,3 +287,28 @@ pub async fn served_key(ns: &str, name: &str, spec: &str, server: &str) -> Strin
     .await;
     key
 }
+
+/// A namespace with its own `latchkey controller`, and clients for ApiKeys
+/// and Secrets in it.
+pub struct Scenario {
+    pub ns: TestNamespace,
+    pub controller: ControllerProcess,
+    pub client: Client,
+    pub api_keys: Api<latchkey::crd::ApiKey>,
+    pub secrets: Api<k8s_openapi::api::core::v1::Secret>,
+}
+
+impl Scenario {
+    pub async fn new(prefix: &str) -> Self {
+        let ns = TestNamespace::new(prefix).await;
+        let controller = ControllerProcess::start(&ns.name);
+        let client = client().await;
+        Self {
+            api_keys: Api::namespaced(client.clone(), &ns.name),
+            secrets: Api::namespaced(client.clone(), &ns.name),
+            ns,
+            controller,
+            client,
+        }
+    }
+}
