@@ -32,8 +32,6 @@ use std::sync::atomic::Ordering;
 pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 pub const X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
-pub const X_AUTH_NAMESPACE: HeaderName = HeaderName::from_static("x-auth-namespace");
-pub const X_AUTH_NAME: HeaderName = HeaderName::from_static("x-auth-name");
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 
@@ -107,8 +105,6 @@ pub struct Identity {
     pub subject: HeaderValue,
     pub scopes: HeaderValue,
     pub key_id: HeaderValue,
-    pub namespace: HeaderValue,
-    pub name: HeaderValue,
 }
 
 fn copy(value: &HeaderValue) -> HeaderValue {
@@ -247,8 +243,6 @@ pub fn decide(
                 subject: copy(&owner.subject_header),
                 scopes: copy(&owner.scopes_header),
                 key_id: HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("")),
-                namespace: copy(&owner.namespace_header),
-                name: copy(&owner.name_header),
             }),
             max_age,
         }
@@ -271,14 +265,10 @@ impl IntoResponse for Decision {
                     subject,
                     scopes,
                     key_id,
-                    namespace,
-                    name,
                 } = *identity;
                 headers.insert(X_AUTH_SUBJECT, subject);
                 headers.insert(X_AUTH_SCOPES, scopes);
                 headers.insert(X_AUTH_KEY_ID, key_id);
-                headers.insert(X_AUTH_NAMESPACE, namespace);
-                headers.insert(X_AUTH_NAME, name);
                 let cache = match max_age {
                     0 => NO_STORE,
                     1 => HeaderValue::from_static("private, max-age=1"),
@@ -399,8 +389,7 @@ mod tests {
         assert_eq!(header(&resp, X_AUTH_SUBJECT), "billing-service");
         assert_eq!(header(&resp, X_AUTH_SCOPES), "orders:read invoices:write");
         assert_eq!(header(&resp, X_AUTH_KEY_ID), key.key_id());
-        assert_eq!(header(&resp, X_AUTH_NAMESPACE), "shop");
-        assert_eq!(header(&resp, X_AUTH_NAME), "billing");
+        assert!(resp.headers().get("x-auth-namespace").is_none());
         assert_eq!(header(&resp, CACHE_CONTROL), "private, max-age=1");
         assert!(resp.headers().get("set-cookie").is_none());
     }
