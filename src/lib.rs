@@ -15,6 +15,7 @@ pub mod error;
 pub mod key;
 pub mod server;
 pub mod telemetry;
+pub mod token;
 pub mod validity;
 
 pub use error::{Error, Result};

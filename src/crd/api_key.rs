@@ -127,6 +127,21 @@ pub struct ApiKeySpec {
     /// latchkey server replica on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+
+    /// The TokenPolicy (in this namespace) under which this key may be
+    /// exchanged for short-lived tokens at `POST /token`. A policy may also
+    /// admit keys by label (its `spec.apiKeySelector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_policy_ref: Option<TokenPolicyRef>,
+}
+
+/// A reference to a TokenPolicy in the ApiKey's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPolicyRef {
+    /// Name of the TokenPolicy.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Go-style duration syntax accepted by the API server's CEL `duration()`

@@ -2,8 +2,15 @@
 //! `crds/` are that output, and `tests/crd_drift.rs` fails when they differ.
 
 mod api_key;
+mod token_policy;
 
-pub use api_key::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, RateLimit, Rotation, SecretTemplate};
+pub use api_key::{
+    ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, RateLimit, Rotation, SecretTemplate, TokenPolicyRef,
+};
+pub use token_policy::{
+    CustomClaim, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
+    TokenPolicyStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -13,7 +20,10 @@ pub const GROUP: &str = "latchkey.dev";
 
 /// Every CRD latchkey serves, with the file name it has under `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![("apikeys.latchkey.dev.yaml", ApiKey::crd())]
+    vec![
+        ("apikeys.latchkey.dev.yaml", ApiKey::crd()),
+        ("tokenpolicies.latchkey.dev.yaml", TokenPolicy::crd()),
+    ]
 }
 
 /// One CRD as the YAML document committed under `crds/`.

@@ -1,0 +1,307 @@
+//! The TokenPolicy custom resource (`latchkey.dev/v1alpha1`, short name `tp`):
+//! an issuer of short-lived JWTs (RFC 9068 access tokens) that API keys are
+//! exchanged for at `POST /token`, with signing keys latchkey rotates.
+//!
+//! Spec is the user's; status (written only by the controller, with
+//! Server-Side Apply) lists the signing keys' public halves and schedule. The
+//! private keys live only in the Secret `<name>-signing-keys`, owned by the
+//! policy.
+
+// Several `printcolumn(...)` entries look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Go-style duration syntax accepted by the API server's CEL `duration()`.
+const DURATION_PATTERN: &str = "^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$";
+
+/// Spec of a TokenPolicy: who issues, for whom, with which keys, and what a
+/// token may carry.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "latchkey.dev",
+    version = "v1alpha1",
+    kind = "TokenPolicy",
+    plural = "tokenpolicies",
+    namespaced,
+    shortname = "tp",
+    category = "latchkey",
+    status = "TokenPolicyStatus",
+    derive = "PartialEq",
+    doc = "A TokenPolicy makes latchkey an issuer of short-lived, scoped JWT access tokens \
+           (RFC 9068). ApiKeys that reference it (spec.tokenPolicyRef) or that its \
+           apiKeySelector matches exchange their key for a token at POST /token. Signing keys \
+           are generated and rotated by latchkey; each new key is published in the JWKS before \
+           it signs, and a retired key stays published until every token it signed has expired.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Algorithm", type_ = "string", json_path = ".status.algorithm"),
+    printcolumn(name = "Active Kid", type_ = "string", json_path = ".status.activeKeyId"),
+    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationAt"),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.tokenTTL) || !has(self.maxTTL) || duration(self.tokenTTL) <= duration(self.maxTTL)"
+).message("spec.tokenTTL must not be longer than spec.maxTTL").field_path(".tokenTTL"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.roles) || self.roles.all(r, self.roles[r].all(s, has(self.allowedScopes) && s in self.allowedScopes))"
+).message("every scope of spec.roles must also be listed in spec.allowedScopes").field_path(".roles"))]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPolicySpec {
+    /// The `iss` of every token, an `https://` or `http://` URL without query
+    /// or fragment. Defaults to `<server URL>/issuers/<namespace>/<name>`
+    /// (the server's `--issuer-base-url`), which latchkey serves discovery and
+    /// JWKS for; a custom issuer is served by latchkey when a proxy routes its
+    /// path to the latchkey server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = Rule::new(
+        "self.matches('^https?://[^/?#\\\\s]+(/[^?#\\\\s]*)?$') && !self.endsWith('/')"
+    ).message("spec.issuer must be an http(s) URL without query, fragment or trailing slash, for example https://auth.example.com/tenants/a"))]
+    pub issuer: Option<String>,
+
+    /// The audiences (`aud`) tokens may be issued for; a token request picks
+    /// some of them (default: all). 1–16 entries, no duplicates.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[!-~]+$'))")
+        .message("every entry of spec.audiences must be printable ASCII without spaces"))]
+    pub audiences: Vec<String>,
+
+    /// Signature algorithm of the signing keys: `ES256` (default), `EdDSA`
+    /// (Ed25519) or `RS256` (2048-bit RSA). Changing it rotates to a key of
+    /// the new algorithm (published before it signs, as any rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<SigningAlgorithm>,
+
+    /// How signing keys rotate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_keys: Option<SigningKeys>,
+
+    /// Lifetime of a token when the request does not ask for one, as a
+    /// duration such as `15m`. Default `15m`; between `10s` and `24h`; not
+    /// longer than `maxTTL`.
+    #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) >= duration('10s') && duration(self) <= duration('24h')"
+    ).message("spec.tokenTTL must be a duration between 10s and 24h, for example 15m"))]
+    pub token_ttl: Option<String>,
+
+    /// The longest lifetime a token may be issued with. Default `1h`; between
+    /// `10s` and `24h`. A retired signing key stays published for this long
+    /// (plus one minute of leeway) after it stopped signing.
+    #[serde(default, rename = "maxTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) >= duration('10s') && duration(self) <= duration('24h')"
+    ).message("spec.maxTTL must be a duration between 10s and 24h, for example 1h"))]
+    pub max_ttl: Option<String>,
+
+    /// Scopes a token of this policy may carry. A token's scopes are also
+    /// limited to the scopes of the ApiKey that asked for it. At most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[A-Za-z0-9][A-Za-z0-9._:/*-]*$'))")
+        .message("every entry of spec.allowedScopes must start with a letter or digit and contain only letters, digits and . _ : / * - (no spaces)"))]
+    pub allowed_scopes: Vec<String>,
+
+    /// Roles a token request may name (`role=`): role name → the scopes the
+    /// token gets. Every scope must be in `allowedScopes`. At most 32 roles.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("additionalProperties" = {
+        "type": "array", "maxItems": 64, "x-kubernetes-list-type": "set",
+        "items": {"type": "string", "minLength": 1, "maxLength": 128}
+    }))]
+    #[x_kube(validation = Rule::new("self.all(r, r.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'))")
+        .message("every role name in spec.roles must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"))]
+    pub roles: BTreeMap<String, Vec<String>>,
+
+    /// Custom claims a token request may set (`claim.<name>=<value>`), for
+    /// example a tenant id the upstream uses to restrict data. Registered JWT
+    /// claims cannot be listed. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, !(c.name in ['iss','sub','aud','exp','nbf','iat','jti','client_id','scope','role','typ','cnf','act','azp']))")
+        .message("spec.customClaims must not name a registered claim (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, role, typ, cnf, act, azp)"))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
+        .message("spec.customClaims must not name a claim twice"))]
+    pub custom_claims: Vec<CustomClaim>,
+
+    /// ApiKeys in this namespace whose labels match may exchange their key
+    /// for a token of this policy, besides those naming it in
+    /// `spec.tokenPolicyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_selector: Option<LabelSelector>,
+}
+
+/// Signature algorithm of a policy's signing keys.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SigningAlgorithm {
+    /// ECDSA P-256 with SHA-256.
+    #[default]
+    ES256,
+    /// Ed25519.
+    EdDSA,
+    /// RSA PKCS#1 v1.5 with SHA-256, 2048-bit keys.
+    RS256,
+}
+
+impl SigningAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::ES256 => "ES256",
+            SigningAlgorithm::EdDSA => "EdDSA",
+            SigningAlgorithm::RS256 => "RS256",
+        }
+    }
+}
+
+/// Rotation of the signing keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeys {
+    /// How long a key signs before the next one takes over, as a duration
+    /// such as `720h`. Default `720h` (30 days); between `1m` and `8760h`.
+    /// The annotation `latchkey.dev/rotate` (any new value) asks for one
+    /// rotation now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) >= duration('1m') && duration(self) <= duration('8760h')"
+    ).message("spec.signingKeys.rotationInterval must be a duration between 1m and 8760h, for example 720h"))]
+    pub rotation_interval: Option<String>,
+
+    /// How long a new key is published in the JWKS before it signs, so that
+    /// verifiers' JWKS caches hold it first. Default `10m`; between `0s` and
+    /// `24h`. The JWKS's `Cache-Control: max-age` is half of this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) <= duration('24h')"
+    ).message("spec.signingKeys.prePublish must be a duration of at most 24h, for example 10m"))]
+    pub pre_publish: Option<String>,
+}
+
+/// A custom claim a token request may set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomClaim {
+    /// Claim name, 1–64 letters, digits, `_` or `-`, starting with a letter.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z][A-Za-z0-9_-]*$')")
+        .message("spec.customClaims[].name must be letters, digits, '_' or '-', starting with a letter"))]
+    pub name: String,
+    /// Whether every token request must set it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+/// One signing key, as status records it: the public half and its schedule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeyRecord {
+    /// The key id (`kid` of the JWK and of every token it signs).
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    /// The public key as a JWK (JSON); the private key is only in the Secret.
+    pub public_jwk: String,
+    /// When it was first listed (published in the JWKS).
+    pub published_at: Time,
+    /// From when it signs (the newest key whose `activeFrom` has passed signs).
+    pub active_from: Time,
+    /// When it stopped (or stops) signing: the next key's `activeFrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retires_at: Option<Time>,
+    /// When it leaves the JWKS: `retiresAt` + the longest `maxTTL` seen while
+    /// it signed + one minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_after: Option<Time>,
+    /// The longest `maxTTL` (seconds) in force while this key signed.
+    pub max_ttl_seconds: i64,
+}
+
+/// Observed state of a TokenPolicy, written by latchkey.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The issuer in force (`spec.issuer` or the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The algorithm of the key that signs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<SigningAlgorithm>,
+    /// The `kid` that signs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+    /// Every published key, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<SigningKeyRecord>,
+    /// The Secret holding the private keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_name: Option<String>,
+    /// The ConfigMap holding the JWKS (data key `jwks.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_config_map_name: Option<String>,
+    /// When the newest key was generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotated_at: Option<Time>,
+    /// When the next key will be published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+    /// The last value of the `latchkey.dev/rotate` annotation honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus conventions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl TokenPolicy {
+    /// The Secret holding the private signing keys.
+    pub fn signing_secret_name(&self) -> String {
+        format!(
+            "{}-signing-keys",
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The ConfigMap holding the public JWKS.
+    pub fn jwks_config_map_name(&self) -> String {
+        format!("{}-jwks", self.metadata.name.as_deref().unwrap_or_default())
+    }
+
+    /// `spec.issuer`, or `<base>/issuers/<namespace>/<name>`.
+    pub fn issuer(&self, base_url: &str) -> String {
+        self.spec.issuer.clone().unwrap_or_else(|| {
+            format!(
+                "{}/issuers/{}/{}",
+                base_url.trim_end_matches('/'),
+                self.metadata.namespace.as_deref().unwrap_or_default(),
+                self.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+    }
+
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        self.spec.algorithm.unwrap_or_default()
+    }
+}

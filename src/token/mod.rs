@@ -1,0 +1,7 @@
+//! Short-lived tokens (TokenPolicy), pure logic: signing-key material
+//! ([`keys`]), the signing-key schedule ([`schedule`]), and token requests,
+//! claims and verification ([`claims`]). No client; callers pass the time.
+
+pub mod claims;
+pub mod keys;
+pub mod schedule;
