@@ -90,15 +90,9 @@ impl TokenRequest {
         for (name, value) in form_urlencoded::parse(body) {
             let dup = || TokenError::InvalidRequest(format!("parameter {name} appears more than once"));
             match &*name {
-                "grant_type" => {
-                    if grant_type.replace(value.to_string()).is_some() {
-                        return Err(dup());
-                    }
-                }
+                "grant_type" => set_once(&mut grant_type, &name, &value)?,
+                "scope" if req.scopes.is_some() => return Err(dup()),
                 "scope" => {
-                    if req.scopes.is_some() {
-                        return Err(dup());
-                    }
                     req.scopes = Some(
                         value
                             .split(' ')
@@ -110,16 +104,8 @@ impl TokenRequest {
                 "audience" => req
                     .audiences
                     .extend(value.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
-                "role" => {
-                    if req.role.replace(value.to_string()).is_some() {
-                        return Err(dup());
-                    }
-                }
-                "policy" => {
-                    if req.policy.replace(value.to_string()).is_some() {
-                        return Err(dup());
-                    }
-                }
+                "role" => set_once(&mut req.role, &name, &value)?,
+                "policy" => set_once(&mut req.policy, &name, &value)?,
                 "expires_in" => {
                     let secs: i64 = value.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
                         TokenError::InvalidRequest("expires_in must be a positive number of seconds".into())
@@ -150,6 +136,15 @@ impl TokenRequest {
             Some(_) => Err(TokenError::UnsupportedGrantType),
         }
     }
+}
+
+fn set_once(slot: &mut Option<String>, name: &str, value: &str) -> Result<(), TokenError> {
+    if slot.replace(value.to_owned()).is_some() {
+        return Err(TokenError::InvalidRequest(format!(
+            "parameter {name} appears more than once"
+        )));
+    }
+    Ok(())
 }
 
 /// What a policy allows, as `/token` needs it.
