@@ -130,6 +130,11 @@ pub fn check(presented: &str) -> Result<&str, KeyFormatError> {
 }
 
 /// SHA-256 of `bytes`.
+/// A random base62 identifier of `len` characters (token ids, `jti`).
+pub fn random_id(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

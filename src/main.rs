@@ -36,9 +36,15 @@ struct KubeArgs {
     /// Log one JSON object per line instead of plain text (filter with RUST_LOG).
     #[arg(long, env = "LATCHKEY_LOG_JSON")]
     log_json: bool,
-    /// Watch ApiKeys in this namespace only (default: every namespace).
+    /// Watch ApiKeys and TokenPolicies in this namespace only (default: every namespace).
     #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// The URL clients reach the latchkey server at: default TokenPolicy
+    /// issuers are `<URL>/issuers/<namespace>/<name>`. Default: http:// and
+    /// the --http-addr (0.0.0.0 as 127.0.0.1), or http://127.0.0.1:8080 for
+    /// `latchkey controller`.
+    #[arg(long, env = "LATCHKEY_ISSUER_BASE_URL")]
+    issuer_base_url: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,8 +90,22 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn options(&self, namespace: Option<String>) -> latchkey::server::Options {
+    /// `http://<http-addr>`, with an unspecified address as loopback.
+    fn default_base_url(&self) -> String {
+        let mut addr = self.http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    fn options(
+        &self,
+        namespace: Option<String>,
+        issuer_base_url: Option<String>,
+    ) -> latchkey::server::Options {
         latchkey::server::Options {
+            issuer_base_url: issuer_base_url.unwrap_or_else(|| self.default_base_url()),
             http_addr: self.http_addr,
             namespace,
             api_key_header: self.api_key_header.clone(),
@@ -139,22 +159,34 @@ fn print_crds() {
 async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace);
+    let base = args
+        .kube
+        .issuer_base_url
+        .unwrap_or_else(|| controller::DEFAULT_ISSUER_BASE_URL.into());
+    let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace, base);
     controller::run(ctx, options).await
 }
 
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let options = args.server.options(args.kube.watch_namespace);
+    let options = args
+        .server
+        .options(args.kube.watch_namespace, args.kube.issuer_base_url);
     server::run(client, Arc::new(SystemClock), options, server::shutdown_signal()).await
 }
 
 async fn run_both(args: RunArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let options = args.server.options(args.kube.watch_namespace.clone());
-    let (ctx, controller_options) = args.reconcile.context(client.clone(), args.kube.watch_namespace);
+    let options = args
+        .server
+        .options(args.kube.watch_namespace.clone(), args.kube.issuer_base_url);
+    let (ctx, controller_options) = args.reconcile.context(
+        client.clone(),
+        args.kube.watch_namespace,
+        options.issuer_base_url.clone(),
+    );
     // Both stop on SIGTERM/SIGINT; either failing stops the process.
     tokio::try_join!(
         controller::run(ctx, controller_options),
@@ -168,8 +200,12 @@ impl ReconcileArgs {
         &self,
         client: kube::Client,
         namespace: Option<String>,
+        issuer_base_url: String,
     ) -> (Arc<Context>, controller::Options) {
-        let ctx = Arc::new(Context::new(client, Arc::new(SystemClock), self.instance.clone()));
+        let ctx = Arc::new(
+            Context::new(client, Arc::new(SystemClock), self.instance.clone())
+                .with_issuer_base_url(issuer_base_url),
+        );
         let options = controller::Options {
             namespace,
             concurrency: self.concurrency,

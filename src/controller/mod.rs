@@ -12,14 +12,16 @@
 mod api_key;
 pub mod plan;
 pub mod schedule;
+pub mod token_policy;
 
 pub use api_key::reconcile;
 
 use crate::clock::Clock;
-use crate::crd::ApiKey;
+use crate::crd::{ApiKey, TokenPolicy};
 use crate::error::{Error, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::DynamicObject;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -46,8 +48,10 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
+    /// The base of default TokenPolicy issuers (`<base>/issuers/<ns>/<name>`).
+    pub issuer_base_url: String,
     /// Consecutive failures per object, for capped exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
 }
 
 impl Context {
@@ -60,15 +64,22 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clock,
+            issuer_base_url: DEFAULT_ISSUER_BASE_URL.into(),
             failures: Mutex::default(),
         }
     }
 
-    fn record_success(&self, obj: &ObjectRef<ApiKey>) {
+    /// Sets the base of default TokenPolicy issuers.
+    pub fn with_issuer_base_url(mut self, url: impl Into<String>) -> Self {
+        self.issuer_base_url = url.into();
+        self
+    }
+
+    fn record_success(&self, obj: &ObjectRef<DynamicObject>) {
         self.failures.lock().expect("failures lock").remove(obj);
     }
 
-    fn next_backoff(&self, obj: ObjectRef<ApiKey>) -> Duration {
+    fn next_backoff(&self, obj: ObjectRef<DynamicObject>) -> Duration {
         let mut failures = self.failures.lock().expect("failures lock");
         let n = failures.entry(obj).or_insert(0);
         *n = n.saturating_add(1);
@@ -76,11 +87,14 @@ impl Context {
     }
 
     /// The delay [`next_backoff`](Self::next_backoff) gave last for `obj`.
-    fn current_backoff(&self, obj: &ObjectRef<ApiKey>) -> Duration {
+    fn current_backoff(&self, obj: &ObjectRef<DynamicObject>) -> Duration {
         let failures = self.failures.lock().expect("failures lock");
         backoff(failures.get(obj).copied().unwrap_or(1))
     }
 }
+
+/// The issuer base when none is configured (the server's default address).
+pub const DEFAULT_ISSUER_BASE_URL: &str = "http://127.0.0.1:8080";
 
 /// Delay after the `n`th consecutive failure: 1 s, 2 s, 4 s … capped.
 pub fn backoff(n: u32) -> Duration {
@@ -97,7 +111,7 @@ pub struct Options {
     pub concurrency: u16,
 }
 
-/// Runs the ApiKey controller until SIGTERM or SIGINT.
+/// Runs the ApiKey and TokenPolicy controllers until SIGTERM or SIGINT.
 pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
     let client = ctx.client.clone();
     let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) = match &options.namespace {
@@ -130,26 +144,89 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
         predicates::generation.combine(predicates::annotations),
         Default::default(),
     );
-    Controller::for_stream(api_key_changes, reader)
+    let api_key_controller = Controller::for_stream(api_key_changes, reader)
         .owns(
-            secrets,
+            secrets.clone(),
             watcher::Config::default().labels(&managed).any_semantic(),
         )
         .with_config(controller::Config::default().concurrency(options.concurrency))
         .shutdown_on_signal()
-        .run(reconcile_and_track, error_policy, ctx)
+        .run(reconcile_and_track, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "reconcile round ended with an error");
             }
-        })
-        .await;
+        });
+
+    // TokenPolicies: their signing-key Secrets and JWKS ConfigMaps.
+    let client = ctx.client.clone();
+    let (policies, config_maps): (Api<TokenPolicy>, Api<ConfigMap>) = match &options.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    policies
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdMissing)?;
+    let owned = watcher::Config::default()
+        .labels(token_policy::TOKEN_POLICY_LABEL)
+        .any_semantic();
+    let (policy_reader, policy_writer) = reflector::store();
+    let policy_changes = reflector(
+        policy_writer,
+        watcher(policies, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    let policy_controller = Controller::for_stream(policy_changes, policy_reader)
+        .owns(secrets, owned.clone())
+        .owns(config_maps, owned)
+        .with_config(controller::Config::default().concurrency(4))
+        .shutdown_on_signal()
+        .run(reconcile_policy_and_track, policy_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "TokenPolicy reconcile round ended with an error");
+            }
+        });
+    futures::join!(api_key_controller, policy_controller);
     tracing::info!("ApiKey controller stopped");
     Ok(())
 }
 
+async fn reconcile_policy_and_track(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let obj = ObjectRef::from_obj(&*policy).erase();
+    match token_policy::reconcile(policy, ctx.clone()).await {
+        Ok(action) => {
+            ctx.record_success(&obj);
+            Ok(action)
+        }
+        Err(err) => {
+            ctx.next_backoff(obj);
+            Err(err)
+        }
+    }
+}
+
+fn policy_error_policy(policy: Arc<TokenPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*policy).erase());
+    tracing::warn!(
+        namespace = policy.metadata.namespace.as_deref(),
+        name = policy.metadata.name.as_deref(),
+        error = %err,
+        kind = err.metric_label(),
+        retry_in_s = delay.as_secs(),
+        "TokenPolicy reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
 async fn reconcile_and_track(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
-    let obj = ObjectRef::from_obj(&*api_key);
+    let obj = ObjectRef::from_obj(&*api_key).erase();
     match reconcile(api_key.clone(), ctx.clone()).await {
         Ok(action) => {
             ctx.record_success(&obj);
@@ -219,7 +296,7 @@ async fn record_failure(api_key: &ApiKey, err: &Error, delay: Duration, ctx: &Co
 }
 
 fn error_policy(api_key: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*api_key));
+    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*api_key).erase());
     tracing::warn!(
         namespace = api_key.metadata.namespace.as_deref(),
         name = api_key.metadata.name.as_deref(),

@@ -22,6 +22,7 @@
 
 use super::index::{Index, KeyEntry, KeyId};
 use crate::key;
+use crate::token::claims::TokenInvalid;
 use axum::http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -75,6 +76,10 @@ pub enum Invalid {
     Expired,
     /// Valid, but not for the audience the route requires.
     Audience,
+    /// A JWT access token that fails verification.
+    Token(TokenInvalid),
+    /// A valid JWT whose API key (`client_id`) is revoked, expired or gone.
+    ClientRevoked,
 }
 
 impl Invalid {
@@ -83,7 +88,9 @@ impl Invalid {
             Invalid::Malformed => "the credential is not a well-formed latchkey API key",
             Invalid::Unknown => "the API key is unknown or revoked",
             Invalid::Expired => "the API key has expired",
-            Invalid::Audience => "the API key is not valid for this audience",
+            Invalid::Audience => "the credential is not valid for this audience",
+            Invalid::Token(t) => t.description(),
+            Invalid::ClientRevoked => "the API key that obtained this token is revoked or expired",
         }
     }
 
@@ -93,6 +100,8 @@ impl Invalid {
             Invalid::Unknown => "unknown",
             Invalid::Expired => "expired",
             Invalid::Audience => "audience",
+            Invalid::Token(t) => t.label(),
+            Invalid::ClientRevoked => "token_client_revoked",
         }
     }
 }
@@ -105,6 +114,8 @@ pub struct Identity {
     pub subject: HeaderValue,
     pub scopes: HeaderValue,
     pub key_id: HeaderValue,
+    /// More identity headers (a token's role and custom claims).
+    pub extra: Vec<(HeaderName, HeaderValue)>,
 }
 
 fn copy(value: &HeaderValue) -> HeaderValue {
@@ -243,6 +254,7 @@ pub fn decide(
                 subject: copy(&owner.subject_header),
                 scopes: copy(&owner.scopes_header),
                 key_id: HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("")),
+                extra: Vec::new(),
             }),
             max_age,
         }
@@ -265,7 +277,11 @@ impl IntoResponse for Decision {
                     subject,
                     scopes,
                     key_id,
+                    extra,
                 } = *identity;
+                for (name, value) in extra {
+                    headers.insert(name, value);
+                }
                 headers.insert(X_AUTH_SUBJECT, subject);
                 headers.insert(X_AUTH_SCOPES, scopes);
                 headers.insert(X_AUTH_KEY_ID, key_id);

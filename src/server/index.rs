@@ -53,6 +53,10 @@ pub struct Owner {
     /// them, for the lastUsedAt writer's optimistic lock.
     pub resource_version: Box<str>,
     pub status_last_used: Option<Timestamp>,
+    /// `spec.tokenPolicyRef.name`.
+    pub token_policy: Option<Box<str>>,
+    /// The ApiKey's labels (for TokenPolicy `apiKeySelector`s).
+    pub labels: Box<[(Box<str>, Box<str>)]>,
 }
 
 impl Owner {
@@ -194,6 +198,16 @@ impl Index {
         found.map(f)
     }
 
+    /// Whether some key listed under `key_id` is valid at `now` (the check a
+    /// token makes of the API key that obtained it).
+    pub fn key_id_valid(&self, key_id: &KeyId, now: Timestamp) -> bool {
+        let inner = self.inner.read().expect("index lock");
+        inner
+            .by_key_id
+            .get(key_id)
+            .is_some_and(|entries| entries.iter().any(|e| e.valid_until.is_none_or(|t| t > now)))
+    }
+
     /// Number of keys and of ApiKeys indexed.
     pub fn len(&self) -> (usize, usize) {
         let inner = self.inner.read().expect("index lock");
@@ -275,6 +289,18 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
             .unwrap_or_default()
             .into(),
         status_last_used: status.and_then(|s| s.last_used_at.as_ref()).map(|t| t.0),
+        token_policy: api_key
+            .spec
+            .token_policy_ref
+            .as_ref()
+            .map(|r| r.name.as_str().into()),
+        labels: api_key
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+            .collect(),
     });
     let mut ids = Vec::new();
     for (record, valid_until) in validity::all_keys(api_key) {

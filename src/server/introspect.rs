@@ -33,6 +33,12 @@ pub fn answer(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
         .filter(|t| !t.is_empty())
         .ok_or(MissingToken)?;
     let now = state.clock.now();
+    if crate::token::claims::looks_like_jwt(&token) {
+        return Ok(
+            super::tokens::introspect_token(&token, &state.index, &state.tokens, now)
+                .unwrap_or_else(|| json!({"active": false})),
+        );
+    }
     let Ok((entry, key_id)) = decision::verify(&token, &state.index, now) else {
         return Ok(json!({"active": false}));
     };
@@ -146,6 +152,7 @@ mod tests {
         index.replace(rebuild);
         AppState {
             index: Arc::new(index),
+            tokens: Arc::default(),
             clock: Arc::new(ManualClock::new(t(0))),
             options: Options {
                 http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -153,6 +160,7 @@ mod tests {
                 api_key_header: None,
                 decision_cache_seconds: 1,
                 last_used_flush: Duration::from_secs(60),
+                issuer_base_url: "http://127.0.0.1:0".into(),
             },
             metrics: Metrics::new(),
         }

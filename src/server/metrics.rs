@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// Every `result` label value, in [`Decision::label`]'s words.
-const RESULTS: [&str; 9] = [
+const RESULTS: [&str; 19] = [
     "allow",
     "no_credential",
     "malformed",
@@ -24,7 +24,33 @@ const RESULTS: [&str; 9] = [
     "insufficient_scope",
     "rate_limited",
     "not_ready",
+    "token_too_large",
+    "token_malformed",
+    "token_type",
+    "token_unknown_key",
+    "token_signature",
+    "token_issuer",
+    "token_audience",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_client_revoked",
 ];
+
+/// Every `result` of the token endpoint: issued, or an RFC 6749 error code.
+const TOKEN_RESULTS: [&str; 7] = [
+    "issued",
+    "invalid_request",
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "temporarily_unavailable",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -43,6 +69,7 @@ pub struct Metrics {
     latency: Vec<Histogram>,
     keys: Gauge,
     api_keys: Gauge,
+    tokens: [Counter; TOKEN_RESULTS.len()],
 }
 
 impl Default for Metrics {
@@ -94,12 +121,21 @@ impl Metrics {
                     .clone()
             })
             .collect();
+        let tokens_family = MetricFamily::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Token endpoint requests by result",
+            tokens_family.clone(),
+        );
+        let tokens =
+            TOKEN_RESULTS.map(|result| tokens_family.get_or_create(&ResultLabels { result }).clone());
         Self {
             registry,
             decisions,
             latency,
             keys,
             api_keys,
+            tokens,
         }
     }
 
@@ -109,6 +145,14 @@ impl Metrics {
             self.decisions[route][i].inc();
         }
         self.latency[route].observe(elapsed.as_secs_f64());
+    }
+
+    /// One token request: `None` when a token was issued, else the error code.
+    pub fn observe_token(&self, error: Option<&str>) {
+        let result = error.unwrap_or("issued");
+        if let Some(i) = TOKEN_RESULTS.iter().position(|r| *r == result) {
+            self.tokens[i].inc();
+        }
     }
 
     /// The OpenMetrics text, with the index sizes as of now.

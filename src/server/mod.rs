@@ -25,6 +25,7 @@ pub mod decision;
 pub mod index;
 pub mod introspect;
 pub mod metrics;
+pub mod tokens;
 pub mod usage;
 
 use crate::clock::Clock;
@@ -56,11 +57,14 @@ pub struct Options {
     pub decision_cache_seconds: u64,
     /// How often `status.lastUsedAt` is brought up to date.
     pub last_used_flush: Duration,
+    /// The base of default TokenPolicy issuers (`<base>/issuers/<ns>/<name>`).
+    pub issuer_base_url: String,
 }
 
 /// What every handler shares.
 pub struct AppState {
     pub index: Arc<Index>,
+    pub tokens: Arc<tokens::Tokens>,
     pub clock: Arc<dyn Clock>,
     pub options: Options,
     pub metrics: metrics::Metrics,
@@ -128,6 +132,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/envoy", any(|s, r| auth(s, Family::Envoy, r)))
         .route("/auth/envoy/{*path}", any(|s, r| auth(s, Family::Envoy, r)))
         .route("/introspect", post(introspect::handle))
+        .route("/token", post(tokens::token))
+        .fallback(tokens::by_issuer)
         .with_state(state)
 }
 
@@ -141,13 +147,23 @@ async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Reque
     };
     let headers = request.headers();
     let presented = decision::credential(headers, state.options.api_key_header.as_ref());
-    let decision = decision::decide(
-        presented,
-        &requirement,
-        &state.index,
-        state.clock.now(),
-        state.options.decision_cache_seconds,
-    );
+    let decision = match presented {
+        Some(token) if crate::token::claims::looks_like_jwt(token) => tokens::decide_token(
+            token,
+            &requirement,
+            &state.index,
+            &state.tokens,
+            state.clock.now(),
+            state.options.decision_cache_seconds,
+        ),
+        _ => decision::decide(
+            presented,
+            &requirement,
+            &state.index,
+            state.clock.now(),
+            state.options.decision_cache_seconds,
+        ),
+    };
     if tracing::enabled!(tracing::Level::DEBUG) {
         let (method, url) = family.original(headers, request.uri().path());
         tracing::debug!(route = family.label(), result = decision.label(), %method, %url, "auth decision");
@@ -157,10 +173,14 @@ async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Reque
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.index.is_synced() {
+    if state.index.is_synced() && state.tokens.is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "ApiKeys not loaded yet").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ApiKeys and TokenPolicies not loaded yet",
+        )
+            .into_response()
     }
 }
 
@@ -222,8 +242,22 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let (policies, secrets) = match &options.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     let index = Arc::new(Index::default());
+    let tokens = Arc::new(tokens::Tokens::default());
     let feeder = tokio::spawn(feed_index(api_keys, index.clone()));
+    let token_feeder = tokio::spawn(tokens::feed(
+        policies,
+        secrets,
+        tokens.clone(),
+        options.issuer_base_url.clone(),
+    ));
     let flusher = tokio::spawn(usage::run(client, index.clone(), options.last_used_flush));
     let listener = tokio::net::TcpListener::bind(options.http_addr)
         .await
@@ -231,6 +265,7 @@ pub async fn run(
     tracing::info!(addr = %options.http_addr, "auth server listening");
     let state = Arc::new(AppState {
         index,
+        tokens,
         clock,
         metrics: metrics::Metrics::new(),
         options,
@@ -240,6 +275,7 @@ pub async fn run(
         .await
         .map_err(|e| Error::Server(e.to_string()));
     feeder.abort();
+    token_feeder.abort();
     flusher.abort();
     tracing::info!("auth server stopped");
     served

@@ -1,0 +1,802 @@
+//! Tokens on the server: the TokenPolicies it knows (fed by watches of
+//! TokenPolicies and their signing-key Secrets), `POST /token`, discovery and
+//! JWKS per issuer, and the verification of presented JWTs on the
+//! external-auth routes and `/introspect`.
+//!
+//! Decisions:
+//! - The server signs with the private keys of the policy's Secret (it
+//!   watches only Secrets labelled `latchkey.dev/token-policy`); it verifies
+//!   with the public keys of the policy's status, so a token verifies as soon
+//!   as the key that signed it is published, and until it is removed.
+//! - It signs with the key the schedule says is active; if the Secret watch
+//!   has not delivered that key yet, the previous key may sign for
+//!   [`SIGN_OVERLAP_SECONDS`] more (covered by the schedule's leeway).
+//! - Discovery (`<issuer>/.well-known/openid-configuration`), JWKS
+//!   (`<issuer>/.well-known/jwks.json`) and the token endpoint
+//!   (`<issuer>/token`, and `/token`) are found by the issuer URL's path,
+//!   so any host that routes that path to latchkey serves them. The JWKS may
+//!   be cached for half of `prePublish`, so a verifier's cache always holds
+//!   a key before it signs.
+//! - A verified token is cached by its SHA-256 until it expires (at most
+//!   [`TOKEN_CACHE_CAPACITY`] tokens); each use still checks that its key is
+//!   published and that the API key that obtained it (`client_id`) is valid,
+//!   so revoking that key refuses its tokens within a second.
+
+use super::AppState;
+use super::decision::{self, Decision, Identity, Invalid, Requirement};
+use super::index::{Index, KeyId, Owner};
+use crate::controller::token_policy::{PEM_SUFFIX, TOKEN_POLICY_LABEL};
+use crate::crd::{SigningKeyRecord, TokenPolicy};
+use crate::key;
+use crate::token::claims::{
+    self, AccessClaims, ClientKey, PolicyRules, TokenError, TokenRequest, VerifyingKey,
+};
+use crate::token::{keys, schedule};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures::StreamExt;
+use jsonwebtoken::EncodingKey;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+pub const SIGN_OVERLAP_SECONDS: i64 = 5;
+pub const TOKEN_CACHE_CAPACITY: usize = 100_000;
+const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+const JWKS_SUFFIX: &str = "/.well-known/jwks.json";
+const TOKEN_SUFFIX: &str = "/token";
+
+/// A signing key the server holds.
+pub struct Signer {
+    pub kid: String,
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: EncodingKey,
+    pub active_from: i64,
+    pub retires_at: Option<i64>,
+}
+
+/// One TokenPolicy, as the server uses it.
+pub struct PolicyEntry {
+    pub namespace: String,
+    pub name: String,
+    pub rules: PolicyRules,
+    pub selector: Option<LabelSelector>,
+    /// Signers, oldest `activeFrom` first.
+    pub signers: Vec<Signer>,
+    pub jwks: String,
+    pub jwks_max_age: u64,
+    pub discovery: String,
+}
+
+impl PolicyEntry {
+    /// The key that signs at `now`.
+    pub fn signer(&self, now: i64) -> Option<&Signer> {
+        self.signers
+            .iter()
+            .filter(|s| s.active_from <= now)
+            .filter(|s| s.retires_at.is_none_or(|r| now < r + SIGN_OVERLAP_SECONDS))
+            .max_by_key(|s| s.active_from)
+    }
+
+    /// Whether the ApiKey of `owner` may exchange its key under this policy.
+    pub fn admits(&self, owner: &Owner) -> bool {
+        owner.namespace() == self.namespace
+            && (owner.token_policy.as_deref() == Some(self.name.as_str())
+                || self
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| selector_matches(s, &owner.labels)))
+    }
+}
+
+/// Whether a label selector matches `labels` (matchLabels and
+/// matchExpressions with In, NotIn, Exists, DoesNotExist; an empty selector
+/// matches everything, an unknown operator nothing).
+pub fn selector_matches(selector: &LabelSelector, labels: &[(Box<str>, Box<str>)]) -> bool {
+    let get = |k: &str| labels.iter().find(|(n, _)| &**n == k).map(|(_, v)| &**v);
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| get(k) == Some(v.as_str()));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => get(&e.key).is_some_and(|v| values.iter().any(|x| x == v)),
+            "NotIn" => get(&e.key).is_none_or(|v| !values.iter().any(|x| x == v)),
+            "Exists" => get(&e.key).is_some(),
+            "DoesNotExist" => get(&e.key).is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Everything derived from the watched TokenPolicies and Secrets.
+#[derive(Default)]
+pub struct Snapshot {
+    by_name: HashMap<(String, String), Arc<PolicyEntry>>,
+    by_issuer_path: HashMap<String, Arc<PolicyEntry>>,
+    by_kid: HashMap<String, VerifyingKey>,
+}
+
+/// A verified token, as cached.
+pub struct CachedToken {
+    pub claims: AccessClaims,
+    pub kid: String,
+    pub client_id: Option<KeyId>,
+    pub subject: HeaderValue,
+    pub scopes: HeaderValue,
+    pub key_id: HeaderValue,
+    pub extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The server's token state.
+#[derive(Default)]
+pub struct Tokens {
+    snapshot: RwLock<Arc<Snapshot>>,
+    cache: RwLock<HashMap<[u8; 32], CachedToken>>,
+    synced: AtomicBool,
+}
+
+fn issuer_path(issuer: &str) -> String {
+    let rest = issuer.split_once("://").map_or(issuer, |(_, r)| r);
+    rest.find('/')
+        .map_or(String::new(), |i| rest[i..].trim_end_matches('/').to_owned())
+}
+
+/// Builds the snapshot from the policies and their Secrets' private keys.
+pub fn build_snapshot(
+    policies: &BTreeMap<(String, String), TokenPolicy>,
+    secrets: &BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    issuer_base_url: &str,
+) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for ((ns, name), policy) in policies {
+        let Ok(settings) = schedule::Settings::of(&policy.spec) else {
+            continue;
+        };
+        let issuer = policy.issuer(issuer_base_url);
+        let status_keys: &[SigningKeyRecord] = policy
+            .status
+            .as_ref()
+            .map(|s| s.keys.as_slice())
+            .unwrap_or_default();
+        let private = secrets.get(&(ns.clone(), name.clone()));
+        let mut signers = Vec::new();
+        for record in status_keys {
+            let alg = keys::jwt_algorithm(record.algorithm);
+            if let Ok(key) = keys::decoding_key(&record.kid, record.algorithm, &record.public_jwk) {
+                snap.by_kid.insert(
+                    record.kid.clone(),
+                    VerifyingKey {
+                        algorithm: alg,
+                        key,
+                        issuer: issuer.clone(),
+                        audiences: policy.spec.audiences.clone(),
+                    },
+                );
+            }
+            let pem = private.and_then(|p| p.get(&record.kid));
+            if let Some(Ok(key)) = pem.map(|pem| keys::encoding_key(&record.kid, record.algorithm, pem)) {
+                signers.push(Signer {
+                    kid: record.kid.clone(),
+                    algorithm: alg,
+                    key,
+                    active_from: record.active_from.0.as_second(),
+                    retires_at: record.retires_at.as_ref().map(|t| t.0.as_second()),
+                });
+            }
+        }
+        signers.sort_by_key(|s| s.active_from);
+        let jwks_keys: Vec<serde_json::Value> = status_keys
+            .iter()
+            .filter_map(|k| serde_json::from_str(&k.public_jwk).ok())
+            .collect();
+        let discovery = json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}{JWKS_SUFFIX}"),
+            "token_endpoint": format!("{issuer}{TOKEN_SUFFIX}"),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["token"],
+            "scopes_supported": policy.spec.allowed_scopes,
+            "id_token_signing_alg_values_supported": [settings.algorithm.as_str()],
+            "subject_types_supported": ["public"],
+        });
+        let entry = Arc::new(PolicyEntry {
+            namespace: ns.clone(),
+            name: name.clone(),
+            rules: PolicyRules {
+                issuer: issuer.clone(),
+                audiences: policy.spec.audiences.clone(),
+                allowed_scopes: policy.spec.allowed_scopes.iter().cloned().collect(),
+                roles: policy.spec.roles.clone(),
+                custom_claims: policy
+                    .spec
+                    .custom_claims
+                    .iter()
+                    .map(|c| (c.name.clone(), c.required))
+                    .collect(),
+                token_ttl_seconds: settings.token_ttl.as_secs(),
+                max_ttl_seconds: settings.max_ttl.as_secs(),
+            },
+            selector: policy.spec.api_key_selector.clone(),
+            signers,
+            jwks: json!({ "keys": jwks_keys }).to_string(),
+            jwks_max_age: (settings.pre_publish.as_secs() / 2).max(0) as u64,
+            discovery: discovery.to_string(),
+        });
+        snap.by_issuer_path
+            .entry(issuer_path(&issuer))
+            .or_insert_with(|| entry.clone());
+        snap.by_name.insert((ns.clone(), name.clone()), entry);
+    }
+    snap
+}
+
+impl Tokens {
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.snapshot.write().expect("token snapshot lock") = Arc::new(snapshot);
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("token snapshot lock").clone()
+    }
+
+    /// The policy whose issuer URL has this path.
+    pub fn by_issuer_path(&self, path: &str) -> Option<Arc<PolicyEntry>> {
+        self.snapshot
+            .read()
+            .expect("token snapshot lock")
+            .by_issuer_path
+            .get(path)
+            .cloned()
+    }
+
+    /// Verifies `token` (from the cache when seen before) and runs `f` on it
+    /// under the cache's read lock.
+    pub fn with_verified<R>(
+        &self,
+        token: &str,
+        now: i64,
+        f: impl FnOnce(&CachedToken) -> R,
+    ) -> Result<R, claims::TokenInvalid> {
+        let hash = key::sha256(token.as_bytes());
+        {
+            let cache = self.cache.read().expect("token cache lock");
+            if let Some(cached) = cache.get(&hash) {
+                let published = self
+                    .snapshot
+                    .read()
+                    .expect("token snapshot lock")
+                    .by_kid
+                    .contains_key(&cached.kid);
+                if !published {
+                    return Err(claims::TokenInvalid::UnknownKey);
+                }
+                if now > cached.claims.exp + claims::CLOCK_LEEWAY {
+                    return Err(claims::TokenInvalid::Expired);
+                }
+                return Ok(f(cached));
+            }
+        }
+        let snapshot = self.snapshot();
+        let (claims, kid) = claims::verify(token, |kid| snapshot.by_kid.get(kid), now)?;
+        let cached = cache_entry(claims, kid);
+        let result = f(&cached);
+        let mut cache = self.cache.write().expect("token cache lock");
+        if cache.len() >= TOKEN_CACHE_CAPACITY {
+            cache.retain(|_, c| now <= c.claims.exp + claims::CLOCK_LEEWAY);
+        }
+        if cache.len() < TOKEN_CACHE_CAPACITY {
+            cache.insert(hash, cached);
+        }
+        Ok(result)
+    }
+}
+
+fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn cache_entry(claims: AccessClaims, kid: String) -> CachedToken {
+    let mut extra = Vec::new();
+    if let Some(role) = &claims.role {
+        extra.push((HeaderName::from_static("x-auth-role"), header_value(role)));
+    }
+    for (name, value) in &claims.custom {
+        let (Ok(header), Some(value)) = (
+            HeaderName::from_bytes(format!("x-auth-claim-{}", name.to_ascii_lowercase()).as_bytes()),
+            value.as_str(),
+        ) else {
+            continue;
+        };
+        extra.push((header, header_value(value)));
+    }
+    CachedToken {
+        client_id: KeyId::try_from(claims.client_id.as_bytes()).ok(),
+        subject: header_value(&claims.sub),
+        scopes: header_value(&claims.scope),
+        key_id: header_value(&claims.client_id),
+        extra,
+        claims,
+        kid,
+    }
+}
+
+/// The external-auth decision for a presented JWT.
+pub fn decide_token(
+    token: &str,
+    requirement: &Requirement,
+    index: &Index,
+    tokens: &Tokens,
+    now: Timestamp,
+    cache_seconds: u64,
+) -> Decision {
+    if !index.is_synced() || !tokens.is_synced() {
+        return Decision::NotReady;
+    }
+    let now_s = now.as_second();
+    let decided = tokens.with_verified(token, now_s, |t| {
+        if !t.client_id.is_some_and(|id| index.key_id_valid(&id, now)) {
+            return Decision::Invalid(Invalid::ClientRevoked);
+        }
+        if let Some(audience) = &requirement.audience
+            && !t.claims.aud.iter().any(|a| a == audience)
+        {
+            return Decision::Invalid(Invalid::Audience);
+        }
+        if !requirement
+            .scopes
+            .iter()
+            .all(|s| t.claims.scopes().any(|h| h == s))
+        {
+            return Decision::InsufficientScope {
+                required: requirement.scopes.join(" "),
+            };
+        }
+        let left = (t.claims.exp - now_s).max(0) as u64;
+        Decision::Allow {
+            identity: Box::new(Identity {
+                subject: t.subject.clone(),
+                scopes: t.scopes.clone(),
+                key_id: t.key_id.clone(),
+                extra: t.extra.clone(),
+            }),
+            max_age: left.min(cache_seconds),
+        }
+    });
+    decided.unwrap_or_else(|e| Decision::Invalid(Invalid::Token(e)))
+}
+
+/// RFC 7662 fields of an active token, or `None` when it is not active.
+pub fn introspect_token(
+    token: &str,
+    index: &Index,
+    tokens: &Tokens,
+    now: Timestamp,
+) -> Option<serde_json::Value> {
+    tokens
+        .with_verified(token, now.as_second(), |t| {
+            if !t.client_id.is_some_and(|id| index.key_id_valid(&id, now)) {
+                return None;
+            }
+            let c = &t.claims;
+            let mut out = json!({
+                "active": true,
+                "token_type": "Bearer",
+                "client_id": c.client_id,
+                "sub": c.sub,
+                "scope": c.scope,
+                "aud": c.aud,
+                "iss": c.iss,
+                "exp": c.exp,
+                "iat": c.iat,
+                "jti": c.jti,
+            });
+            if let Some(role) = &c.role {
+                out["role"] = json!(role);
+            }
+            for (k, v) in &c.custom {
+                out[k] = v.clone();
+            }
+            Some(out)
+        })
+        .ok()
+        .flatten()
+}
+
+// ------------------------------------------------------------------ /token
+
+fn token_error(err: &TokenError) -> Response {
+    let status = match err {
+        TokenError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        TokenError::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut resp = (
+        status,
+        axum::Json(json!({"error": err.code(), "error_description": err.description()})),
+    )
+        .into_response();
+    let headers = resp.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"latchkey\""),
+        );
+    }
+    resp
+}
+
+/// The API key a token request authenticates with: HTTP Basic (the key as
+/// the password; the user name is ignored), `Authorization: Bearer`, or the
+/// form's `client_secret`.
+fn client_key(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let auth = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    if let Some((scheme, value)) = auth.and_then(|a| a.split_once(' ')) {
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            let (_, password) = text.split_once(':')?;
+            return Some(password.to_owned());
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(value.trim().to_owned());
+        }
+    }
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "client_secret")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Issues a token; `fixed` is the policy of an `<issuer>/token` URL.
+pub fn issue(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    fixed: Option<Arc<PolicyEntry>>,
+) -> Result<serde_json::Value, TokenError> {
+    let form = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(TokenError::InvalidRequest(
+            "send the request as application/x-www-form-urlencoded".into(),
+        ));
+    }
+    let presented = client_key(headers, body).ok_or_else(|| {
+        TokenError::InvalidClient(
+            "authenticate with the API key as HTTP Basic password or Bearer token".into(),
+        )
+    })?;
+    let request = TokenRequest::parse(body)?;
+    if !state.index.is_synced() || !state.tokens.is_synced() {
+        return Err(TokenError::TemporarilyUnavailable(
+            "the server is still loading".into(),
+        ));
+    }
+    let now = state.clock.now();
+    let (entry, key_id) = decision::verify(&presented, &state.index, now)
+        .map_err(|_| TokenError::InvalidClient("the API key is unknown, revoked or expired".into()))?;
+    let owner = &entry.owner;
+    let snapshot = state.tokens.snapshot();
+    let policy = match (fixed, &request.policy) {
+        (Some(p), _) => Some(p),
+        (None, Some(name)) => snapshot
+            .by_name
+            .get(&(owner.namespace().to_owned(), name.clone()))
+            .cloned(),
+        (None, None) => {
+            let mut admitting = snapshot.by_name.values().filter(|p| p.admits(owner));
+            match (admitting.next(), admitting.next()) {
+                (Some(_), Some(_)) => {
+                    return Err(TokenError::InvalidRequest(
+                        "several TokenPolicies admit this API key; name one with policy=<name>".into(),
+                    ));
+                }
+                (one, _) => one.cloned(),
+            }
+        }
+    };
+    let Some(policy) = policy.filter(|p| p.admits(owner)) else {
+        return Err(TokenError::UnauthorizedClient(
+            "this API key may not exchange tokens here: set its spec.tokenPolicyRef, or match a \
+             TokenPolicy's spec.apiKeySelector in its namespace"
+                .into(),
+        ));
+    };
+    let now_s = now.as_second();
+    let Some(signer) = policy.signer(now_s) else {
+        return Err(TokenError::TemporarilyUnavailable(
+            "the TokenPolicy has no signing key yet; retry in a few seconds".into(),
+        ));
+    };
+    let scopes: Vec<&str> = owner.scopes().collect();
+    let key_id = String::from_utf8_lossy(&key_id).into_owned();
+    let client = ClientKey {
+        key_id: &key_id,
+        subject: owner.subject(),
+        scopes: &scopes,
+        audiences: &owner.audiences,
+    };
+    let jti = key::random_id(22);
+    let claims = claims::build_claims(&policy.rules, &client, &request, now_s, jti)?;
+    let token = jsonwebtoken::encode(
+        &claims::header(signer.algorithm, &signer.kid),
+        &claims,
+        &signer.key,
+    )
+    .map_err(|_| TokenError::TemporarilyUnavailable("signing failed".into()))?;
+    tracing::debug!(policy = %policy.name, kid = %signer.kid, client_id = %key_id, "issued a token");
+    Ok(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": claims.exp - now_s,
+        "scope": claims.scope,
+    }))
+}
+
+fn token_response(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    fixed: Option<Arc<PolicyEntry>>,
+) -> Response {
+    let result = issue(state, headers, body, fixed);
+    state
+        .metrics
+        .observe_token(result.as_ref().err().map(TokenError::code));
+    match result {
+        Ok(value) => {
+            let mut resp = axum::Json(value).into_response();
+            let headers = resp.headers_mut();
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+            resp
+        }
+        Err(err) => token_error(&err),
+    }
+}
+
+/// `POST /token`.
+pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    token_response(&state, &headers, &body, None)
+}
+
+/// Discovery, JWKS and the token endpoint under each issuer's path.
+pub async fn by_issuer(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let lookup = |suffix: &str| {
+        path.strip_suffix(suffix)
+            .and_then(|prefix| state.tokens.by_issuer_path(prefix.trim_end_matches('/')))
+    };
+    let json_response = |body: String, max_age: u64| {
+        let cache = if max_age == 0 {
+            HeaderValue::from_static("no-cache")
+        } else {
+            header_value(&format!("public, max-age={max_age}"))
+        };
+        (
+            StatusCode::OK,
+            [
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (CACHE_CONTROL, cache),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    if method == Method::GET || method == Method::HEAD {
+        if let Some(p) = lookup(DISCOVERY_SUFFIX) {
+            return json_response(p.discovery.clone(), p.jwks_max_age);
+        }
+        if let Some(p) = lookup(JWKS_SUFFIX) {
+            return json_response(p.jwks.clone(), p.jwks_max_age);
+        }
+    }
+    if let Some(p) = lookup(TOKEN_SUFFIX) {
+        if method != Method::POST {
+            return (StatusCode::METHOD_NOT_ALLOWED, [("allow", "POST")]).into_response();
+        }
+        let headers = request.headers().clone();
+        let Ok(body) = axum::body::to_bytes(request.into_body(), 64 * 1024).await else {
+            return token_error(&TokenError::InvalidRequest(
+                "the request body is too large".into(),
+            ));
+        };
+        return token_response(&state, &headers, &body, Some(p));
+    }
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+// ------------------------------------------------------------------ feeding
+
+#[allow(clippy::large_enum_variant)] // one event at a time; boxing buys nothing
+enum Change {
+    Policy(Result<watcher::Event<TokenPolicy>, watcher::Error>),
+    Secret(Result<watcher::Event<Secret>, watcher::Error>),
+}
+
+/// (namespace, policy name) → kid → PKCS#8 PEM.
+type PolicyKey = (String, String);
+type PemsByKid = BTreeMap<String, Vec<u8>>;
+
+fn secret_keys(secret: &Secret) -> Option<(PolicyKey, PemsByKid)> {
+    let policy = secret.labels().get(TOKEN_POLICY_LABEL)?.clone();
+    let ns = secret.namespace()?;
+    let keys = secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.strip_suffix(PEM_SUFFIX)?.to_owned(), v.0.clone())))
+        .collect();
+    Some(((ns, policy), keys))
+}
+
+/// Keeps `tokens` up to date from watches of TokenPolicies and their
+/// signing-key Secrets until the streams end.
+pub async fn feed(
+    policies: Api<TokenPolicy>,
+    secrets: Api<Secret>,
+    tokens: Arc<Tokens>,
+    issuer_base_url: String,
+) {
+    let policy_events = watcher(policies, watcher::Config::default())
+        .default_backoff()
+        .map(Change::Policy);
+    let secret_events = watcher(secrets, watcher::Config::default().labels(TOKEN_POLICY_LABEL))
+        .default_backoff()
+        .map(Change::Secret);
+    let mut events = futures::stream::select(policy_events.boxed(), secret_events.boxed());
+    let mut policy_store: BTreeMap<(String, String), TokenPolicy> = BTreeMap::new();
+    let mut secret_store: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    let (mut policy_init, mut secret_init) = (None::<BTreeMap<_, _>>, None::<BTreeMap<_, _>>);
+    let (mut policies_done, mut secrets_done) = (false, false);
+    let key_of = |p: &TokenPolicy| (p.namespace().unwrap_or_default(), p.name_any());
+    while let Some(change) = events.next().await {
+        let mut changed = true;
+        match change {
+            Change::Policy(Ok(event)) => match event {
+                watcher::Event::Init => {
+                    policy_init = Some(BTreeMap::new());
+                    changed = false;
+                }
+                watcher::Event::InitApply(p) => {
+                    if let Some(init) = policy_init.as_mut() {
+                        init.insert(key_of(&p), p);
+                    }
+                    changed = false;
+                }
+                watcher::Event::InitDone => {
+                    policy_store = policy_init.take().unwrap_or_default();
+                    policies_done = true;
+                }
+                watcher::Event::Apply(p) => {
+                    policy_store.insert(key_of(&p), p);
+                }
+                watcher::Event::Delete(p) => {
+                    policy_store.remove(&key_of(&p));
+                }
+            },
+            Change::Secret(Ok(event)) => match event {
+                watcher::Event::Init => {
+                    secret_init = Some(BTreeMap::new());
+                    changed = false;
+                }
+                watcher::Event::InitApply(s) => {
+                    if let (Some(init), Some((k, v))) = (secret_init.as_mut(), secret_keys(&s)) {
+                        init.insert(k, v);
+                    }
+                    changed = false;
+                }
+                watcher::Event::InitDone => {
+                    secret_store = secret_init.take().unwrap_or_default();
+                    secrets_done = true;
+                }
+                watcher::Event::Apply(s) => {
+                    if let Some((k, v)) = secret_keys(&s) {
+                        secret_store.insert(k, v);
+                    }
+                }
+                watcher::Event::Delete(s) => {
+                    if let Some((k, _)) = secret_keys(&s) {
+                        secret_store.remove(&k);
+                    }
+                }
+            },
+            Change::Policy(Err(err)) => {
+                tracing::warn!(error = %err, "TokenPolicy watch failed; retrying");
+                changed = false;
+            }
+            Change::Secret(Err(err)) => {
+                tracing::warn!(error = %err, "signing-key Secret watch failed; retrying");
+                changed = false;
+            }
+        }
+        if changed && policies_done && secrets_done {
+            tokens.replace(build_snapshot(&policy_store, &secret_store, &issuer_base_url));
+            if !tokens.is_synced() {
+                tracing::info!(policies = policy_store.len(), "TokenPolicies loaded");
+                tokens.mark_synced();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(Box<str>, Box<str>)> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn label_selectors_match_like_kubernetes() {
+        let sel = LabelSelector {
+            match_labels: Some([("team".to_string(), "web".to_string())].into()),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["login".into(), "api".into()]),
+            }]),
+        };
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("team", "web"), ("tier", "login")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("team", "web"), ("tier", "db")])
+        ));
+        assert!(!selector_matches(&sel, &labels(&[("tier", "login")])));
+        assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
+        let not_exists = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "legacy".into(),
+                operator: "DoesNotExist".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert!(selector_matches(&not_exists, &labels(&[("team", "web")])));
+        assert!(!selector_matches(&not_exists, &labels(&[("legacy", "1")])));
+    }
+
+    #[test]
+    fn issuer_paths() {
+        assert_eq!(issuer_path("http://127.0.0.1:8080/issuers/a/b"), "/issuers/a/b");
+        assert_eq!(issuer_path("https://auth.example.com"), "");
+        assert_eq!(issuer_path("https://auth.example.com/"), "");
+    }
+}
