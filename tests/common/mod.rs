@@ -51,6 +51,7 @@ pub fn kubeconfig() -> &'static Path {
             "wait",
             "--for=condition=Established",
             "crd/apikeys.latchkey.dev",
+            "crd/tokenpolicies.latchkey.dev",
             "--timeout=60s",
         ]);
         path
