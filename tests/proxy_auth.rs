@@ -475,3 +475,79 @@ async fn traefik_and_envoy_style_requests_get_their_contracts() {
         "a client's own `scope` query parameter is not a requirement"
     );
 }
+
+#[tokio::test]
+async fn a_token_from_an_api_key_passes_nginx_and_caddy_until_the_key_is_revoked() {
+    let s = Stack::start("proxy-token").await;
+    let manifest = format!(
+        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: orders\n  namespace: {}\n\
+         spec:\n  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  customClaims:\n  - name: tenant\n",
+        s.ns.name
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(ok, "{out}{err}");
+    let key = s
+        .key(
+            "login",
+            "  subject: login-service\n  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: orders\n",
+        )
+        .await;
+    let token = eventually(Duration::from_secs(30), "a token from /token", || async {
+        let resp = s
+            .http
+            .post(format!("{}/token", s.latchkey_url))
+            .basic_auth("login", Some(&key))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&claim.tenant=acme")
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+        v["access_token"].as_str().map(str::to_owned)
+    })
+    .await;
+    let bearer = format!("Bearer {token}");
+    for (proxy, base) in s.proxies() {
+        let url = format!("{base}/api/orders");
+        let a = s
+            .get(&url, &[("authorization", &bearer), ("x-auth-subject", "mallory")])
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{proxy}: token");
+        assert_eq!(
+            a.upstream_header("x-auth-subject").as_deref(),
+            Some("login-service"),
+            "{proxy}"
+        );
+        assert_eq!(
+            a.upstream_header("x-auth-scopes").as_deref(),
+            Some("orders:read"),
+            "{proxy}"
+        );
+        let a = s
+            .get(&format!("{base}/admin/users"), &[("authorization", &bearer)])
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{proxy}: token lacks the scope");
+    }
+    // Revoke the API key: its token is refused through nginx within a second.
+    s.api_keys
+        .patch(
+            "login",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
+        )
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    let url = format!("{}/api/orders", s.nginx);
+    eventually(Duration::from_secs(5), "nginx refuses the token", || async {
+        (s.get(&url, &[("authorization", &bearer)]).await.status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    let took = revoked.elapsed();
+    println!("token refused through nginx {took:?} after the API key was revoked");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let a = s
+        .get(&format!("{}/api/orders", s.caddy), &[("authorization", &bearer)])
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "caddy");
+}
