@@ -11,6 +11,12 @@
 //! - `revocation N`: N times, create an ApiKey, wait until nginx lets it
 //!   through, patch `revoked: true` and time from the patch's return to the
 //!   first 401 through nginx; prints p50, p99 and max.
+//! - `tokens`: JWT signatures and verifications per second on one core for
+//!   each algorithm (in process); then, over HTTP against one `latchkey
+//!   serve`: `POST /token` mints per second, and `/auth/nginx` with a JWT
+//!   first seen (every request a different token, pre-signed with the
+//!   policy's key from its Secret) vs repeated (the same token: cached), next
+//!   to the `/livez` ceiling and the API-key route, medians of `BENCH_REPEAT`.
 //! - `index-synthetic N`: the auth index's memory for N synthetic ApiKeys
 //!   (RSS before and after), per key.
 //! - `index-real N`: N real ApiKeys on the control plane, then the RSS of a
@@ -228,6 +234,7 @@ struct WrkResult {
     p50_us: f64,
     p99_us: f64,
     non_2xx: u64,
+    requests: u64,
 }
 
 fn parse_duration_us(s: &str) -> Option<f64> {
@@ -244,7 +251,21 @@ fn parse_duration_us(s: &str) -> Option<f64> {
 }
 
 fn wrk(url: &str, connections: u32, seconds: u32, key: Option<&str>) -> WrkResult {
+    wrk_script(url, connections, seconds, key, None)
+}
+
+/// wrk with a Lua script (`-s`), for POSTs and per-request tokens.
+fn wrk_script(
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    key: Option<&str>,
+    script: Option<&Path>,
+) -> WrkResult {
     let mut cmd = Command::new("wrk");
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
     cmd.args([
         "-t1",
         &format!("-c{connections}"),
@@ -261,6 +282,7 @@ fn wrk(url: &str, connections: u32, seconds: u32, key: Option<&str>) -> WrkResul
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", v] => r.rps = v.parse().unwrap_or(0.0),
+            [n, "requests", "in", ..] => r.requests = n.parse().unwrap_or(0),
             ["50%", v] => r.p50_us = parse_duration_us(v).unwrap_or(0.0),
             ["99%", v] => r.p99_us = parse_duration_us(v).unwrap_or(0.0),
             ["Non-2xx", "or", "3xx", "responses:", v] => r.non_2xx = v.parse().unwrap_or(0),
@@ -492,6 +514,248 @@ async fn throughput() {
     bench.cleanup().await;
 }
 
+/// Signatures and verifications per second on one core, per algorithm.
+fn crypto_per_core() {
+    use latchkey::crd::SigningAlgorithm;
+    use latchkey::token::{claims, keys};
+    println!("\nJWT crypto on one core (in process, 1 s each):");
+    println!("{:<8} {:>12} {:>14}", "alg", "signs/s", "verifies/s");
+    for alg in [
+        SigningAlgorithm::ES256,
+        SigningAlgorithm::EdDSA,
+        SigningAlgorithm::RS256,
+    ] {
+        let key = keys::generate(alg).unwrap();
+        let enc = keys::encoding_key(&key.kid, alg, key.pem.as_bytes()).unwrap();
+        let jwk = keys::public_jwk(&key.kid, alg, key.pem.as_bytes()).unwrap();
+        let verifying = claims::VerifyingKey {
+            algorithm: keys::jwt_algorithm(alg),
+            key: keys::decoding_key(&key.kid, alg, &jwk).unwrap(),
+            issuer: "http://127.0.0.1/issuers/bench/p".into(),
+            audiences: vec!["orders".into()],
+        };
+        let now = 1_800_000_000;
+        let claims = claims::AccessClaims {
+            iss: verifying.issuer.clone(),
+            sub: "bench".into(),
+            aud: vec!["orders".into()],
+            exp: now + 900,
+            iat: now,
+            nbf: None,
+            jti: "j".repeat(22),
+            client_id: "AbCdEfGhIjKl".into(),
+            scope: "orders:read".into(),
+            role: None,
+            custom: Default::default(),
+        };
+        let header = claims::header(verifying.algorithm, &key.kid);
+        let (mut signs, start) = (0u64, Instant::now());
+        let mut token = String::new();
+        while start.elapsed() < Duration::from_secs(1) {
+            token = jsonwebtoken::encode(&header, &claims, &enc).unwrap();
+            signs += 1;
+        }
+        let sign_rate = signs as f64 / start.elapsed().as_secs_f64();
+        let (mut verifies, start) = (0u64, Instant::now());
+        while start.elapsed() < Duration::from_secs(1) {
+            claims::verify(&token, |_| Some(&verifying), now).unwrap();
+            verifies += 1;
+        }
+        let verify_rate = verifies as f64 / start.elapsed().as_secs_f64();
+        println!("{:<8} {sign_rate:>12.0} {verify_rate:>14.0}", alg.as_str());
+    }
+}
+
+async fn tokens() {
+    use latchkey::crd::TokenPolicy;
+    use latchkey::token::{claims, keys};
+    crypto_per_core();
+
+    let bench = Bench::new("bench-tokens").await;
+    let (_controller, _) = bench.latchkey("run", &bench.ns);
+    let policy: TokenPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "TokenPolicy",
+        "metadata": {"name": "bench", "namespace": bench.ns},
+        "spec": {"audiences": ["orders"], "allowedScopes": ["orders:read"], "tokenTTL": "1h"},
+    }))
+    .unwrap();
+    let policies: Api<TokenPolicy> = Api::namespaced(bench.client.clone(), &bench.ns);
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    let ak: ApiKey = serde_json::from_value(serde_json::json!({
+        "apiVersion": "latchkey.dev/v1alpha1", "kind": "ApiKey",
+        "metadata": {"name": "bench", "namespace": bench.ns},
+        "spec": {"scopes": ["orders:read"], "tokenPolicyRef": {"name": "bench"}},
+    }))
+    .unwrap();
+    bench.api_keys.create(&PostParams::default(), &ak).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let key = loop {
+        if let Ok(Some(s)) = bench.secrets.get_opt("bench").await
+            && let Some(k) = s.data.and_then(|d| d.get("api-key").cloned())
+        {
+            break String::from_utf8(k.0).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no Secret for the bench ApiKey");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (_server, lk) = bench.latchkey("serve", &bench.ns);
+    // One token from the server, to learn the issuer and kid.
+    let token_url = format!("http://127.0.0.1:{lk}/token");
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("bench:{key}"))
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let minted = loop {
+        let out = Command::new("curl")
+            .args(["-s", "-X", "POST", "-H", &format!("Authorization: {basic}")])
+            .args(["-d", "grant_type=client_credentials", &token_url])
+            .output()
+            .expect("curl");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(t) = v["access_token"].as_str() {
+            break t.to_owned();
+        }
+        assert!(Instant::now() < deadline, "/token never answered: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let auth_url = format!("http://127.0.0.1:{lk}/auth/nginx?scope=orders:read");
+    assert_eq!(
+        http_status_with(lk, "/auth/nginx?scope=orders:read", Some(&minted)),
+        Some(200)
+    );
+
+    // Pre-sign distinct tokens with the policy's own key (from its Secret),
+    // so that each first-seen request carries a token the server never saw.
+    let status = policies.get("bench").await.unwrap().status.unwrap();
+    let record = status
+        .keys
+        .iter()
+        .find(|k| Some(&k.kid) == status.active_key_id.as_ref())
+        .unwrap();
+    let secret = bench.secrets.get("bench-signing-keys").await.unwrap();
+    let pem = secret.data.unwrap()[&format!("{}.pem", record.kid)].0.clone();
+    let enc = keys::encoding_key(&record.kid, record.algorithm, &pem).unwrap();
+    let mut template: claims::AccessClaims = {
+        let payload = minted.split('.').nth(1).unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let header = claims::header(keys::jwt_algorithm(record.algorithm), &record.kid);
+    let first_seen_tokens: usize = std::env::var("BENCH_FIRST_SEEN_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let tokens_file = bench.dir.join("tokens.txt");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tokens_file).unwrap());
+        for i in 0..first_seen_tokens {
+            template.jti = format!("bench{i:017}");
+            writeln!(f, "{}", jsonwebtoken::encode(&header, &template, &enc).unwrap()).unwrap();
+        }
+    }
+    let first_seen_lua = bench.dir.join("first-seen.lua");
+    std::fs::write(
+        &first_seen_lua,
+        format!(
+            "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
+             local i = 0\nrequest = function()\n  i = i + 1\n  local t = tokens[((i - 1) % #tokens) + 1]\n  \
+             return wrk.format(nil, nil, {{[\"Authorization\"] = \"Bearer \" .. t}})\nend\n",
+            tokens_file.display()
+        ),
+    )
+    .unwrap();
+    let mint_lua = bench.dir.join("mint.lua");
+    std::fs::write(
+        &mint_lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = \"grant_type=client_credentials\"\n\
+             wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
+             wrk.headers[\"Authorization\"] = \"{basic}\"\n"
+        ),
+    )
+    .unwrap();
+
+    let repeat: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seconds = 3;
+    let connections = 64;
+    type Target<'a> = (&'a str, String, Option<&'a str>, Option<&'a Path>);
+    let targets: [Target; 5] = [
+        (
+            "latchkey /livez (ceiling)",
+            format!("http://127.0.0.1:{lk}/livez"),
+            None,
+            None,
+        ),
+        ("/auth/nginx, API key", auth_url.clone(), Some(&key), None),
+        (
+            "/auth/nginx, JWT repeated (cached)",
+            auth_url.clone(),
+            Some(&minted),
+            None,
+        ),
+        (
+            "/auth/nginx, JWT first seen",
+            auth_url.clone(),
+            None,
+            Some(&first_seen_lua),
+        ),
+        (
+            "POST /token (mint ES256)",
+            token_url.clone(),
+            None,
+            Some(&mint_lua),
+        ),
+    ];
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
+    for round in 0..repeat {
+        for (i, (name, url, k, script)) in targets.iter().enumerate() {
+            let r = wrk_script(url, connections, seconds, *k, *script);
+            assert_eq!(r.non_2xx, 0, "{name}: non-2xx answers during the benchmark");
+            if i == 3 {
+                assert!(
+                    r.requests as usize <= first_seen_tokens,
+                    "first-seen ran out of distinct tokens ({} requests, {first_seen_tokens} tokens): \
+                     raise BENCH_FIRST_SEEN_TOKENS",
+                    r.requests
+                );
+            }
+            eprintln!("round {}: {name}: {:.0} req/s", round + 1, r.rps);
+            results[i].push(r);
+        }
+    }
+    let med = |i: usize, f: fn(&WrkResult) -> f64| median(results[i].iter().map(f).collect());
+    println!("\nwrk -t1 -c{connections} -d{seconds}s --latency, median of {repeat} interleaved runs:");
+    println!("{:<38} {:>10} {:>10} {:>10}", "target", "req/s", "p50", "p99");
+    for (i, (name, ..)) in targets.iter().enumerate() {
+        println!(
+            "{name:<38} {:>10.0} {:>8.0}us {:>8.0}us",
+            med(i, |r| r.rps),
+            med(i, |r| r.p50_us),
+            med(i, |r| r.p99_us)
+        );
+    }
+    let ceiling = med(0, |r| r.rps);
+    println!(
+        "ratio API key / ceiling:            {:.2}",
+        med(1, |r| r.rps) / ceiling
+    );
+    println!(
+        "ratio JWT repeated / ceiling:       {:.2}",
+        med(2, |r| r.rps) / ceiling
+    );
+    println!(
+        "ratio JWT first seen / ceiling:     {:.2}",
+        med(3, |r| r.rps) / ceiling
+    );
+    bench.cleanup().await;
+}
+
 async fn revocation(trials: usize) {
     let bench = Bench::new("bench-revoke").await;
     let (_latchkey, lk) = bench.latchkey("run", &bench.ns);
@@ -645,10 +909,11 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("throughput") => throughput().await,
         Some("revocation") => revocation(n(20)).await,
+        Some("tokens") => tokens().await,
         Some("index-synthetic") => index_synthetic(n(100_000)),
         Some("index-real") => index_real(n(10_000)).await,
         other => panic!(
-            "unknown benchmark {other:?}: throughput | revocation N | index-synthetic N | index-real N"
+            "unknown benchmark {other:?}: throughput | revocation N | tokens | index-synthetic N | index-real N"
         ),
     }
 }
