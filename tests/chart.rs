@@ -9,10 +9,12 @@
 //!   cannot do;
 //! - `helm install` creates the objects, and `kubectl auth can-i --as` the
 //!   ServiceAccount shows exactly the intended rights, cluster-wide and after
-//!   `helm upgrade` to one watched namespace; `helm uninstall` removes the
-//!   release and keeps the CRDs.
+//!   `helm upgrade` to one watched namespace; `latchkey run` as that
+//!   ServiceAccount (a token of it) does its work with them and is never
+//!   forbidden; `helm uninstall` removes the release and keeps the CRDs.
 //!
-//! There are no nodes, so the pods never run: the rights are what is tested.
+//! There are no nodes, so the chart's pods never run: latchkey runs as a
+//! process next to the control plane under the chart's identity.
 //! helm or the cluster missing is a failure, never a skip.
 
 mod common;
@@ -679,6 +681,141 @@ fn exists(args: &[&str]) -> bool {
     common::kubectl(args).0
 }
 
+/// A kubeconfig that authenticates as ServiceAccount `sa` of `ns` (a
+/// TokenRequest token), for running latchkey under the chart's identity.
+fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let token = common::kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=1h"]);
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": cluster["server"].as_str().unwrap(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
+        }}],
+        "users": [{"name": sa, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": sa}}],
+        "current-context": "sa",
+    });
+    let path = std::env::temp_dir().join(format!("latchkey-chart-{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// `latchkey run` as the chart's ServiceAccount, on a free loopback port;
+/// killed (by PID) on drop.
+struct LatchkeyAs {
+    child: std::process::Child,
+    log: PathBuf,
+    url: String,
+}
+
+impl LatchkeyAs {
+    fn start(kubeconfig: &Path, extra: &[&str]) -> Self {
+        let port = common::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("latchkey-chart-run-{}-{port}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args([
+                "run",
+                "--http-addr",
+                &addr,
+                "--last-used-flush-seconds",
+                "1",
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args(extra)
+            .env("RUST_LOG", "info,latchkey=debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start latchkey run");
+        let mut me = Self {
+            child,
+            log,
+            url: format!("http://{addr}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Some(status) = me.child.try_wait().unwrap() {
+                panic!("latchkey run exited ({status}):\n{}", me.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "latchkey run did not listen on {addr}:\n{}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        me
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The API server refused none of latchkey's calls.
+    fn assert_never_forbidden(&self) {
+        let log = self.log_text();
+        let denied: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "latchkey was refused calls under the chart's RBAC:\n{}",
+            denied.join("\n")
+        );
+    }
+}
+
+impl Drop for LatchkeyAs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs latchkey as the chart's ServiceAccount and shows the rights are
+/// enough for what it does: an ApiKey in `ns` becomes Ready with its Secret,
+/// the server accepts the key and writes lastUsedAt, nothing is forbidden.
+fn latchkey_works_under_the_chart_rbac(kubeconfig: &Path, ns: &str, name: &str, extra: &[&str]) {
+    let latchkey = LatchkeyAs::start(kubeconfig, extra);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(common::served_key(
+        ns,
+        name,
+        "  scopes: [\"orders:read\"]\n",
+        &latchkey.url,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let used = common::kubectl_ok(&[
+            "get",
+            "apikey",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.lastUsedAt}",
+        ]);
+        if !used.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not write lastUsedAt of {ns}/{name}:\n{}",
+            latchkey.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    latchkey.assert_never_forbidden();
+}
+
 #[test]
 fn helm_install_grants_exactly_the_intended_rights() {
     let started = Instant::now();
@@ -812,6 +949,10 @@ fn helm_install_grants_exactly_the_intended_rights() {
         ],
     );
 
+    // The rights are also enough: latchkey itself, as this ServiceAccount.
+    let sa_kubeconfig = service_account_kubeconfig(&release_ns, "latchkey");
+    latchkey_works_under_the_chart_rbac(&sa_kubeconfig, &apps, "chart-cluster-wide", &[]);
+
     // One watched namespace: the same rights there, none in another namespace.
     helm_ok(&[
         "upgrade",
@@ -856,6 +997,14 @@ fn helm_install_grants_exactly_the_intended_rights() {
             ("update", "apikeys.latchkey.dev", a, false),
         ],
     );
+
+    latchkey_works_under_the_chart_rbac(
+        &sa_kubeconfig,
+        &apps,
+        "chart-one-namespace",
+        &["--watch-namespace", &apps],
+    );
+    let _ = std::fs::remove_file(&sa_kubeconfig);
 
     // Uninstall: the release's objects go, the CRDs stay (crds.keep).
     helm_ok(&[
