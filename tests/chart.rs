@@ -350,6 +350,36 @@ fn helm_lint_passes_for_the_defaults_and_the_variants() {
 }
 
 #[test]
+fn packaged_chart_carries_the_crds() {
+    // Users install the packaged chart (a .tgz or an OCI artifact): files/crds/
+    // must be in it and render the same.
+    let dir = std::env::temp_dir().join(format!("latchkey-chart-package-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = helm_ok(&["package", CHART, "--destination", dir.to_str().unwrap()]);
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    let tgz = dir.join(format!("latchkey-{}.tgz", chart["version"].as_str().unwrap()));
+    assert!(tgz.exists(), "helm package wrote no {}: {out}", tgz.display());
+    let packaged = helm_ok(&[
+        "template",
+        RELEASE,
+        tgz.to_str().unwrap(),
+        "--namespace",
+        "latchkey-system",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        rendered_crd_texts(&packaged),
+        rendered_crd_texts(&template_text(&[])),
+        "the packaged chart renders other CRDs than the chart directory"
+    );
+    assert_eq!(
+        rendered_crd_texts(&packaged).len(),
+        crd_files(&repo().join("crds")).len()
+    );
+}
+
+#[test]
 fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
     let text = template_text(&[]);
     let docs = parse_docs(&text);
