@@ -1,0 +1,100 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "latchkey.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name of the release's objects: fullnameOverride, the release name
+when it already contains the chart name, else RELEASE-NAME. */}}
+{{- define "latchkey.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "latchkey.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of the pods, used as the selector: never change them in an upgrade. */}}
+{{- define "latchkey.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "latchkey.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every object. */}}
+{{- define "latchkey.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "latchkey.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: latchkey
+{{- end -}}
+
+{{- define "latchkey.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "latchkey.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The image reference: repository@digest, or repository:tag (default appVersion). */}}
+{{- define "latchkey.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The one namespace latchkey watches, or "" for all of them. latchkey
+0.1.0 takes a single --watch-namespace, so a longer list is refused here
+rather than silently watching only part of it. */}}
+{{- define "latchkey.watchNamespace" -}}
+{{- $ns := .Values.watchNamespaces | default list -}}
+{{- if gt (len $ns) 1 -}}
+{{- fail (printf "watchNamespaces lists %d namespaces (%s); latchkey %s watches one namespace (--watch-namespace) or all of them (an empty list)" (len $ns) (join ", " $ns) .Chart.AppVersion) -}}
+{{- end -}}
+{{- if $ns -}}{{ first $ns }}{{- end -}}
+{{- end -}}
+
+{{/* Rules latchkey needs wherever ApiKeys and TokenPolicies live: cluster-wide
+(ClusterRole) or in each watched namespace (Role). Every verb says why. */}}
+{{- define "latchkey.workloadRules" -}}
+# ApiKeys and TokenPolicies: the controller reconciles them and the auth
+# server keeps an in-memory index, both from list + watch; the controller
+# reads one fresh (get) before it writes. No create/update/patch/delete on
+# the objects themselves: latchkey never writes a spec (GitOps tools own it).
+- apiGroups: [latchkey.dev]
+  resources: [apikeys, tokenpolicies]
+  verbs: [get, list, watch]
+# Status only: the controller's conditions, keys and hashes; the auth
+# server's lastUsedAt (a merge patch). Both are PATCH on the status
+# subresource, so neither get nor update is needed on it.
+- apiGroups: [latchkey.dev]
+  resources: [apikeys/status, tokenpolicies/status]
+  verbs: [patch]
+# Secrets holding the API keys (one per ApiKey) and the TokenPolicies'
+# signing keys: watched (the controller repairs an edited or deleted one,
+# filtered by its managed-by label), read before a write (get), written with
+# Server-Side Apply (patch, and create, which the API server also checks when
+# an apply creates the object). Never delete: ownerReferences let the garbage
+# collector remove them with their ApiKey.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+# ConfigMaps with each TokenPolicy's public JWKS: the same pattern as the
+# Secrets (watch to repair, Server-Side Apply to write, garbage-collected).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch]
+# Events about ApiKeys and TokenPolicies (KeyReplaced, Revoked, …) are
+# recorded in their namespace: create the first, patch its series count when
+# the same Event repeats.
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

@@ -1,0 +1,1097 @@
+//! The Helm chart `charts/latchkey`, checked with a real helm
+//! (`e2e/cluster helm`, built from `helm.sh/helm/v3`) and installed into the
+//! local control plane:
+//!
+//! - its CRDs are byte for byte the files of `crds/` (`e2e/chart-crds` copies them);
+//! - `helm lint --strict` passes for the default values and the variants;
+//! - `helm template` renders what the values ask for (CRDs, RBAC, webhook,
+//!   Deployment, NetworkPolicy, namespaced mode) and refuses what latchkey
+//!   cannot do;
+//! - `helm install` creates the objects, and `kubectl auth can-i --as` the
+//!   ServiceAccount shows exactly the intended rights, cluster-wide and after
+//!   `helm upgrade` to one watched namespace; `latchkey run` as that
+//!   ServiceAccount (a token of it) does its work with them and is never
+//!   forbidden; `helm uninstall` removes the release and keeps the CRDs.
+//!
+//! There are no nodes, so the chart's pods never run: latchkey runs as a
+//! process next to the control plane under the chart's identity.
+//! helm or the cluster missing is a failure, never a skip.
+
+mod common;
+
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const RELEASE: &str = "latchkey";
+const CHART: &str = "charts/latchkey";
+/// Every helm call is bounded by this…
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// …and building helm (first run on a machine) by this.
+const HELM_BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn repo() -> &'static Path {
+    common::repo()
+}
+
+fn chart_dir() -> PathBuf {
+    repo().join(CHART)
+}
+
+/// Runs `cmd` from the repository root, killing it after `timeout`.
+fn run_bounded(mut cmd: Command, what: &str, timeout: Duration) -> Output {
+    cmd.current_dir(repo())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    // Read both pipes on threads so a large output cannot block the child.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap().unwrap(),
+        stderr: err_reader.join().unwrap().unwrap(),
+    }
+}
+
+/// `e2e/cluster helm ARGS…`.
+fn helm(args: &[&str]) -> Output {
+    ensure_helm();
+    let mut cmd = Command::new(repo().join("e2e/cluster"));
+    cmd.arg("helm").args(args);
+    run_bounded(cmd, &format!("helm {}", args.join(" ")), STEP_TIMEOUT)
+}
+
+/// Builds helm once (minutes on a fresh machine; then a cache hit), so the
+/// bounded steps time the chart, not the build.
+fn ensure_helm() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(repo().join("e2e/cluster"));
+        cmd.args(["helm", "version", "--short"]);
+        let out = run_bounded(
+            cmd,
+            "e2e/cluster helm version (building helm)",
+            HELM_BUILD_TIMEOUT,
+        );
+        assert!(
+            out.status.success(),
+            "helm could not be built or run (e2e/cluster helm version):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("helm prints UTF-8")
+}
+
+/// `--set` arguments for helm.
+fn sets<'a>(values: &[&'a str]) -> Vec<&'a str> {
+    values.iter().flat_map(|v| ["--set", v]).collect()
+}
+
+/// `helm template` with `values`: the raw text.
+fn template_text(values: &[&str]) -> String {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", "latchkey-system"];
+    args.extend(sets(values));
+    helm_ok(&args)
+}
+
+/// `helm template` with `values`: the objects.
+fn template(values: &[&str]) -> Vec<Value> {
+    parse_docs(&template_text(values))
+}
+
+fn parse_docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("helm renders valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or_default()
+}
+
+fn name(v: &Value) -> &str {
+    v["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn namespace(v: &Value) -> &str {
+    v["metadata"]["namespace"].as_str().unwrap_or_default()
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter().map(|d| format!("{}/{}", kind(d), name(d))).collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| kind(d) == kind_ && name(d) == name_)
+        .unwrap_or_else(|| panic!("no {kind_} {name_} rendered; got {:?}", kinds(docs)))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|x| x.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rules of a Role or ClusterRole as (apiGroup, resource, resourceNames, verbs).
+fn rules(role: &Value) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                out.push((
+                    group.clone(),
+                    resource,
+                    strings(&rule["resourceNames"]),
+                    strings(&rule["verbs"]),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The verbs a role grants on `group/resource`.
+fn verbs(role: &Value, group: &str, resource: &str) -> Vec<String> {
+    rules(role)
+        .into_iter()
+        .filter(|(g, r, _, _)| g == group && r == resource)
+        .flat_map(|(_, _, _, v)| v)
+        .collect()
+}
+
+/// The files of `crds/`, sorted, as (file name, content).
+fn crd_files(dir: &Path) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            (name, text)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// What the chart renders for one CRD file when crds.keep is on.
+fn with_keep_annotation(crd: &str) -> String {
+    let kept = crd.replacen(
+        "\nmetadata:\n",
+        "\nmetadata:\n  annotations:\n    helm.sh/resource-policy: keep\n",
+        1,
+    );
+    assert_ne!(kept, crd, "a CRD file without a top-level metadata:");
+    kept
+}
+
+/// The text of every document `templates/crds.yaml` rendered.
+fn rendered_crd_texts(text: &str) -> Vec<String> {
+    const SOURCE: &str = "# Source: latchkey/templates/crds.yaml\n";
+    format!("\n{text}")
+        .split("\n---\n")
+        .filter_map(|doc| doc.strip_prefix(SOURCE))
+        .map(|doc| format!("{}\n", doc.trim_end_matches('\n')))
+        .collect()
+}
+
+// ------------------------------------------------------------ files
+
+#[test]
+fn chart_crds_are_the_files_of_crds_dir() {
+    let committed = crd_files(&repo().join("crds"));
+    let in_chart = crd_files(&chart_dir().join("files/crds"));
+    assert!(!committed.is_empty(), "crds/ is empty");
+    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&in_chart),
+        names(&committed),
+        "charts/latchkey/files/crds/ and crds/ hold different files: run e2e/chart-crds"
+    );
+    for ((file, want), (_, have)) in committed.iter().zip(&in_chart) {
+        assert!(
+            want == have,
+            "charts/latchkey/files/crds/{file} differs from crds/{file}: run e2e/chart-crds"
+        );
+    }
+    // The script's own check agrees.
+    let out = run_bounded(
+        {
+            let mut c = Command::new(repo().join("e2e/chart-crds"));
+            c.arg("--check");
+            c
+        },
+        "e2e/chart-crds --check",
+        STEP_TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn chart_app_version_is_the_crate_version() {
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(chart["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(chart["name"].as_str(), Some("latchkey"));
+}
+
+#[test]
+fn every_value_is_documented() {
+    // A key with a value on its line needs a comment right above it, unless
+    // it is part of a documented default: one of its parents has a `# --`
+    // comment (for example resources.requests.cpu). Keys that only open a
+    // section (`webhook:`) are checked through their children.
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let is_comment = |l: &str| l.trim_start().starts_with('#');
+    // The comment lines right above line i.
+    let comments = |i: usize| -> Vec<&str> {
+        lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| is_comment(l))
+            .copied()
+            .collect()
+    };
+    let mut undocumented = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if t.is_empty() || is_comment(line) || t.starts_with('-') || !t.contains(':') || t.ends_with(':') {
+            continue;
+        }
+        if !comments(i).is_empty() {
+            continue;
+        }
+        let mut level = indent(line);
+        let mut documented_parent = false;
+        for j in (0..i).rev() {
+            let l = lines[j];
+            if l.trim().is_empty() || is_comment(l) || indent(l) >= level {
+                continue;
+            }
+            level = indent(l);
+            if comments(j).iter().any(|c| c.trim_start().starts_with("# --")) {
+                documented_parent = true;
+                break;
+            }
+        }
+        if !documented_parent {
+            undocumented.push(format!("line {}: {}", i + 1, t));
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "values.yaml keys without a comment: {undocumented:#?}"
+    );
+}
+
+// ------------------------------------------------------------ helm lint / template
+
+#[test]
+fn helm_lint_passes_for_the_defaults_and_the_variants() {
+    for values in [
+        vec![],
+        vec!["crds.install=false"],
+        vec!["webhook.enabled=false"],
+        vec!["networkPolicy.enabled=true", "serviceMonitor.enabled=true"],
+        vec!["watchNamespaces={team-a}"],
+    ] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend(sets(&values));
+        let out = helm_ok(&args);
+        assert!(out.contains("0 chart(s) failed"), "helm lint {values:?}:\n{out}");
+    }
+}
+
+#[test]
+fn packaged_chart_carries_the_crds() {
+    // Users install the packaged chart (a .tgz or an OCI artifact): files/crds/
+    // must be in it and render the same.
+    let dir = std::env::temp_dir().join(format!("latchkey-chart-package-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = helm_ok(&["package", CHART, "--destination", dir.to_str().unwrap()]);
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    let tgz = dir.join(format!("latchkey-{}.tgz", chart["version"].as_str().unwrap()));
+    assert!(tgz.exists(), "helm package wrote no {}: {out}", tgz.display());
+    let packaged = helm_ok(&[
+        "template",
+        RELEASE,
+        tgz.to_str().unwrap(),
+        "--namespace",
+        "latchkey-system",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        rendered_crd_texts(&packaged),
+        rendered_crd_texts(&template_text(&[])),
+        "the packaged chart renders other CRDs than the chart directory"
+    );
+    assert_eq!(
+        rendered_crd_texts(&packaged).len(),
+        crd_files(&repo().join("crds")).len()
+    );
+}
+
+#[test]
+fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
+    let text = template_text(&[]);
+    let docs = parse_docs(&text);
+    let have = kinds(&docs);
+    for want in [
+        "CustomResourceDefinition/apikeys.latchkey.dev",
+        "ServiceAccount/latchkey",
+        "ClusterRole/latchkey",
+        "ClusterRoleBinding/latchkey",
+        "ClusterRole/latchkey-webhook",
+        "ClusterRoleBinding/latchkey-webhook",
+        "Role/latchkey-self",
+        "RoleBinding/latchkey-self",
+        "Deployment/latchkey",
+        "Service/latchkey",
+        "ValidatingWebhookConfiguration/latchkey",
+        "PodDisruptionBudget/latchkey",
+    ] {
+        assert!(
+            have.contains(want),
+            "{want} missing from the default render: {have:?}"
+        );
+    }
+    assert!(
+        !have
+            .iter()
+            .any(|k| k.starts_with("NetworkPolicy/") || k.starts_with("ServiceMonitor/"))
+    );
+
+    // CRDs: every file of crds/, unchanged but for the keep annotation.
+    let files = crd_files(&repo().join("crds"));
+    let rendered = rendered_crd_texts(&text);
+    assert_eq!(rendered.len(), files.len(), "one CRD per file of crds/");
+    for (file, content) in &files {
+        assert!(
+            rendered.contains(&with_keep_annotation(content)),
+            "crds/{file} is not rendered as the file plus helm.sh/resource-policy: keep"
+        );
+    }
+    let unkept = rendered_crd_texts(&template_text(&["crds.keep=false"]));
+    for (file, content) in &files {
+        assert!(
+            unkept.contains(content),
+            "crds/{file} is not rendered byte for byte with crds.keep=false"
+        );
+    }
+
+    // Deployment: 2 replicas of `latchkey run`, probes, hardened.
+    let deploy = find(&docs, "Deployment", "latchkey");
+    assert_eq!(deploy["spec"]["replicas"].as_u64(), Some(2));
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("latchkey"));
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    assert_eq!(
+        &args[..3],
+        ["run", "--http-addr", "0.0.0.0:8080"],
+        "args: {args:?}"
+    );
+    assert!(!args.contains(&"--watch-namespace".to_owned()));
+    assert_eq!(c["image"].as_str(), Some("ghcr.io/latchkey-dev/latchkey:0.1.0"));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/livez"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert!(
+        c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string()
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(65532));
+
+    // Service: http 8080 and webhook 8443.
+    let svc = find(&docs, "Service", "latchkey");
+    let ports: Vec<(String, u64)> = svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("http".to_owned(), 8080), ("webhook".to_owned(), 8443)]);
+
+    // PodDisruptionBudget.
+    let pdb = find(&docs, "PodDisruptionBudget", "latchkey");
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+
+    // Webhook: the Service's /validate, no side effects, explicit policy and timeout.
+    let vwc = find(&docs, "ValidatingWebhookConfiguration", "latchkey");
+    let hooks = vwc["webhooks"].as_sequence().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for hook in hooks {
+        let svc = &hook["clientConfig"]["service"];
+        assert_eq!(svc["name"].as_str(), Some("latchkey"));
+        assert_eq!(svc["namespace"].as_str(), Some("latchkey-system"));
+        assert_eq!(svc["path"].as_str(), Some("/validate"));
+        assert_eq!(svc["port"].as_u64(), Some(8443));
+        assert_eq!(hook["sideEffects"].as_str(), Some("None"));
+        assert_eq!(hook["failurePolicy"].as_str(), Some("Fail"));
+        assert!(hook["timeoutSeconds"].as_u64().is_some());
+        assert!(
+            hook["clientConfig"]["caBundle"].is_null(),
+            "latchkey patches the caBundle itself"
+        );
+    }
+    let resources = &hooks[0]["rules"][0];
+    assert_eq!(strings(&resources["resources"]), ["apikeys", "tokenpolicies"]);
+    assert_eq!(strings(&resources["operations"]), ["CREATE", "UPDATE"]);
+    let secrets = &hooks[1];
+    assert_eq!(strings(&secrets["rules"][0]["resources"]), ["secrets"]);
+    assert_eq!(
+        secrets["objectSelector"]["matchLabels"]["app.kubernetes.io/managed-by"].as_str(),
+        Some("latchkey"),
+        "the Secrets webhook sees only the Secrets latchkey labels as its own"
+    );
+
+    // RBAC: exactly the verbs each resource needs.
+    let cluster = find(&docs, "ClusterRole", "latchkey");
+    let read = ["get", "list", "watch"];
+    let write = ["get", "list", "watch", "create", "patch"];
+    assert_eq!(verbs(cluster, "latchkey.dev", "apikeys"), read);
+    assert_eq!(verbs(cluster, "latchkey.dev", "tokenpolicies"), read);
+    assert_eq!(verbs(cluster, "latchkey.dev", "apikeys/status"), ["patch"]);
+    assert_eq!(verbs(cluster, "latchkey.dev", "tokenpolicies/status"), ["patch"]);
+    assert_eq!(verbs(cluster, "", "secrets"), write);
+    assert_eq!(verbs(cluster, "", "configmaps"), write);
+    assert_eq!(verbs(cluster, "events.k8s.io", "events"), ["create", "patch"]);
+    let this = find(&docs, "Role", "latchkey-self");
+    assert_eq!(namespace(this), "latchkey-system");
+    assert_eq!(
+        verbs(this, "coordination.k8s.io", "leases"),
+        ["get", "create", "update"]
+    );
+    assert_eq!(verbs(this, "", "secrets"), write);
+    let webhook = find(&docs, "ClusterRole", "latchkey-webhook");
+    assert_eq!(
+        rules(webhook),
+        [(
+            "admissionregistration.k8s.io".to_owned(),
+            "validatingwebhookconfigurations".to_owned(),
+            vec!["latchkey".to_owned()],
+            vec!["get".to_owned(), "patch".to_owned()]
+        )]
+    );
+    for role in docs
+        .iter()
+        .filter(|d| kind(d) == "ClusterRole" || kind(d) == "Role")
+    {
+        for (group, resource, _, verbs) in rules(role) {
+            assert!(
+                group != "*" && resource != "*" && !verbs.contains(&"*".to_owned()),
+                "wildcard in {}",
+                name(role)
+            );
+            assert!(
+                !verbs.contains(&"delete".to_owned()),
+                "{} may delete {resource}",
+                name(role)
+            );
+        }
+    }
+}
+
+#[test]
+fn values_turn_parts_off_and_on() {
+    // No CRDs.
+    let docs = template(&["crds.install=false"]);
+    assert!(!docs.iter().any(|d| kind(d) == "CustomResourceDefinition"));
+
+    // No webhook: no configuration, no right on webhook configurations, no port.
+    let docs = template(&["webhook.enabled=false"]);
+    let have = kinds(&docs);
+    assert!(
+        !have
+            .iter()
+            .any(|k| k.starts_with("ValidatingWebhookConfiguration/"))
+    );
+    assert!(!have.contains("ClusterRole/latchkey-webhook"));
+    let svc = find(&docs, "Service", "latchkey");
+    assert_eq!(svc["spec"]["ports"].as_sequence().unwrap().len(), 1);
+
+    // An explicit failure policy and timeout, checked.
+    let docs = template(&["webhook.failurePolicy=Ignore", "webhook.timeoutSeconds=3"]);
+    let vwc = find(&docs, "ValidatingWebhookConfiguration", "latchkey");
+    assert_eq!(vwc["webhooks"][0]["failurePolicy"].as_str(), Some("Ignore"));
+    assert_eq!(vwc["webhooks"][1]["timeoutSeconds"].as_u64(), Some(3));
+    let bad = helm(&[
+        "template",
+        RELEASE,
+        CHART,
+        "--set",
+        "webhook.failurePolicy=Sometimes",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("webhook.failurePolicy must be Fail or Ignore"));
+
+    // NetworkPolicy and ServiceMonitor.
+    let docs = template(&["networkPolicy.enabled=true", "serviceMonitor.enabled=true"]);
+    let np = find(&docs, "NetworkPolicy", "latchkey");
+    assert_eq!(strings(&np["spec"]["policyTypes"]), ["Ingress", "Egress"]);
+    let ingress_ports: Vec<&str> = np["spec"]["ingress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r["ports"][0]["port"].as_str().unwrap())
+        .collect();
+    assert_eq!(ingress_ports, ["http", "webhook"]);
+    find(&docs, "ServiceMonitor", "latchkey");
+
+    // One watched namespace: Roles there, nothing cluster-wide but the webhook.
+    let docs = template(&["watchNamespaces={team-a}"]);
+    let have = kinds(&docs);
+    assert!(!have.contains("ClusterRole/latchkey"), "{have:?}");
+    assert!(!have.contains("ClusterRoleBinding/latchkey"), "{have:?}");
+    let role = find(&docs, "Role", "latchkey");
+    assert_eq!(namespace(role), "team-a");
+    assert_eq!(
+        verbs(role, "", "secrets"),
+        ["get", "list", "watch", "create", "patch"]
+    );
+    assert_eq!(verbs(role, "latchkey.dev", "apikeys"), ["get", "list", "watch"]);
+    let binding = find(&docs, "RoleBinding", "latchkey");
+    assert_eq!(namespace(binding), "team-a");
+    assert_eq!(
+        binding["subjects"][0]["namespace"].as_str(),
+        Some("latchkey-system")
+    );
+    let deploy = find(&docs, "Deployment", "latchkey");
+    let args = strings(&deploy["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        args.windows(2).any(|w| w == ["--watch-namespace", "team-a"]),
+        "args: {args:?}"
+    );
+    let vwc = find(&docs, "ValidatingWebhookConfiguration", "latchkey");
+    assert_eq!(
+        vwc["webhooks"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+        Some("team-a")
+    );
+
+    // latchkey watches one namespace or all: a longer list is refused, not half-watched.
+    let bad = helm(&["template", RELEASE, CHART, "--set", "watchNamespaces={a,b}"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("watches one namespace"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+// ------------------------------------------------------------ helm install
+
+/// The namespaces of the install test; uninstalls the release and deletes
+/// them on drop, so a failed assertion leaves nothing behind.
+struct Installed {
+    release_ns: String,
+    namespaces: Vec<String>,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = helm(&[
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            &self.release_ns,
+            "--timeout",
+            "60s",
+        ]);
+        for ns in &self.namespaces {
+            let _ = common::kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
+    }
+}
+
+/// `kubectl auth can-i VERB RESOURCE [-n NS] --as SA`: true for yes.
+/// `RESOURCE` is `plural[.group][/name]`, with `#subresource` appended.
+///
+/// kubectl resolves the resource through discovery and, for a type the API
+/// server does not serve (TokenPolicy until its CRD is in crds/), asks about
+/// the wrong group and says no; for those the same question goes to the
+/// authorizer directly as a SubjectAccessReview with the group spelled out.
+fn can(sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (resource, sub) = match resource.split_once('#') {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
+    let mut args = vec!["auth", "can-i", verb, resource];
+    let sub_arg = sub.map(|s| format!("--subresource={s}"));
+    args.extend(sub_arg.as_deref());
+    match ns {
+        Some(ns) => args.extend(["-n", ns]),
+        None => args.push("--all-namespaces"),
+    }
+    let as_arg = format!("--as={sa}");
+    args.push(&as_arg);
+    let (_, stdout, stderr) = common::kubectl(&args);
+    if stderr.contains("doesn't have a resource type") {
+        return subject_access_review(sa, verb, resource, sub, ns);
+    }
+    match stdout.trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl {args:?}: unexpected answer {other:?}\n{stderr}"),
+    }
+}
+
+/// What `kubectl auth can-i --as` asks, without discovery.
+fn subject_access_review(sa: &str, verb: &str, resource: &str, sub: Option<&str>, ns: Option<&str>) -> bool {
+    let (resource, name) = resource.split_once('/').unwrap_or((resource, ""));
+    let (plural, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let review = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": sa,
+            "resourceAttributes": {
+                "verb": verb,
+                "group": group,
+                "resource": plural,
+                "subresource": sub.unwrap_or_default(),
+                "name": name,
+                "namespace": ns.unwrap_or_default(),
+            },
+        },
+    });
+    let (ok, stdout, stderr) = common::kubectl_stdin(
+        &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        &review.to_string(),
+    );
+    assert!(ok, "SubjectAccessReview {review} failed:\n{stdout}{stderr}");
+    match stdout.trim() {
+        "true" => true,
+        "false" => false,
+        other => panic!("SubjectAccessReview {review}: unexpected answer {other:?}"),
+    }
+}
+
+/// Asserts each (verb, resource, namespace, expected) with one message listing every mismatch.
+fn assert_rights(sa: &str, cases: &[(&str, &str, Option<&str>, bool)]) {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|(verb, resource, ns, want)| can(sa, verb, resource, *ns) != *want)
+        .map(|(verb, resource, ns, want)| {
+            format!(
+                "{verb} {resource} in {}: expected {}",
+                ns.unwrap_or("all namespaces"),
+                if *want { "yes" } else { "no" }
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{sa} has the wrong rights:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
+fn exists(args: &[&str]) -> bool {
+    common::kubectl(args).0
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `sa` of `ns` (a
+/// TokenRequest token), for running latchkey under the chart's identity.
+fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let token = common::kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=1h"]);
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": cluster["server"].as_str().unwrap(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
+        }}],
+        "users": [{"name": sa, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": sa}}],
+        "current-context": "sa",
+    });
+    let path = std::env::temp_dir().join(format!("latchkey-chart-{ns}-{sa}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// `latchkey run` as the chart's ServiceAccount, on a free loopback port;
+/// killed (by PID) on drop.
+struct LatchkeyAs {
+    child: std::process::Child,
+    log: PathBuf,
+    url: String,
+}
+
+impl LatchkeyAs {
+    fn start(kubeconfig: &Path, extra: &[&str]) -> Self {
+        let port = common::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("latchkey-chart-run-{}-{port}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args([
+                "run",
+                "--http-addr",
+                &addr,
+                "--last-used-flush-seconds",
+                "1",
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args(extra)
+            .env("RUST_LOG", "info,latchkey=debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start latchkey run");
+        let mut me = Self {
+            child,
+            log,
+            url: format!("http://{addr}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Some(status) = me.child.try_wait().unwrap() {
+                panic!("latchkey run exited ({status}):\n{}", me.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "latchkey run did not listen on {addr}:\n{}",
+                me.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        me
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The API server refused none of latchkey's calls.
+    fn assert_never_forbidden(&self) {
+        let log = self.log_text();
+        let denied: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "latchkey was refused calls under the chart's RBAC:\n{}",
+            denied.join("\n")
+        );
+    }
+}
+
+impl Drop for LatchkeyAs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs latchkey as the chart's ServiceAccount and shows the rights are
+/// enough for what it does: an ApiKey in `ns` becomes Ready with its Secret,
+/// the server accepts the key and writes lastUsedAt, nothing is forbidden.
+fn latchkey_works_under_the_chart_rbac(kubeconfig: &Path, ns: &str, name: &str, extra: &[&str]) {
+    let latchkey = LatchkeyAs::start(kubeconfig, extra);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(common::served_key(
+        ns,
+        name,
+        "  scopes: [\"orders:read\"]\n",
+        &latchkey.url,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let used = common::kubectl_ok(&[
+            "get",
+            "apikey",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.lastUsedAt}",
+        ]);
+        if !used.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not write lastUsedAt of {ns}/{name}:\n{}",
+            latchkey.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    latchkey.assert_never_forbidden();
+}
+
+#[test]
+fn helm_install_grants_exactly_the_intended_rights() {
+    let started = Instant::now();
+    common::kubeconfig(); // the cluster is up and the CRDs applied (as the other tests do)
+    let id = std::process::id();
+    let release_ns = format!("lk-chart-{id}");
+    let apps = format!("lk-chart-apps-{id}");
+    let other = format!("lk-chart-other-{id}");
+    let guard = Installed {
+        release_ns: release_ns.clone(),
+        namespaces: vec![release_ns.clone(), apps.clone(), other.clone()],
+    };
+    for ns in &guard.namespaces {
+        common::kubectl_ok(&["create", "namespace", ns]);
+    }
+    // The CRDs already exist (applied by the test harness, as `kubectl apply
+    // -f crds/` users have them): helm takes them over. The webhook's
+    // failure policy is Ignore here because no pod will ever answer it in
+    // this cluster, and other tests share the cluster.
+    helm_ok(&[
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        &release_ns,
+        "--take-ownership",
+        "--timeout",
+        "120s",
+        "--set",
+        "webhook.failurePolicy=Ignore",
+    ]);
+    let status = helm_ok(&["status", RELEASE, "--namespace", &release_ns]);
+    assert!(status.contains("STATUS: deployed"), "{status}");
+
+    // The objects exist.
+    for (kind, name) in [
+        ("deployment", "latchkey"),
+        ("service", "latchkey"),
+        ("serviceaccount", "latchkey"),
+        ("poddisruptionbudget", "latchkey"),
+        ("role", "latchkey-self"),
+        ("rolebinding", "latchkey-self"),
+    ] {
+        assert!(
+            exists(&["get", kind, name, "-n", &release_ns]),
+            "{kind}/{name} was not installed"
+        );
+    }
+    for (kind, name) in [
+        ("clusterrole", "latchkey"),
+        ("clusterrolebinding", "latchkey"),
+        ("clusterrole", "latchkey-webhook"),
+        ("clusterrolebinding", "latchkey-webhook"),
+        ("validatingwebhookconfiguration", "latchkey"),
+        ("customresourcedefinition", "apikeys.latchkey.dev"),
+    ] {
+        assert!(exists(&["get", kind, name]), "{kind}/{name} was not installed");
+    }
+    let owner = common::kubectl_ok(&[
+        "get",
+        "crd",
+        "apikeys.latchkey.dev",
+        "-o",
+        "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name} {.metadata.annotations.helm\\.sh/resource-policy}",
+    ]);
+    assert_eq!(
+        owner.trim(),
+        "latchkey keep",
+        "the CRD belongs to the release and is kept"
+    );
+    let policy = common::kubectl_ok(&[
+        "get",
+        "validatingwebhookconfiguration",
+        "latchkey",
+        "-o",
+        "jsonpath={.webhooks[*].failurePolicy}",
+    ]);
+    assert_eq!(policy.trim(), "Ignore Ignore");
+
+    let sa = format!("system:serviceaccount:{release_ns}:latchkey");
+    let (a, r, o) = (
+        Some(apps.as_str()),
+        Some(release_ns.as_str()),
+        Some(other.as_str()),
+    );
+    // Cluster-wide (the default): ApiKeys and their Secrets everywhere.
+    assert_rights(
+        &sa,
+        &[
+            ("get", "apikeys.latchkey.dev", a, true),
+            ("list", "apikeys.latchkey.dev", None, true),
+            ("watch", "tokenpolicies.latchkey.dev", None, true),
+            ("patch", "apikeys.latchkey.dev#status", a, true),
+            ("patch", "tokenpolicies.latchkey.dev#status", a, true),
+            ("update", "apikeys.latchkey.dev#status", a, false),
+            ("update", "apikeys.latchkey.dev", a, false),
+            ("patch", "apikeys.latchkey.dev", a, false),
+            ("create", "apikeys.latchkey.dev", a, false),
+            ("delete", "apikeys.latchkey.dev", a, false),
+            ("patch", "secrets", a, true),
+            ("create", "secrets", a, true),
+            ("watch", "secrets", a, true),
+            ("get", "secrets", r, true),
+            ("delete", "secrets", a, false),
+            ("update", "secrets", a, false),
+            ("deletecollection", "secrets", a, false),
+            ("patch", "configmaps", a, true),
+            ("delete", "configmaps", a, false),
+            ("create", "events.events.k8s.io", a, true),
+            ("create", "events", a, false), // core/v1 Events are not used
+            ("get", "leases.coordination.k8s.io", r, true),
+            ("create", "leases.coordination.k8s.io", r, true),
+            ("update", "leases.coordination.k8s.io", r, true),
+            ("delete", "leases.coordination.k8s.io", r, false),
+            ("create", "leases.coordination.k8s.io", a, false),
+            ("get", "validatingwebhookconfigurations/latchkey", None, true),
+            ("patch", "validatingwebhookconfigurations/latchkey", None, true),
+            (
+                "patch",
+                "validatingwebhookconfigurations/someone-else",
+                None,
+                false,
+            ),
+            ("list", "validatingwebhookconfigurations", None, false),
+            ("create", "validatingwebhookconfigurations", None, false),
+            ("patch", "mutatingwebhookconfigurations/latchkey", None, false),
+            ("create", "pods", r, false),
+            ("get", "nodes", None, false),
+            ("patch", "customresourcedefinitions", None, false),
+            ("escalate", "clusterroles", None, false),
+        ],
+    );
+
+    // The rights are also enough: latchkey itself, as this ServiceAccount.
+    let sa_kubeconfig = service_account_kubeconfig(&release_ns, "latchkey");
+    latchkey_works_under_the_chart_rbac(&sa_kubeconfig, &apps, "chart-cluster-wide", &[]);
+
+    // One watched namespace: the same rights there, none in another namespace.
+    helm_ok(&[
+        "upgrade",
+        RELEASE,
+        CHART,
+        "--namespace",
+        &release_ns,
+        "--timeout",
+        "120s",
+        "--set",
+        "webhook.failurePolicy=Ignore",
+        "--set",
+        &format!("watchNamespaces={{{apps}}}"),
+    ]);
+    assert!(
+        !exists(&["get", "clusterrolebinding", "latchkey"]),
+        "the cluster-wide binding is gone"
+    );
+    assert!(exists(&["get", "role", "latchkey", "-n", &apps]));
+    assert!(exists(&["get", "rolebinding", "latchkey", "-n", &apps]));
+    assert_rights(
+        &sa,
+        &[
+            ("patch", "secrets", a, true),
+            ("create", "secrets", a, true),
+            ("get", "apikeys.latchkey.dev", a, true),
+            ("patch", "apikeys.latchkey.dev#status", a, true),
+            ("patch", "configmaps", a, true),
+            ("create", "events.events.k8s.io", a, true),
+            ("get", "secrets", r, true),
+            ("update", "leases.coordination.k8s.io", r, true),
+            ("patch", "validatingwebhookconfigurations/latchkey", None, true),
+            ("get", "secrets", o, false),
+            ("list", "secrets", o, false),
+            ("patch", "secrets", o, false),
+            ("list", "secrets", None, false),
+            ("list", "apikeys.latchkey.dev", o, false),
+            ("list", "apikeys.latchkey.dev", None, false),
+            ("patch", "configmaps", o, false),
+            ("create", "events.events.k8s.io", o, false),
+            ("delete", "secrets", a, false),
+            ("update", "apikeys.latchkey.dev", a, false),
+        ],
+    );
+
+    latchkey_works_under_the_chart_rbac(
+        &sa_kubeconfig,
+        &apps,
+        "chart-one-namespace",
+        &["--watch-namespace", &apps],
+    );
+    let _ = std::fs::remove_file(&sa_kubeconfig);
+
+    // Uninstall: the release's objects go, the CRDs stay (crds.keep).
+    helm_ok(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        &release_ns,
+        "--timeout",
+        "60s",
+    ]);
+    assert!(!exists(&["get", "deployment", "latchkey", "-n", &release_ns]));
+    assert!(!exists(&["get", "validatingwebhookconfiguration", "latchkey"]));
+    assert!(!exists(&["get", "clusterrole", "latchkey-webhook"]));
+    assert!(
+        exists(&["get", "crd", "apikeys.latchkey.dev"]),
+        "crds.keep left the CRD in place"
+    );
+    drop(guard);
+    assert!(
+        started.elapsed() < Duration::from_secs(300),
+        "the install test took {:?}",
+        started.elapsed()
+    );
+}
