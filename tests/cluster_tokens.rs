@@ -512,3 +512,48 @@ async fn a_controller_killed_during_signing_key_rotations_never_breaks_a_token()
     );
     assert!(tokens.len() as u32 >= ITERATIONS / 2);
 }
+
+#[tokio::test]
+async fn invalid_token_policies_are_refused_with_what_to_change() {
+    let ns = TestNamespace::new("tokens-cel").await;
+    let cases = [
+        (
+            "  tokenTTL: 2h\n  maxTTL: 1h\n",
+            "spec.tokenTTL must not be longer than spec.maxTTL",
+        ),
+        (
+            "  roles: {r: [\"other\"]}\n",
+            "every scope of spec.roles must also be listed in spec.allowedScopes",
+        ),
+        (
+            "  customClaims: [{name: sub}]\n",
+            "spec.customClaims must not name a registered claim",
+        ),
+        (
+            "  issuer: \"https://a.example/x/\"\n",
+            "spec.issuer must be an http(s) URL",
+        ),
+        (
+            "  maxTTL: 48h\n",
+            "spec.maxTTL must be a duration between 10s and 24h",
+        ),
+        ("  algorithm: HS256\n", "Unsupported value: \"HS256\""),
+        (
+            "  signingKeys: {rotationInterval: 10s}\n",
+            "rotationInterval must be a duration between 1m and 8760h",
+        ),
+    ];
+    for (extra, message) in cases {
+        let manifest = format!(
+            "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: bad\n  namespace: {}\nspec:\n  \
+             audiences: [a]\n  allowedScopes: [x]\n{extra}",
+            ns.name
+        );
+        let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+        assert!(!ok, "accepted: {extra}");
+        assert!(
+            err.contains(message),
+            "{extra}: expected {message:?} in:\n{out}{err}"
+        );
+    }
+}
