@@ -793,6 +793,94 @@ mod tests {
         assert!(!selector_matches(&not_exists, &labels(&[("legacy", "1")])));
     }
 
+    fn policy_with_key(alg: crate::crd::SigningAlgorithm) -> (TokenPolicy, keys::GeneratedKey) {
+        use crate::crd::{SigningKeyRecord, TokenPolicySpec, TokenPolicyStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let key = keys::generate(alg).unwrap();
+        let jwk = keys::public_jwk(&key.kid, alg, key.pem.as_bytes()).unwrap();
+        let mut policy = TokenPolicy::new(
+            "login",
+            TokenPolicySpec {
+                audiences: vec!["orders".into()],
+                allowed_scopes: vec!["orders:read".into()],
+                ..Default::default()
+            },
+        );
+        policy.metadata.namespace = Some("shop".into());
+        policy.status = Some(TokenPolicyStatus {
+            keys: vec![SigningKeyRecord {
+                kid: key.kid.clone(),
+                algorithm: alg,
+                public_jwk: jwk,
+                published_at: Time(Timestamp::UNIX_EPOCH),
+                active_from: Time(Timestamp::UNIX_EPOCH),
+                retires_at: None,
+                remove_after: None,
+                max_ttl_seconds: 3600,
+            }],
+            ..Default::default()
+        });
+        (policy, key)
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_its_key_is_removed() {
+        use crate::crd::SigningAlgorithm;
+        let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
+        let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy.clone())]);
+        let secrets = BTreeMap::from([(
+            ("shop".to_string(), "login".to_string()),
+            BTreeMap::from([(key.kid.clone(), key.pem.clone().into_bytes())]),
+        )]);
+        let base = "http://127.0.0.1:8080";
+        let snapshot = build_snapshot(&policies, &secrets, base);
+        let entry = snapshot.by_name.values().next().unwrap().clone();
+        assert_eq!(entry.rules.issuer, "http://127.0.0.1:8080/issuers/shop/login");
+        assert!(snapshot.by_issuer_path.contains_key("/issuers/shop/login"));
+        let now = 1_800_000_000;
+        let signer = entry.signer(now).expect("the active key signs");
+        let claims = AccessClaims {
+            iss: entry.rules.issuer.clone(),
+            sub: "svc".into(),
+            aud: vec!["orders".into()],
+            exp: now + 60,
+            iat: now,
+            nbf: None,
+            jti: "j1".into(),
+            client_id: "AbCdEfGhIjKl".into(),
+            scope: "orders:read".into(),
+            role: None,
+            custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
+        };
+        let token = jsonwebtoken::encode(
+            &claims::header(signer.algorithm, &signer.kid),
+            &claims,
+            &signer.key,
+        )
+        .unwrap();
+        let tokens = Tokens::default();
+        tokens.replace(snapshot);
+        let seen = tokens.with_verified(&token, now, |t| t.extra.clone()).unwrap();
+        assert_eq!(seen[0].0.as_str(), "x-auth-claim-tenant");
+        // Cached now: still valid, then expired after exp + leeway.
+        assert!(tokens.with_verified(&token, now + 10, |_| ()).is_ok());
+        assert_eq!(
+            tokens
+                .with_verified(&token, now + 60 + claims::CLOCK_LEEWAY + 1, |_| ())
+                .err(),
+            Some(claims::TokenInvalid::Expired)
+        );
+        // The key retired and removed from status: the cached token is refused too.
+        let mut removed = policy;
+        removed.status.as_mut().unwrap().keys.clear();
+        let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), removed)]);
+        tokens.replace(build_snapshot(&policies, &secrets, base));
+        assert_eq!(
+            tokens.with_verified(&token, now + 10, |_| ()).err(),
+            Some(claims::TokenInvalid::UnknownKey)
+        );
+    }
+
     #[test]
     fn issuer_paths() {
         assert_eq!(issuer_path("http://127.0.0.1:8080/issuers/a/b"), "/issuers/a/b");
