@@ -118,7 +118,7 @@ pub struct Identity {
     pub extra: Vec<(HeaderName, HeaderValue)>,
 }
 
-fn copy(value: &HeaderValue) -> HeaderValue {
+pub(crate) fn copy(value: &HeaderValue) -> HeaderValue {
     HeaderValue::from_bytes(value.as_bytes()).unwrap_or(HeaderValue::from_static(""))
 }
 

@@ -47,7 +47,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub const SIGN_OVERLAP_SECONDS: i64 = 5;
@@ -139,12 +139,17 @@ pub struct CachedToken {
     pub scopes: HeaderValue,
     pub key_id: HeaderValue,
     pub extra: Vec<(HeaderName, HeaderValue)>,
+    /// The snapshot version in which `kid` was last seen published.
+    checked_version: AtomicU64,
 }
 
 /// The server's token state.
 #[derive(Default)]
 pub struct Tokens {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Bumped on every new snapshot: a cached token re-checks its `kid` only
+    /// after a change, not on every request (a lock the cores would share).
+    version: AtomicU64,
     cache: RwLock<HashMap<[u8; 32], CachedToken>>,
     synced: AtomicBool,
 }
@@ -256,6 +261,7 @@ impl Tokens {
 
     pub fn replace(&self, snapshot: Snapshot) {
         *self.snapshot.write().expect("token snapshot lock") = Arc::new(snapshot);
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -284,14 +290,18 @@ impl Tokens {
         {
             let cache = self.cache.read().expect("token cache lock");
             if let Some(cached) = cache.get(&hash) {
-                let published = self
-                    .snapshot
-                    .read()
-                    .expect("token snapshot lock")
-                    .by_kid
-                    .contains_key(&cached.kid);
-                if !published {
-                    return Err(claims::TokenInvalid::UnknownKey);
+                let version = self.version.load(Ordering::Acquire);
+                if cached.checked_version.load(Ordering::Relaxed) != version {
+                    let published = self
+                        .snapshot
+                        .read()
+                        .expect("token snapshot lock")
+                        .by_kid
+                        .contains_key(&cached.kid);
+                    if !published {
+                        return Err(claims::TokenInvalid::UnknownKey);
+                    }
+                    cached.checked_version.store(version, Ordering::Relaxed);
                 }
                 if now > cached.claims.exp + claims::CLOCK_LEEWAY {
                     return Err(claims::TokenInvalid::Expired);
@@ -299,9 +309,10 @@ impl Tokens {
                 return Ok(f(cached));
             }
         }
+        let version = self.version.load(Ordering::Acquire);
         let snapshot = self.snapshot();
         let (claims, kid) = claims::verify(token, |kid| snapshot.by_kid.get(kid), now)?;
-        let cached = cache_entry(claims, kid);
+        let cached = cache_entry(claims, kid, version);
         let result = f(&cached);
         let mut cache = self.cache.write().expect("token cache lock");
         if cache.len() >= TOKEN_CACHE_CAPACITY {
@@ -318,7 +329,7 @@ fn header_value(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn cache_entry(claims: AccessClaims, kid: String) -> CachedToken {
+fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> CachedToken {
     let mut extra = Vec::new();
     if let Some(role) = &claims.role {
         extra.push((HeaderName::from_static("x-auth-role"), header_value(role)));
@@ -340,6 +351,7 @@ fn cache_entry(claims: AccessClaims, kid: String) -> CachedToken {
         extra,
         claims,
         kid,
+        checked_version: AtomicU64::new(version),
     }
 }
 
@@ -376,11 +388,17 @@ pub fn decide_token(
         }
         let left = (t.claims.exp - now_s).max(0) as u64;
         Decision::Allow {
+            // Copies, not clones: a clone would bump a reference count that
+            // every request with this token shares across cores.
             identity: Box::new(Identity {
-                subject: t.subject.clone(),
-                scopes: t.scopes.clone(),
-                key_id: t.key_id.clone(),
-                extra: t.extra.clone(),
+                subject: decision::copy(&t.subject),
+                scopes: decision::copy(&t.scopes),
+                key_id: decision::copy(&t.key_id),
+                extra: t
+                    .extra
+                    .iter()
+                    .map(|(n, v)| (n.clone(), decision::copy(v)))
+                    .collect(),
             }),
             max_age: left.min(cache_seconds),
         }
