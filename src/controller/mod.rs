@@ -200,13 +200,14 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
 
 async fn reconcile_policy_and_track(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let obj = ObjectRef::from_obj(&*policy).erase();
-    match token_policy::reconcile(policy, ctx.clone()).await {
+    match token_policy::reconcile(policy.clone(), ctx.clone()).await {
         Ok(action) => {
             ctx.record_success(&obj);
             Ok(action)
         }
         Err(err) => {
-            ctx.next_backoff(obj);
+            let delay = ctx.next_backoff(obj);
+            token_policy::record_failure(&policy, &err, delay, &ctx).await;
             Err(err)
         }
     }

@@ -385,6 +385,34 @@ async fn write_status(
         .during("writing the TokenPolicy status")
 }
 
+/// Records a failed reconcile in status, best effort (Reconciling=True,
+/// reason `RetryingAfterError`, with the retry delay), as for ApiKeys.
+pub async fn record_failure(policy: &TokenPolicy, err: &Error, delay: Duration, ctx: &Context) {
+    let (Some(ns), Some(name)) = (
+        policy.metadata.namespace.as_deref(),
+        policy.metadata.name.as_deref(),
+    ) else {
+        return;
+    };
+    let policies: Api<TokenPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let Ok(Some(fresh)) = policies.get_opt(name).await else {
+        return;
+    };
+    let now = whole_second(ctx.clock.now());
+    let phase = Phase::reconciling(
+        "RetryingAfterError",
+        format!(
+            "{}; retrying in {}s",
+            super::failure_summary(err),
+            delay.as_secs()
+        ),
+    );
+    let status = fresh.status.clone().unwrap_or_default();
+    if let Err(err) = write_status(&policies, &fresh, status, &phase, now).await {
+        tracing::debug!(error = %err, "could not record the failure in status");
+    }
+}
+
 async fn publish(ctx: &Context, policy: &TokenPolicy, note: Note) {
     let event = Event {
         type_: if note.warning {
