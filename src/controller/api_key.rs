@@ -162,7 +162,12 @@ impl Writer<'_> {
     async fn write_status(&self, api_key: &ApiKey, mut status: ApiKeyStatus) -> Result<ApiKey> {
         status.last_used_at = None;
         if let Some(policy) = &self.missing_policy {
-            super::policy_ref::note_missing_policy(&mut status, policy, api_key.metadata.generation, self.now);
+            super::policy_ref::note_missing_policy(
+                &mut status,
+                policy,
+                api_key.metadata.generation,
+                self.now,
+            );
         }
         if same_status(api_key.status.as_ref(), &status) {
             return Ok(api_key.clone());

@@ -35,11 +35,20 @@ mod tests {
     fn a_ready_key_waits_for_its_policy_and_other_phases_stay() {
         let now = Timestamp::UNIX_EPOCH;
         let mut status = ApiKeyStatus::default();
-        conditions::apply_phase(&mut status.conditions, &Phase::ready("KeyDelivered", "ok"), Some(1), now);
+        conditions::apply_phase(
+            &mut status.conditions,
+            &Phase::ready("KeyDelivered", "ok"),
+            Some(1),
+            now,
+        );
         note_missing_policy(&mut status, "tp", Some(1), now);
         assert!(!conditions::is_true(&status.conditions, conditions::READY));
         assert!(conditions::is_true(&status.conditions, conditions::RECONCILING));
-        let ready = status.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)
+            .unwrap();
         assert_eq!(ready.reason, TOKEN_POLICY_MISSING);
         assert!(ready.message.contains("\"tp\""));
 
