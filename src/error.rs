@@ -19,6 +19,8 @@ pub enum Error {
     CrdMissing(#[source] kube::Error),
     #[error("auth server: {0}")]
     Server(String),
+    #[error("admission webhook: {0}")]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl Error {
             Error::Kubeconfig(_) => "kubeconfig",
             Error::CrdMissing(_) => "crd_missing",
             Error::Server(_) => "server",
+            Error::Webhook(_) => "webhook",
         }
     }
 }

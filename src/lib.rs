@@ -6,6 +6,7 @@
 //! write status.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod client;
 pub mod clock;
 pub mod conditions;
@@ -17,5 +18,6 @@ pub mod server;
 pub mod telemetry;
 pub mod token;
 pub mod validity;
+pub mod webhook;
 
 pub use error::{Error, Result};

@@ -61,6 +61,8 @@ struct ServeArgs {
     kube: KubeArgs,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +73,106 @@ struct RunArgs {
     reconcile: ReconcileArgs,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The admission webhook (`/validate` over TLS); off without `--webhook-addr`.
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Serve the admission webhook over TLS on this address (for example 0.0.0.0:8443).
+    #[arg(long, env = "LATCHKEY_WEBHOOK_ADDR")]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// Out of cluster: the URL the API server calls (https://HOST:PORT/validate);
+    /// latchkey then creates the whole ValidatingWebhookConfiguration. Without
+    /// it latchkey only writes its CA into the configuration's caBundle.
+    #[arg(long, env = "LATCHKEY_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Name of the ValidatingWebhookConfiguration.
+    #[arg(long, default_value = "latchkey")]
+    webhook_configuration_name: String,
+    /// The Secret NAMESPACE/NAME that holds the webhook's CA, shared by every
+    /// replica. Default: $POD_NAMESPACE (or the kubeconfig's namespace)/latchkey-webhook-ca.
+    #[arg(long, env = "LATCHKEY_WEBHOOK_CA_SECRET")]
+    webhook_ca_secret: Option<String>,
+    /// A DNS name (or IP) of the serving certificate, for example
+    /// latchkey.latchkey-system.svc; repeatable. The --webhook-url host is added.
+    #[arg(long)]
+    webhook_dns_name: Vec<String>,
+    /// A username that may change and delete latchkey's Secrets; repeatable.
+    /// Default: latchkey's own username (a SelfSubjectReview at startup).
+    #[arg(long)]
+    webhook_allowed_user: Vec<String>,
+    /// failurePolicy of a configuration latchkey creates (with --webhook-url).
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    webhook_failure_policy: String,
+    /// timeoutSeconds of a configuration latchkey creates (with --webhook-url).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=30))]
+    webhook_timeout_seconds: u8,
+    /// Operations on latchkey's Secrets checked by a configuration latchkey creates.
+    #[arg(long, default_value = "UPDATE,DELETE", value_delimiter = ',')]
+    webhook_secret_operations: Vec<String>,
+    /// Lifetime of the serving certificate (tests shorten it).
+    #[arg(long, default_value_t = 30 * 24 * 3600, hide = true)]
+    webhook_cert_validity_seconds: u64,
+    /// Renew the serving certificate this long before it expires.
+    #[arg(long, default_value_t = 10 * 24 * 3600, hide = true)]
+    webhook_cert_renew_before_seconds: u64,
+    /// How often the CA Secret and the configuration are checked.
+    #[arg(long, default_value_t = 60, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_sync_seconds: u64,
+}
+
+impl WebhookArgs {
+    /// The webhook's options, or `None` when it is off.
+    fn options(
+        &self,
+        client: &kube::Client,
+        namespace: Option<String>,
+    ) -> Result<Option<latchkey::webhook::Options>, Error> {
+        let Some(addr) = self.webhook_addr else {
+            return Ok(None);
+        };
+        let ca_secret = match &self.webhook_ca_secret {
+            Some(s) => match s.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns.to_owned(), name.to_owned()),
+                _ => {
+                    return Err(latchkey::webhook::WebhookError::Option(format!(
+                        "--webhook-ca-secret must be NAMESPACE/NAME, not {s:?}"
+                    ))
+                    .into());
+                }
+            },
+            None => (
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned()),
+                "latchkey-webhook-ca".to_owned(),
+            ),
+        };
+        Ok(Some(latchkey::webhook::Options {
+            addr,
+            url: self.webhook_url.clone(),
+            configuration_name: self.webhook_configuration_name.clone(),
+            ca_secret,
+            dns_names: self.webhook_dns_name.clone(),
+            allowed_users: self.webhook_allowed_user.clone(),
+            namespace,
+            failure_policy: self.webhook_failure_policy.clone(),
+            timeout_seconds: self.webhook_timeout_seconds,
+            secret_operations: self.webhook_secret_operations.clone(),
+            cert_validity: std::time::Duration::from_secs(self.webhook_cert_validity_seconds),
+            renew_before: std::time::Duration::from_secs(self.webhook_cert_renew_before_seconds),
+            sync_interval: std::time::Duration::from_secs(self.webhook_sync_seconds),
+            inject_ca: true,
+        }))
+    }
+}
+
+/// The webhook server, or nothing (pending forever) when it is off.
+async fn run_webhook(client: kube::Client, options: Option<latchkey::webhook::Options>) -> Result<(), Error> {
+    match options {
+        Some(options) => Ok(latchkey::webhook::run(client, options, server::shutdown_signal()).await?),
+        None => Ok(()),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -170,15 +272,26 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let webhook = args.webhook.options(&client, args.kube.watch_namespace.clone())?;
     let options = args
         .server
         .options(args.kube.watch_namespace, args.kube.issuer_base_url);
-    server::run(client, Arc::new(SystemClock), options, server::shutdown_signal()).await
+    tokio::try_join!(
+        server::run(
+            client.clone(),
+            Arc::new(SystemClock),
+            options,
+            server::shutdown_signal()
+        ),
+        run_webhook(client, webhook),
+    )?;
+    Ok(())
 }
 
 async fn run_both(args: RunArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = latchkey::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let webhook = args.webhook.options(&client, args.kube.watch_namespace.clone())?;
     let options = args
         .server
         .options(args.kube.watch_namespace.clone(), args.kube.issuer_base_url);
@@ -190,7 +303,13 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
     // Both stop on SIGTERM/SIGINT; either failing stops the process.
     tokio::try_join!(
         controller::run(ctx, controller_options),
-        server::run(client, Arc::new(SystemClock), options, server::shutdown_signal()),
+        server::run(
+            client.clone(),
+            Arc::new(SystemClock),
+            options,
+            server::shutdown_signal()
+        ),
+        run_webhook(client, webhook),
     )?;
     Ok(())
 }

@@ -440,6 +440,15 @@ fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
         "args: {args:?}"
     );
     assert!(!args.contains(&"--watch-namespace".to_owned()));
+    // The webhook: served on its port, with the CA Secret and the Service's name.
+    for pair in [
+        ["--webhook-addr", "0.0.0.0:8443"],
+        ["--webhook-configuration-name", "latchkey"],
+        ["--webhook-ca-secret", "latchkey-system/latchkey-webhook-ca"],
+        ["--webhook-dns-name", "latchkey.latchkey-system.svc"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
     assert_eq!(c["image"].as_str(), Some("ghcr.io/latchkey-dev/latchkey:0.1.0"));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/livez"));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
@@ -564,6 +573,9 @@ fn values_turn_parts_off_and_on() {
             .any(|k| k.starts_with("ValidatingWebhookConfiguration/"))
     );
     assert!(!have.contains("ClusterRole/latchkey-webhook"));
+    let deploy = find(&docs, "Deployment", "latchkey");
+    let args = strings(&deploy["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(!args.iter().any(|a| a.starts_with("--webhook")), "{args:?}");
     let svc = find(&docs, "Service", "latchkey");
     assert_eq!(svc["spec"]["ports"].as_sequence().unwrap().len(), 1);
 

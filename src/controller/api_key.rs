@@ -5,7 +5,7 @@ use super::plan::{self, DeliveryCause, Note, SecretStamp};
 use super::schedule::{self, Schedule};
 use super::{Context, FIELD_MANAGER, RESYNC};
 use crate::conditions::Phase;
-use crate::crd::{ApiKey, ApiKeyStatus};
+use crate::crd::{ApiKey, ApiKeyStatus, TokenPolicy};
 use crate::error::{Error, KubeResultExt, Result};
 use crate::key::ApiKeyValue;
 use k8s_openapi::api::core::v1::Secret;
@@ -39,11 +39,22 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
         .get_opt(&api_key.secret_name())
         .await
         .during("reading the Secret")?;
+    let missing_policy = match &api_key.spec.token_policy_ref {
+        Some(r) => Api::<TokenPolicy>::namespaced(ctx.client.clone(), &namespace)
+            .get_metadata_opt(&r.name)
+            .await
+            .during("reading the TokenPolicy")?
+            .is_none()
+            .then(|| r.name.clone()),
+        None => None,
+    };
     let now = schedule::whole_second(ctx.clock.now());
     let writer = Writer {
         ctx: &ctx,
         api_keys: &api_keys,
         secrets: &secrets,
+        missing_policy,
+        now,
     };
     let schedule = match Schedule::of(&api_key.spec) {
         Ok(s) => s,
@@ -91,6 +102,9 @@ struct Writer<'a> {
     ctx: &'a Context,
     api_keys: &'a Api<ApiKey>,
     secrets: &'a Api<Secret>,
+    /// The name in `spec.tokenPolicyRef` when no such TokenPolicy exists.
+    missing_policy: Option<String>,
+    now: Timestamp,
 }
 
 impl Writer<'_> {
@@ -147,6 +161,14 @@ impl Writer<'_> {
     /// body); returns the object as it is after the write.
     async fn write_status(&self, api_key: &ApiKey, mut status: ApiKeyStatus) -> Result<ApiKey> {
         status.last_used_at = None;
+        if let Some(policy) = &self.missing_policy {
+            super::policy_ref::note_missing_policy(
+                &mut status,
+                policy,
+                api_key.metadata.generation,
+                self.now,
+            );
+        }
         if same_status(api_key.status.as_ref(), &status) {
             return Ok(api_key.clone());
         }

@@ -11,6 +11,7 @@
 
 mod api_key;
 pub mod plan;
+pub mod policy_ref;
 pub mod schedule;
 pub mod token_policy;
 
@@ -144,10 +145,33 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
         predicates::generation.combine(predicates::annotations),
         Default::default(),
     );
+    // A TokenPolicy that appears (or goes) changes the readiness of the
+    // ApiKeys naming it (see `policy_ref`).
+    let referring = reader.clone();
+    let policies_for_keys: Api<TokenPolicy> = match &options.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
     let api_key_controller = Controller::for_stream(api_key_changes, reader)
         .owns(
             secrets.clone(),
             watcher::Config::default().labels(&managed).any_semantic(),
+        )
+        .watches(
+            policies_for_keys,
+            watcher::Config::default().any_semantic(),
+            move |policy: TokenPolicy| {
+                let (ns, name) = (policy.metadata.namespace, policy.metadata.name);
+                referring
+                    .state()
+                    .into_iter()
+                    .filter(|ak| {
+                        ak.metadata.namespace == ns
+                            && ak.spec.token_policy_ref.as_ref().map(|r| &r.name) == name.as_ref()
+                    })
+                    .map(|ak| ObjectRef::from_obj(&*ak))
+                    .collect::<Vec<_>>()
+            },
         )
         .with_config(controller::Config::default().concurrency(options.concurrency))
         .shutdown_on_signal()

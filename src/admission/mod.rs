@@ -1,0 +1,364 @@
+//! Admission rules for what the CRDs' CEL rules cannot say: pure functions
+//! of an [`AdmissionRequest`](review::AdmissionRequest) and the [`Facts`] the
+//! handler looked up (another object in the cluster), unit-tested and
+//! fuzzed without a cluster. The TLS server and the lookups live in
+//! [`crate::webhook`].
+//!
+//! Flow: [`review::parse`] → [`lookups`] (what to read from the API server)
+//! → [`decide`] → [`review::render`].
+//!
+//! The rules:
+//! - **ApiKey, CREATE**: the Secret it names (`spec.secretName`, default its
+//!   own name) must not already exist under another owner. On UPDATE the
+//!   name cannot change (CEL), and a conflict is the controller's
+//!   `SecretConflict` condition, so that an unrelated edit is never blocked.
+//! - **ApiKey scopes**: with `spec.tokenPolicyRef`, every scope must be in
+//!   the policy's `allowedScopes` when that policy exists. A policy that
+//!   does not exist (yet) is allowed, with a warning: GitOps tools apply in
+//!   any order; the ApiKey then shows `Ready=False` reason
+//!   `TokenPolicyMissing` until the policy arrives. On UPDATE only scopes
+//!   that the edit adds are checked, so that a policy narrowed later does
+//!   not block unrelated edits of old keys.
+//! - **TokenPolicy, UPDATE**: `spec.issuer` cannot change (tokens already
+//!   issued and every verifier's configuration carry it): create a new
+//!   TokenPolicy instead.
+//! - **latchkey's Secrets** (the webhook's objectSelector sends only Secrets
+//!   labelled `app.kubernetes.io/managed-by: latchkey`): UPDATE and DELETE
+//!   only by latchkey's own identity and by Kubernetes' own cleanup (garbage
+//!   collector, namespace controller, kube-controller-manager with its own
+//!   credentials); anyone else is told to rotate through the ApiKey.
+//!   CREATE is allowed (a restore from backup recreates them).
+//!
+//! A lookup that failed (API server unreachable, no right) allows with a
+//! warning: the controller reports the same problems in status, and the
+//! webhook must not turn an API hiccup into refused applies.
+
+pub mod review;
+
+use crate::controller::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::crd::{ApiKey, TokenPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use review::{AdmissionRequest, Verdict};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// Users that may always change or delete latchkey's Secrets besides
+/// latchkey itself: Kubernetes' own cleanup. The namespace controller
+/// deletes everything in a namespace being deleted; the garbage collector
+/// deletes Secrets whose ApiKey is gone (and removes owner references on
+/// orphaning deletes); `system:kube-controller-manager` is the identity of
+/// both when kube-controller-manager runs without
+/// `--use-service-account-credentials`.
+pub const SYSTEM_USERS: [&str; 3] = [
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:kube-controller-manager",
+];
+
+/// What the webhook needs to know about the caller.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// latchkey's own identities (usernames) that may write its Secrets.
+    pub allowed_users: BTreeSet<String>,
+}
+
+impl Config {
+    pub fn may_write_managed_secrets(&self, username: &str) -> bool {
+        self.allowed_users.contains(username) || SYSTEM_USERS.contains(&username)
+    }
+}
+
+/// Objects a decision depends on, as `(namespace, name)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookups {
+    /// The Secret an ApiKey being created would write.
+    pub secret: Option<(String, String)>,
+    /// The TokenPolicy an ApiKey refers to.
+    pub token_policy: Option<(String, String)>,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found<T> {
+    Absent,
+    Present(T),
+    /// The lookup failed; the reason is for a warning (never a Secret's data).
+    Unknown(String),
+}
+
+/// The answers to [`Lookups`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// The owner references of the Secret.
+    pub secret: Option<Found<Vec<OwnerReference>>>,
+    /// The policy's `spec.allowedScopes`.
+    pub token_policy: Option<Found<Vec<String>>>,
+}
+
+fn is(request: &AdmissionRequest, group: &str, kind: &str) -> bool {
+    request.kind.group == group && request.kind.kind == kind
+}
+
+fn parse_object<T: serde::de::DeserializeOwned>(value: Option<&Value>) -> Option<T> {
+    value.and_then(|v| T::deserialize(v).ok())
+}
+
+/// What [`decide`] will need to know about `request`.
+pub fn lookups(request: &AdmissionRequest) -> Lookups {
+    let mut needs = Lookups::default();
+    if !is(request, "latchkey.dev", "ApiKey") || !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
+        return needs;
+    }
+    let Some(api_key) = parse_object::<ApiKey>(request.object.as_ref()) else {
+        return needs;
+    };
+    let Some(namespace) = request.namespace.clone().filter(|n| !n.is_empty()) else {
+        return needs;
+    };
+    if request.operation == "CREATE" {
+        let secret = api_key
+            .spec
+            .secret_name
+            .clone()
+            .or_else(|| request.name.clone())
+            .or_else(|| api_key.metadata.name.clone())
+            .unwrap_or_default();
+        if !secret.is_empty() {
+            needs.secret = Some((namespace.clone(), secret));
+        }
+    }
+    if let Some(policy) = &api_key.spec.token_policy_ref
+        && !policy.name.is_empty()
+        && !added_scopes(request, &api_key).is_empty()
+    {
+        needs.token_policy = Some((namespace, policy.name.clone()));
+    }
+    needs
+}
+
+/// The scopes to check against the policy: all of them on CREATE or when
+/// the reference changed; on UPDATE only those the edit adds.
+fn added_scopes<'a>(request: &AdmissionRequest, api_key: &'a ApiKey) -> Vec<&'a str> {
+    let old = (request.operation == "UPDATE")
+        .then(|| parse_object::<ApiKey>(request.old_object.as_ref()))
+        .flatten()
+        .filter(|old| old.spec.token_policy_ref == api_key.spec.token_policy_ref);
+    api_key
+        .spec
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| {
+            old.as_ref()
+                .is_none_or(|old| !old.spec.scopes.iter().any(|o| o == s))
+        })
+        .collect()
+}
+
+/// The verdict on `request`, given what was looked up. Never panics; every
+/// verdict carries a message.
+pub fn decide(request: &AdmissionRequest, facts: &Facts, config: &Config) -> Verdict {
+    if is(request, "latchkey.dev", "ApiKey") {
+        decide_api_key(request, facts)
+    } else if is(request, "latchkey.dev", "TokenPolicy") {
+        decide_token_policy(request)
+    } else if is(request, "", "Secret") {
+        decide_secret(request, config)
+    } else {
+        Verdict::allow(format!(
+            "latchkey does not check {}/{}",
+            request.kind.group, request.kind.kind
+        ))
+    }
+}
+
+fn unreadable(kind: &str, what: &str) -> Verdict {
+    Verdict::deny(format!(
+        "the admission request carries no readable {kind} in {what}; latchkey cannot check it"
+    ))
+}
+
+fn decide_api_key(request: &AdmissionRequest, facts: &Facts) -> Verdict {
+    if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
+        return Verdict::allow(format!("latchkey does not check ApiKey {}", request.operation));
+    }
+    let Some(api_key) = parse_object::<ApiKey>(request.object.as_ref()) else {
+        return unreadable("ApiKey", "object");
+    };
+    let name = api_key
+        .metadata
+        .name
+        .clone()
+        .or_else(|| request.name.clone())
+        .unwrap_or_default();
+    let mut verdict = Verdict::allow("the ApiKey passes latchkey's checks");
+
+    // 1. The Secret's name is not held by someone else's Secret.
+    if request.operation == "CREATE" {
+        let secret = api_key.spec.secret_name.clone().unwrap_or_else(|| name.clone());
+        match &facts.secret {
+            Some(Found::Present(owners)) if !owned_by(owners, &api_key, &name) => {
+                let field = if api_key.spec.secret_name.is_some() {
+                    "spec.secretName"
+                } else {
+                    "spec.secretName (it defaults to the ApiKey's name)"
+                };
+                return Verdict::deny(format!(
+                    "Secret {secret:?} already exists in this namespace and does not belong to this ApiKey; \
+                     latchkey never takes over a Secret it did not create: set {field} to a name no Secret uses, \
+                     or delete that Secret first"
+                ));
+            }
+            Some(Found::Unknown(why)) => {
+                verdict = verdict.with_warning(format!(
+                    "latchkey could not check whether Secret {secret:?} is free ({why}); the ApiKey's status will tell"
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    // 2. Scopes within the referenced TokenPolicy.
+    if let Some(policy) = &api_key.spec.token_policy_ref {
+        let added = added_scopes(request, &api_key);
+        match &facts.token_policy {
+            Some(Found::Present(allowed)) => {
+                let outside: Vec<&str> = added
+                    .into_iter()
+                    .filter(|s| !allowed.iter().any(|a| a == s))
+                    .collect();
+                if !outside.is_empty() {
+                    return Verdict::deny(format!(
+                        "spec.scopes {} not allowed by TokenPolicy {:?} (its spec.allowedScopes: {}): \
+                         remove {} from the ApiKey, or add {} to the TokenPolicy's allowedScopes first",
+                        list(&outside),
+                        policy.name,
+                        if allowed.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            list(allowed)
+                        },
+                        if outside.len() == 1 { "it" } else { "them" },
+                        if outside.len() == 1 { "it" } else { "them" },
+                    ));
+                }
+            }
+            Some(Found::Absent) => {
+                verdict = verdict.with_warning(format!(
+                    "TokenPolicy {:?} does not exist (yet); the ApiKey is accepted and shows TokenPolicyMissing until it does",
+                    policy.name
+                ));
+            }
+            Some(Found::Unknown(why)) => {
+                verdict = verdict.with_warning(format!(
+                    "latchkey could not read TokenPolicy {:?} ({why}); scopes were not checked",
+                    policy.name
+                ));
+            }
+            None => {}
+        }
+    }
+    verdict
+}
+
+/// Whether a Secret with `owners` belongs to `api_key`: its controller
+/// reference names this ApiKey (by uid, or by name when the review has no
+/// uid).
+fn owned_by(owners: &[OwnerReference], api_key: &ApiKey, name: &str) -> bool {
+    owners.iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "ApiKey"
+            && o.api_version.starts_with("latchkey.dev/")
+            && match api_key.metadata.uid.as_deref() {
+                Some(uid) if !uid.is_empty() => o.uid == uid,
+                _ => o.name == name,
+            }
+    })
+}
+
+fn list<S: AsRef<str>>(items: &[S]) -> String {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn decide_token_policy(request: &AdmissionRequest) -> Verdict {
+    if request.operation != "UPDATE" {
+        return Verdict::allow(format!(
+            "latchkey does not check TokenPolicy {}",
+            request.operation
+        ));
+    }
+    let Some(policy) = parse_object::<TokenPolicy>(request.object.as_ref()) else {
+        return unreadable("TokenPolicy", "object");
+    };
+    let Some(old) = parse_object::<TokenPolicy>(request.old_object.as_ref()) else {
+        return unreadable("TokenPolicy", "oldObject");
+    };
+    if policy.spec.issuer != old.spec.issuer {
+        let show = |i: &Option<String>| match i {
+            Some(i) => format!("{i:?}"),
+            None => "the default".to_owned(),
+        };
+        return Verdict::deny(format!(
+            "spec.issuer cannot be changed after creation (from {} to {}): tokens already issued and every \
+             verifier's configuration carry the issuer; create a new TokenPolicy with the new issuer and move \
+             the ApiKeys to it",
+            show(&old.spec.issuer),
+            show(&policy.spec.issuer)
+        ));
+    }
+    Verdict::allow("the TokenPolicy passes latchkey's checks")
+}
+
+fn labels_say_managed(object: &Value) -> bool {
+    object
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .and_then(Value::as_str)
+        == Some(MANAGED_BY_VALUE)
+}
+
+fn decide_secret(request: &AdmissionRequest, config: &Config) -> Verdict {
+    if !matches!(request.operation.as_str(), "UPDATE" | "DELETE") {
+        return Verdict::allow(format!("latchkey allows Secret {}", request.operation));
+    }
+    // What the Secret was: for DELETE and UPDATE the API server sends it.
+    let Some(old) = request.old_object.as_ref() else {
+        return unreadable("Secret", "oldObject");
+    };
+    if !labels_say_managed(old) {
+        return Verdict::allow("not a Secret latchkey manages");
+    }
+    let user = request.user_info.username.as_str();
+    if config.may_write_managed_secrets(user) {
+        return Verdict::allow(format!("{user} may write latchkey's Secrets"));
+    }
+    let name = request.name.clone().unwrap_or_default();
+    let api_key = old
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|o| o.get("kind").and_then(Value::as_str) == Some("ApiKey"))
+        .and_then(|o| o.get("name").and_then(Value::as_str))
+        .map(str::to_owned);
+    let verb = if request.operation == "DELETE" {
+        "deleted"
+    } else {
+        "changed"
+    };
+    let how = match api_key {
+        Some(ak) => format!(
+            "rotate through the ApiKey instead: kubectl annotate apikey {ak} latchkey.dev/rotate=\"$(date -Is)\" --overwrite \
+             (to remove the Secret, delete ApiKey {ak})"
+        ),
+        None => "rotate through its ApiKey instead (annotation latchkey.dev/rotate), or delete the ApiKey"
+            .to_owned(),
+    };
+    Verdict::deny(format!(
+        "Secret {name:?} is managed by latchkey and can only be {verb} by latchkey ({user} is not latchkey); {how}"
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! The webhook's certificates, made with rcgen: a CA (kept in a Secret so
+//! every replica and every restart uses the same one, and the
+//! ValidatingWebhookConfiguration's `caBundle` stays valid) and a serving
+//! certificate per process, signed by the CA, renewed in memory before it
+//! expires and swapped into the TLS listener without a restart
+//! ([`SwappableCert`]).
+//!
+//! Private keys exist only in the CA Secret and in memory; they are never
+//! logged, and errors never carry them.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// Errors of certificate handling. They never contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("generating a key or certificate failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("the CA Secret {0} is incomplete or not PEM (expected tls.crt and tls.key)")]
+    BadCaSecret(String),
+    #[error("the serving key is not usable by rustls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("a SAN {0:?} is neither an IP address nor a DNS name")]
+    BadName(String),
+}
+
+/// The CA's subject. Never change it: the issuer of serving certificates is
+/// rebuilt from it and the stored key (see [`Ca::from_pem`]).
+const CA_COMMON_NAME: &str = "latchkey webhook CA";
+
+/// How long a CA is valid. Renewing the CA is a manual step (delete the
+/// Secret and restart the replicas); ten years makes that rare.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Serving certificates start a minute in the past, for clock skew.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+/// A CA: its certificate (PEM, what goes into `caBundle`) and key.
+pub struct Ca {
+    pub cert_pem: String,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::OrganizationName, "latchkey");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+impl Ca {
+    /// A new CA (ECDSA P-256), valid from now for [`CA_VALIDITY`].
+    pub fn generate(now: SystemTime) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params();
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + CA_VALIDITY).into();
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// The CA stored in a Secret (`tls.crt`, `tls.key`). `what` names the
+    /// Secret in errors.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|_| TlsError::BadCaSecret(what.into()))?;
+        if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(TlsError::BadCaSecret(what.into()));
+        }
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            key,
+        })
+    }
+
+    /// The key as PEM, for the Secret.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// A serving certificate for `names` (DNS names or IP addresses), valid
+    /// from now for `validity`; returns it with its expiry.
+    pub fn issue(
+        &self,
+        names: &[String],
+        now: SystemTime,
+        validity: Duration,
+    ) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
+        let mut sans = Vec::with_capacity(names.len());
+        for name in names {
+            sans.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .map_err(|_| TlsError::BadName(name.clone()))?,
+                ),
+            });
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_else(|| "latchkey".into()),
+        );
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let not_after = now + validity;
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = not_after.into();
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)?;
+        let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|_| TlsError::BadCaSecret("CA certificate".into()))?;
+        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone(), ca_der];
+        Ok((Arc::new(CertifiedKey::new(chain, signing)), not_after))
+    }
+}
+
+/// A `ResolvesServerCert` whose certificate can be replaced while the
+/// listener runs: new handshakes get the new one, open connections keep
+/// theirs.
+#[derive(Debug)]
+pub struct SwappableCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl SwappableCert {
+    pub fn new(cert: Arc<CertifiedKey>) -> Self {
+        Self {
+            current: RwLock::new(cert),
+        }
+    }
+
+    pub fn swap(&self, cert: Arc<CertifiedKey>) {
+        // A poisoned lock only means a panic elsewhere while swapping an
+        // Arc: the value is still whole.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = cert;
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A rustls server configuration (ring, TLS 1.2 and 1.3, HTTP/1.1) over `certs`.
+pub fn server_config(certs: Arc<SwappableCert>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// When to renew a certificate that expires at `not_after`: `renew_before`
+/// earlier, but not before `now + min_wait` (so a misconfiguration cannot
+/// spin).
+pub fn renewal_delay(
+    now: SystemTime,
+    not_after: SystemTime,
+    renew_before: Duration,
+    min_wait: Duration,
+) -> Duration {
+    not_after
+        .checked_sub(renew_before)
+        .and_then(|at| at.duration_since(now).ok())
+        .unwrap_or_default()
+        .max(min_wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_survives_its_secret_and_signs_serving_certificates() {
+        let now = SystemTime::now();
+        let ca = Ca::generate(now).unwrap();
+        let again = Ca::from_pem(&ca.cert_pem, &ca.key_pem(), "ns/ca").unwrap();
+        assert_eq!(again.cert_pem, ca.cert_pem);
+        let (cert, not_after) = again
+            .issue(
+                &["127.0.0.1".into(), "latchkey.ns.svc".into()],
+                now,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(cert.cert.len(), 2, "leaf and CA");
+        assert_eq!(not_after, now + Duration::from_secs(60));
+        assert!(Ca::from_pem("junk", "junk", "ns/ca").is_err());
+        let err = Ca::from_pem(&ca.cert_pem, "junk", "ns/ca")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn renewal_is_due_before_expiry_and_never_spins() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let after = |s| now + Duration::from_secs(s);
+        let d = |s| Duration::from_secs(s);
+        assert_eq!(renewal_delay(now, after(100), d(30), d(1)), d(70));
+        assert_eq!(renewal_delay(now, after(10), d(30), d(1)), d(1));
+        assert_eq!(renewal_delay(now, now, d(0), d(1)), d(1));
+    }
+}

@@ -1,0 +1,537 @@
+//! The admission webhook against the local control plane: the real API
+//! server calls `latchkey run --webhook-addr … --webhook-url …` over TLS on
+//! 127.0.0.1. Each test has its own namespace, its own latchkey and its own
+//! ValidatingWebhookConfiguration limited to that namespace (deleted at the
+//! end), so parallel tests never see each other's webhook.
+
+mod common;
+
+use common::{ControllerProcess, TestNamespace, eventually, free_port, kubectl, kubectl_ok, kubectl_stdin};
+use latchkey::{conditions, crd::ApiKey};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A latchkey with its webhook and configuration; deleting the
+/// configuration and stopping latchkey on drop.
+struct Webhook {
+    process: ControllerProcess,
+    configuration: String,
+    port: u16,
+    /// Leave the configuration in place on drop (a restart reuses it).
+    keep_configuration: bool,
+}
+
+impl Webhook {
+    fn start(ns: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("https://{addr}/validate");
+        let configuration = format!("latchkey-test-{ns}");
+        let ca = format!("{ns}/webhook-ca");
+        let mut args = vec![
+            "--webhook-addr",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--webhook-configuration-name",
+            &configuration,
+            "--webhook-ca-secret",
+            &ca,
+            "--webhook-sync-seconds",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let (process, _) = ControllerProcess::start_run(ns, &args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the webhook did not listen on {addr}:\n{}",
+                process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let webhook = Self {
+            process,
+            configuration,
+            port,
+            keep_configuration: false,
+        };
+        // The API server uses the configuration once its informer saw it:
+        // wait until an invalid ApiKey is refused.
+        let probe = apikey(ns, "probe", "  secretName: probe-taken\n");
+        // (already there after a restart)
+        let _ = kubectl(&["create", "secret", "generic", "probe-taken", "-n", ns]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, err) = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &probe);
+            if !ok && err.contains("denied the request") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API server never called the webhook (last: {out}{err}):\n{}",
+                webhook.process.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        webhook
+    }
+
+    fn ca_bundle(&self) -> String {
+        kubectl_ok(&[
+            "get",
+            "validatingwebhookconfiguration",
+            &self.configuration,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if self.keep_configuration {
+            self.process.kill();
+            return;
+        }
+        let _ = kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.configuration,
+            "--ignore-not-found",
+        ]);
+        self.process.kill();
+    }
+}
+
+fn apikey(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    )
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    )
+}
+
+fn apply(manifest: &str, dry_run: bool) -> (bool, String) {
+    let mut args = vec!["apply", "-f", "-"];
+    if dry_run {
+        args.push("--dry-run=server");
+    }
+    let (ok, out, err) = kubectl_stdin(&args, manifest);
+    (ok, format!("{out}{err}"))
+}
+
+/// Applies `manifest` for real and with `--dry-run=server`: both refused
+/// with `message`.
+fn assert_refused(manifest: &str, message: &str) {
+    for dry_run in [true, false] {
+        let (ok, out) = apply(manifest, dry_run);
+        assert!(!ok, "accepted (dry run: {dry_run}):\n{manifest}\n{out}");
+        assert!(
+            out.contains("denied the request") && out.contains(message),
+            "dry run {dry_run}: expected the webhook's denial with {message:?}, got:\n{out}"
+        );
+    }
+}
+
+fn exists(kind: &str, name: &str, ns: &str) -> bool {
+    kubectl(&["get", kind, name, "-n", ns]).0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
+    let ns = TestNamespace::new("lk-wh-rules").await;
+    let n = ns.name.as_str();
+    let _webhook = Webhook::start(n, &[]);
+    kubectl_ok(&["create", "secret", "generic", "db-creds", "-n", n]);
+    let (ok, out) = apply(
+        &policy(
+            n,
+            "orders",
+            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/orders\n",
+        ),
+        false,
+    );
+    assert!(ok, "{out}");
+
+    // 1. A Secret someone else holds.
+    assert_refused(
+        &apikey(n, "thief", "  secretName: db-creds\n"),
+        "Secret \"db-creds\" already exists in this namespace and does not belong to this ApiKey",
+    );
+    assert!(!exists("apikey", "thief", n));
+    // 2. Scopes outside the policy.
+    assert_refused(
+        &apikey(
+            n,
+            "greedy",
+            "  scopes: [\"orders:read\", \"orders:write\"]\n  tokenPolicyRef:\n    name: orders\n",
+        ),
+        "spec.scopes [orders:write] not allowed by TokenPolicy \"orders\"",
+    );
+    assert!(!exists("apikey", "greedy", n));
+    // 3. A policy's issuer cannot change.
+    assert_refused(
+        &policy(
+            n,
+            "orders",
+            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://other.example.com/orders\n",
+        ),
+        "spec.issuer cannot be changed after creation",
+    );
+    let issuer = kubectl_ok(&[
+        "get",
+        "tokenpolicy",
+        "orders",
+        "-n",
+        n,
+        "-o",
+        "jsonpath={.spec.issuer}",
+    ]);
+    assert_eq!(
+        issuer, "https://auth.example.com/orders",
+        "the refused change changed nothing"
+    );
+
+    // Valid: a dry run passes and creates nothing; the real apply passes.
+    let good = apikey(
+        n,
+        "good",
+        "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: orders\n",
+    );
+    let (ok, out) = apply(&good, true);
+    assert!(ok, "{out}");
+    assert!(!exists("apikey", "good", n), "a dry run creates nothing");
+    let (ok, out) = apply(&good, false);
+    assert!(ok, "{out}");
+    assert!(exists("apikey", "good", n));
+    // Its own Secret does not count as taken (re-apply, and an update).
+    let (ok, out) = apply(&good.replace("spec:\n", "spec:\n  subject: svc\n"), false);
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_applied_before_its_policy_is_accepted_and_becomes_ready_when_it_arrives() {
+    let ns = TestNamespace::new("lk-wh-order").await;
+    let n = ns.name.as_str();
+    let _webhook = Webhook::start(n, &[]);
+    let (ok, out) = apply(
+        &apikey(
+            n,
+            "early",
+            "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: later\n",
+        ),
+        false,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("TokenPolicyMissing"),
+        "kubectl shows the warning: {out}"
+    );
+    let api_keys: kube::Api<ApiKey> = kube::Api::namespaced(common::client().await, n);
+    let ready = |want: &'static str| {
+        let api_keys = api_keys.clone();
+        move || {
+            let api_keys = api_keys.clone();
+            async move {
+                let ak = api_keys.get("early").await.ok()?;
+                let c = ak
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == conditions::READY)?;
+                (c.reason == want).then_some(c)
+            }
+        }
+    };
+    let waiting = eventually(
+        Duration::from_secs(60),
+        "Ready=False TokenPolicyMissing",
+        ready("TokenPolicyMissing"),
+    )
+    .await;
+    assert_eq!(waiting.status, "False");
+    assert!(waiting.message.contains("\"later\""), "{}", waiting.message);
+    assert!(exists("secret", "early", n), "the key is delivered meanwhile");
+
+    let (ok, out) = apply(
+        &policy(
+            n,
+            "later",
+            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n",
+        ),
+        false,
+    );
+    assert!(ok, "{out}");
+    eventually(
+        Duration::from_secs(60),
+        "Ready once the policy exists",
+        || async {
+            let ak = api_keys.get("early").await.ok()?;
+            conditions::is_true(&ak.status?.conditions, conditions::READY).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_latchkey_changes_or_deletes_its_secrets() {
+    let ns = TestNamespace::new("lk-wh-secret").await;
+    let n = ns.name.as_str();
+    let webhook = Webhook::start(n, &[]);
+    // "someone" may edit Secrets as far as RBAC goes; only the webhook stops them.
+    kubectl_ok(&[
+        "create",
+        "role",
+        "secret-editor",
+        "--verb=get,list,update,patch,delete",
+        "--resource=secrets",
+        "-n",
+        n,
+    ]);
+    kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "someone-edits-secrets",
+        "--role=secret-editor",
+        "--user=someone",
+        "-n",
+        n,
+    ]);
+    let (ok, out) = apply(&apikey(n, "billing", "  scopes: [\"orders:read\"]\n"), false);
+    assert!(ok, "{out}");
+    let api_keys: kube::Api<ApiKey> = kube::Api::namespaced(common::client().await, n);
+    let revision = |want: i64| {
+        let api_keys = api_keys.clone();
+        move || {
+            let api_keys = api_keys.clone();
+            async move {
+                let ak = api_keys.get("billing").await.ok()?;
+                let s = ak.status?;
+                (conditions::is_true(&s.conditions, conditions::READY) && s.revision == Some(want))
+                    .then_some(())
+            }
+        }
+    };
+    eventually(Duration::from_secs(60), "ApiKey billing Ready", revision(1)).await;
+    let key = || {
+        kubectl_ok(&[
+            "get",
+            "secret",
+            "billing",
+            "-n",
+            n,
+            "-o",
+            "jsonpath={.data.api-key}",
+        ])
+    };
+    let before = key();
+
+    for args in [
+        vec!["annotate", "secret", "billing", "x=y"],
+        vec![
+            "patch",
+            "secret",
+            "billing",
+            "-p",
+            r#"{"data":{"api-key":"Zm9v"}}"#,
+        ],
+        vec!["delete", "secret", "billing"],
+    ] {
+        let mut full = args.clone();
+        full.extend(["-n", n, "--as=someone"]);
+        let (ok, out, err) = kubectl(&full);
+        assert!(!ok, "{args:?} as someone was allowed: {out}");
+        assert!(
+            err.contains("is managed by latchkey")
+                && err.contains("kubectl annotate apikey billing latchkey.dev/rotate"),
+            "{args:?}: {err}"
+        );
+        // The same verdict with --dry-run=server.
+        full.push("--dry-run=server");
+        let (ok, _, err) = kubectl(&full);
+        assert!(
+            !ok && err.contains("is managed by latchkey"),
+            "{args:?} dry run: {err}"
+        );
+    }
+    assert_eq!(key(), before, "nothing changed");
+
+    // latchkey itself still rotates it (the user's way: annotate the ApiKey).
+    kubectl_ok(&[
+        "annotate",
+        "apikey",
+        "billing",
+        "-n",
+        n,
+        "latchkey.dev/rotate=now-1",
+    ]);
+    eventually(Duration::from_secs(60), "the rotation delivered", revision(2)).await;
+    assert_ne!(key(), before, "latchkey wrote the new key into its Secret");
+
+    // The garbage collector deletes the Secret with its ApiKey.
+    kubectl_ok(&["delete", "apikey", "billing", "-n", n]);
+    eventually(
+        Duration::from_secs(60),
+        "the garbage collector deleted the Secret",
+        || async { (!exists("secret", "billing", n)).then_some(()) },
+    )
+    .await;
+    let log = webhook.process.log_text();
+    assert!(log.contains("only these users"), "{log}");
+}
+
+/// The PEM CA of the webhook, from its Secret.
+fn ca_pem(ns: &str) -> String {
+    let b64 = kubectl_ok(&[
+        "get",
+        "secret",
+        "webhook-ca",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.data.tls\\.crt}",
+    ]);
+    use base64::Engine;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A TLS client configuration that trusts only `ca` (what the API server
+/// does with caBundle).
+fn connector(ca: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    // A full handshake every time: a resumed session shows the old certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One HTTPS request over a fresh connection (blocking); returns the leaf
+/// certificate served and the raw response.
+fn https(config: &Arc<rustls::ClientConfig>, port: u16, request: &str) -> Result<(Vec<u8>, String), String> {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    // The server closes after the response (Connection: close); a missing
+    // close_notify is not an error here.
+    if let Err(e) = tls.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    let leaf = tls.conn.peer_certificates().ok_or("no certificate")?[0].to_vec();
+    Ok((leaf, String::from_utf8_lossy(&response).into_owned()))
+}
+
+fn post(body: &str) -> String {
+    format!(
+        "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_serving_certificate_rotates_under_load_without_a_failed_call_and_a_restart_keeps_the_ca() {
+    let ns = TestNamespace::new("lk-wh-tls").await;
+    let n = ns.name.as_str();
+    // A certificate lives 4 s and is renewed 3 s before its end: every ~1 s.
+    let mut webhook = Webhook::start(
+        n,
+        &[
+            "--webhook-cert-validity-seconds",
+            "4",
+            "--webhook-cert-renew-before-seconds",
+            "3",
+        ],
+    );
+    let ca = ca_pem(n);
+    let bundle = webhook.ca_bundle();
+    let tls = connector(&ca);
+
+    // A malformed review: a clear 400, over TLS that verifies with the CA.
+    let (_, response) = https(&tls, webhook.port, &post("{\"kind\":\"nonsense\"")).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("malformed AdmissionReview"), "{response}");
+
+    // kubectl apply in a loop (real and dry-run, valid and invalid) while
+    // the certificate rotates; every call must get the webhook's verdict.
+    let started = Instant::now();
+    let (mut calls, mut failed) = (0, Vec::new());
+    let mut leaves = BTreeSet::new();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        i += 1;
+        let valid = apikey(n, "loop", &format!("  subject: svc-{i}\n"));
+        let (ok, out) = apply(&valid, i % 2 == 0);
+        calls += 1;
+        if !ok {
+            failed.push(out);
+        }
+        let (ok, out) = apply(&apikey(n, "loop-taken", "  secretName: probe-taken\n"), true);
+        calls += 1;
+        if ok || !out.contains("denied the request") {
+            failed.push(out);
+        }
+        // A fresh handshake each round: the certificate served now, which
+        // must verify against the CA in caBundle.
+        match https(
+            &tls,
+            webhook.port,
+            "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ) {
+            Ok((leaf, _)) => {
+                leaves.insert(leaf);
+            }
+            Err(e) => failed.push(format!("TLS handshake: {e}")),
+        }
+    }
+    let log = webhook.process.log_text();
+    let renewals = log.matches("renewed the webhook serving certificate").count();
+    println!(
+        "{calls} kubectl calls through the webhook in {:?}, {} failed; {renewals} certificate renewals; {} distinct serving certificates seen",
+        started.elapsed(),
+        failed.len(),
+        leaves.len()
+    );
+    assert!(failed.is_empty(), "failed calls:\n{}", failed.join("\n---\n"));
+    assert!(renewals >= 5, "only {renewals} renewals:\n{log}");
+    assert!(
+        leaves.len() >= 5,
+        "only {} distinct certificates served",
+        leaves.len()
+    );
+
+    // A restart keeps the CA (the Secret) and so the caBundle.
+    assert!(webhook.process.terminate().success(), "a clean stop on SIGTERM");
+    webhook.keep_configuration = true;
+    drop(webhook);
+    let again = Webhook::start(n, &[]);
+    assert_eq!(ca_pem(n), ca, "the CA survives a restart");
+    assert_eq!(again.ca_bundle(), bundle, "caBundle unchanged");
+    assert!(again.process.log_text().contains("admission webhook listening"));
+}
