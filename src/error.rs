@@ -19,6 +19,8 @@ pub enum Error {
     CrdMissing(#[source] kube::Error),
     #[error("auth server: {0}")]
     Server(String),
+    #[error("leader election: {0}")]
+    LeaderElection(String),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl Error {
             Error::Kubeconfig(_) => "kubeconfig",
             Error::CrdMissing(_) => "crd_missing",
             Error::Server(_) => "server",
+            Error::LeaderElection(_) => "leader_election",
         }
     }
 }
