@@ -157,7 +157,7 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
     api_keys
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(Error::CrdMissing)?;
+        .map_err(|e| Error::at_startup("list ApiKeys", e))?;
 
     // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
     let managed = format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY_VALUE);
@@ -204,7 +204,7 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
     policies
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(Error::CrdMissing)?;
+        .map_err(|e| Error::at_startup("list TokenPolicies", e))?;
     let owned = watcher::Config::default()
         .labels(token_policy::TOKEN_POLICY_LABEL)
         .any_semantic();
