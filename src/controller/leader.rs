@@ -124,20 +124,11 @@ where
     Fut: Future<Output = Result<()>>,
 {
     lease.validate()?;
-    let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(&lease.identity)
-        .with_duration(lease.duration_seconds)
-        .with_grace(lease.grace_seconds)
-        .with_field_manager(format!("latchkey-lease-{}", lease.identity))
-        .build()
-        .await
-        .map_err(|e| Error::LeaderElection(format!("Lease {}/{}: {e}", lease.namespace, lease.name)))?;
-    let (mut held, mut task) = manager.watch().await;
     let fence = Fence {
-        api: Api::namespaced(client, &lease.namespace),
+        api: Api::namespaced(client.clone(), &lease.namespace),
         config: lease.clone(),
     };
+    let (mut held, mut task) = start_manager(&client, &lease).await?;
     tracing::info!(
         lease = %format!("{}/{}", lease.namespace, lease.name),
         identity = %lease.identity,
@@ -146,30 +137,35 @@ where
         "leader election: standing by for the Lease"
     );
     let mut stop = shutdown_future(shutdown.clone());
+    let mut restarted = Instant::now();
     let result = loop {
-        // Standby: until the Lease manager says we hold it and a read confirms it.
-        let deadline = tokio::select! {
+        // Standby: until the Lease manager says we hold it and a read
+        // confirms it. Every poll a read also looks for a released Lease.
+        let event = tokio::select! {
             biased;
-            _ = &mut stop => break Ok(()),
+            _ = &mut stop => Standby::Stop,
             // The Lease manager never ends while we listen; if it does, nothing is held.
             ended = &mut task => return Err(lease_task_ended(ended)),
-            changed = held.changed() => {
-                if changed.is_err() {
-                    continue;
-                }
-                if !*held.borrow_and_update() {
-                    continue;
-                }
-                match fence.check().await {
-                    Hold::Until(deadline) => deadline,
-                    Hold::Other | Hold::Unknown => {
-                        // Not confirmed yet: look again shortly (the flag stays true).
-                        tokio::time::sleep(fence.config.poll()).await;
-                        held.mark_changed();
-                        continue;
-                    }
-                }
+            _ = held.changed() => Standby::Changed,
+            _ = tokio::time::sleep(fence.config.poll()) => Standby::Tick,
+        };
+        if event == Standby::Stop {
+            break Ok(());
+        }
+        let deadline = match fence.check().await {
+            Hold::Until(deadline) if *held.borrow_and_update() => deadline,
+            Hold::Free if event == Standby::Tick && restarted.elapsed() > 2 * fence.config.poll() => {
+                // Released (a leader shutting down): the Lease manager of a
+                // standby only looks again when the old hold would have
+                // expired, so start a fresh one, which takes a free Lease at
+                // once (Server-Side Apply: of two standbys one wins).
+                task.abort();
+                let _ = (&mut task).await;
+                (held, task) = start_manager(&client, &lease).await?;
+                restarted = Instant::now();
+                continue;
             }
+            _ => continue,
         };
         tracing::info!(identity = %lease.identity, "became the leader: starting the reconcilers");
         let lost = {
@@ -193,7 +189,6 @@ where
                 if *shutdown.borrow() {
                     break Ok(());
                 }
-                held.mark_changed();
             }
         }
     };
@@ -207,6 +202,31 @@ where
         Err(_) => tracing::warn!("the Lease was not released within 5 s"),
     }
     result
+}
+
+/// What woke a standby.
+#[derive(Debug, PartialEq, Eq)]
+enum Standby {
+    Stop,
+    Changed,
+    Tick,
+}
+
+type LeaseTask = tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>;
+
+/// A Lease manager in its automatic mode: the flag says whether we hold
+/// the Lease; the task renews it, or tries to take it.
+async fn start_manager(client: &Client, lease: &LeaseConfig) -> Result<(watch::Receiver<bool>, LeaseTask)> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration_seconds)
+        .with_grace(lease.grace_seconds)
+        .with_field_manager(format!("latchkey-lease-{}", lease.identity))
+        .build()
+        .await
+        .map_err(|e| Error::LeaderElection(format!("Lease {}/{}: {e}", lease.namespace, lease.name)))?;
+    Ok(manager.watch().await)
 }
 
 fn lease_task_ended(
@@ -234,8 +254,10 @@ async fn wait_false(held: &mut watch::Receiver<bool>) {
 enum Hold {
     /// We hold it; stop reconciling at this instant unless renewed.
     Until(Instant),
-    /// Someone else holds it, or no one does.
+    /// Someone else holds it, or our hold is about to end.
     Other,
+    /// No one holds it (released).
+    Free,
     /// The read failed.
     Unknown,
 }
@@ -275,8 +297,8 @@ impl Fence {
             }
             match self.check().await {
                 Hold::Until(d) => deadline = d,
-                Hold::Other => {
-                    tracing::warn!("another process holds the Lease");
+                Hold::Other | Hold::Free => {
+                    tracing::warn!("the Lease is no longer ours");
                     return;
                 }
                 Hold::Unknown => {}
@@ -289,10 +311,12 @@ impl Fence {
 /// (monotonic) = `sent_wall` (wall clock).
 fn hold_of(lease: &Lease, config: &LeaseConfig, sent: Instant, sent_wall: Timestamp) -> Hold {
     let Some(spec) = &lease.spec else {
-        return Hold::Other;
+        return Hold::Free;
     };
-    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
-        return Hold::Other;
+    match spec.holder_identity.as_deref() {
+        None | Some("") => return Hold::Free,
+        Some(holder) if holder != config.identity => return Hold::Other,
+        Some(_) => {}
     }
     let (Some(renewed), Some(duration)) = (&spec.renew_time, spec.lease_duration_seconds) else {
         return Hold::Other;
@@ -357,7 +381,7 @@ mod tests {
         let now = Timestamp::now();
         let sent = Instant::now();
         assert_eq!(hold_of(&lease("you", now, 15), &config(), sent, now), Hold::Other);
-        assert_eq!(hold_of(&Lease::default(), &config(), sent, now), Hold::Other);
+        assert_eq!(hold_of(&Lease::default(), &config(), sent, now), Hold::Free);
         // Renewed 13 s ago: 2 s left, inside the 2.5 s margin.
         let old = now - SignedDuration::from_secs(13);
         assert_eq!(hold_of(&lease("me", old, 15), &config(), sent, now), Hold::Other);
