@@ -13,8 +13,10 @@
 //! once `renewTime + duration` has passed without a renewal, plus a random
 //! 0.1–1 s, so a SIGKILLed leader is replaced after between `grace` and
 //! `duration` seconds (plus that jitter). On SIGTERM the leader stops its
-//! reconcilers gracefully and then releases the Lease, and a standby takes
-//! over within about a second.
+//! reconcilers gracefully and then releases the Lease; standbys read the
+//! Lease every `grace / 4` (the Lease manager of a standby itself looks only
+//! when the old hold would expire), start their manager over when they see
+//! it released, and one takes over within about a second.
 //!
 //! # Why the leader steps down *before* the Lease expires
 //!
