@@ -21,6 +21,26 @@ pub enum Error {
     Server(String),
     #[error("admission webhook: {0}")]
     Webhook(#[from] crate::webhook::WebhookError),
+    #[error("leader election: {0}")]
+    LeaderElection(String),
+    #[error(
+        "latchkey may not {action} ({source}); give its ServiceAccount the chart's RBAC for this namespace, or watch another one"
+    )]
+    Forbidden {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// The error of the first list of a kind at startup: missing RBAC is not a missing CRD.
+    pub fn at_startup(action: &'static str, source: kube::Error) -> Self {
+        match &source {
+            kube::Error::Api(status) if status.code == 403 => Error::Forbidden { action, source },
+            _ => Error::CrdMissing(source),
+        }
+    }
 }
 
 impl Error {
@@ -33,6 +53,8 @@ impl Error {
             Error::CrdMissing(_) => "crd_missing",
             Error::Server(_) => "server",
             Error::Webhook(_) => "webhook",
+            Error::LeaderElection(_) => "leader_election",
+            Error::Forbidden { .. } => "forbidden",
         }
     }
 }

@@ -225,6 +225,64 @@ struct ReconcileArgs {
     /// Name of this instance in Events (for example the pod name).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+/// Leader election: of several controllers only the holder of a Lease reconciles.
+#[derive(clap::Args, Debug)]
+struct LeaseArgs {
+    /// Reconcile without leader election (then run only one controller).
+    #[arg(long, env = "LATCHKEY_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Namespace of the leader-election Lease. Default: $POD_NAMESPACE, else
+    /// the namespace of the kubeconfig's context (or of the service account).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the Lease. Default: `latchkey`, or `latchkey-<NS>` with --watch-namespace NS.
+    #[arg(long, env = "LATCHKEY_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// This process' holder identity. Default: --instance (the pod name), or
+    /// `latchkey`, plus a random suffix per start.
+    #[arg(long)]
+    lease_identity: Option<String>,
+    /// How long a hold lasts without renewal; a standby takes over this long
+    /// after a leader died at the latest.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_duration_seconds: u64,
+    /// How long before expiry the leader renews; it stops reconciling half of
+    /// this before expiry when renewals fail. Less than the duration.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3599))]
+    lease_grace_seconds: u64,
+}
+
+impl LeaseArgs {
+    fn config(
+        &self,
+        client: &kube::Client,
+        watch_namespace: Option<&str>,
+        instance: Option<&str>,
+    ) -> Option<controller::leader::LeaseConfig> {
+        if self.no_leader_election {
+            return None;
+        }
+        Some(controller::leader::LeaseConfig {
+            namespace: self
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            name: self.lease_name.clone().unwrap_or_else(|| match watch_namespace {
+                Some(ns) => format!("latchkey-{ns}"),
+                None => "latchkey".into(),
+            }),
+            identity: self
+                .lease_identity
+                .clone()
+                .unwrap_or_else(|| controller::leader::default_identity(instance)),
+            duration_seconds: self.lease_duration_seconds,
+            grace_seconds: self.lease_grace_seconds,
+        })
+    }
 }
 
 #[tokio::main]
@@ -266,7 +324,8 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
         .issuer_base_url
         .unwrap_or_else(|| controller::DEFAULT_ISSUER_BASE_URL.into());
     let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace, base);
-    controller::run(ctx, options).await
+    let lease = args.reconcile.lease(&ctx.client, &options);
+    controller::run_elected(ctx, options, lease).await
 }
 
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
@@ -300,9 +359,11 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
         args.kube.watch_namespace,
         options.issuer_base_url.clone(),
     );
-    // Both stop on SIGTERM/SIGINT; either failing stops the process.
+    let lease = args.reconcile.lease(&ctx.client, &controller_options);
+    // Both stop on SIGTERM/SIGINT; either failing stops the process. The
+    // server serves on every replica, the controllers run on the leader.
     tokio::try_join!(
-        controller::run(ctx, controller_options),
+        controller::run_elected(ctx, controller_options, lease),
         server::run(
             client.clone(),
             Arc::new(SystemClock),
@@ -315,6 +376,15 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
 }
 
 impl ReconcileArgs {
+    fn lease(
+        &self,
+        client: &kube::Client,
+        options: &controller::Options,
+    ) -> Option<controller::leader::LeaseConfig> {
+        self.lease
+            .config(client, options.namespace.as_deref(), self.instance.as_deref())
+    }
+
     fn context(
         &self,
         client: kube::Client,

@@ -449,6 +449,22 @@ fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
     ] {
         assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
     }
+    // Leader election on a Lease named like the release, in its namespace.
+    let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].as_str());
+    assert_eq!(after("--lease-name"), Some("latchkey"), "args: {args:?}");
+    assert_eq!(after("--lease-duration-seconds"), Some("15"));
+    assert_eq!(after("--lease-grace-seconds"), Some("5"));
+    assert!(!args.contains(&"--no-leader-election".to_owned()));
+    let env_names: Vec<&str> = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        env_names.contains(&"POD_NAMESPACE"),
+        "the Lease's namespace: {env_names:?}"
+    );
     assert_eq!(c["image"].as_str(), Some("ghcr.io/latchkey-dev/latchkey:0.1.0"));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/livez"));
     assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
@@ -526,7 +542,7 @@ fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
     assert_eq!(namespace(this), "latchkey-system");
     assert_eq!(
         verbs(this, "coordination.k8s.io", "leases"),
-        ["get", "create", "update"]
+        ["get", "create", "patch"]
     );
     assert_eq!(verbs(this, "", "secrets"), write);
     let webhook = find(&docs, "ClusterRole", "latchkey-webhook");
@@ -578,6 +594,38 @@ fn values_turn_parts_off_and_on() {
     assert!(!args.iter().any(|a| a.starts_with("--webhook")), "{args:?}");
     let svc = find(&docs, "Service", "latchkey");
     assert_eq!(svc["spec"]["ports"].as_sequence().unwrap().len(), 1);
+
+    // Leader election off (one replica) or with other timing; the timing checked.
+    let args_of = |docs: &[Value]| {
+        strings(&find(docs, "Deployment", "latchkey")["spec"]["template"]["spec"]["containers"][0]["args"])
+    };
+    let args = args_of(&template(&["leaderElection.enabled=false", "replicaCount=1"]));
+    assert!(args.contains(&"--no-leader-election".to_owned()), "{args:?}");
+    assert!(!args.contains(&"--lease-name".to_owned()));
+    let args = args_of(&template(&[
+        "leaderElection.leaseDurationSeconds=30",
+        "leaderElection.leaseGraceSeconds=10",
+    ]));
+    assert!(
+        args.windows(2).any(|w| w == ["--lease-duration-seconds", "30"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["--lease-grace-seconds", "10"]),
+        "{args:?}"
+    );
+    let bad = helm(&[
+        "template",
+        RELEASE,
+        CHART,
+        "--set",
+        "leaderElection.leaseGraceSeconds=15",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("must be at least 1 and less than leaderElection.leaseDurationSeconds")
+    );
 
     // An explicit failure policy and timeout, checked.
     let docs = template(&["webhook.failurePolicy=Ignore", "webhook.timeoutSeconds=3"]);
@@ -892,6 +940,69 @@ fn latchkey_works_under_the_chart_rbac(kubeconfig: &Path, ns: &str, name: &str, 
         std::thread::sleep(Duration::from_millis(250));
     }
     latchkey.assert_never_forbidden();
+    assert!(
+        latchkey.log_text().contains("became the leader"),
+        "latchkey did not win its Lease under the chart's rights:\n{}",
+        latchkey.log_text()
+    );
+}
+
+/// With `watchNamespaces`, the chart's identity itself (its token, not
+/// `--as`) reads a Secret where it works and is refused one elsewhere, and
+/// latchkey pointed at a namespace it has no rights in stops at once with an
+/// error that names the missing rights (not a missing CRD).
+fn refused_outside_its_namespace(kubeconfig: &Path, release_ns: &str, apps: &str, other: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    for ns in [apps, other] {
+        let (ok, out, err) = common::kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: not-latchkeys\n  namespace: {ns}\nstringData:\n  password: p\n"
+            ),
+        );
+        assert!(ok, "{out}{err}");
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = latchkey::client::from_kubeconfig(Some(kubeconfig)).await.unwrap();
+        let here: kube::Api<Secret> = kube::Api::namespaced(client.clone(), apps);
+        assert!(
+            here.get("not-latchkeys").await.is_ok(),
+            "the watched namespace is readable"
+        );
+        let there: kube::Api<Secret> = kube::Api::namespaced(client, other);
+        match there.get("not-latchkeys").await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+            other => panic!(
+                "a Secret of another namespace was not refused: {:?}",
+                other.map(|_| "read")
+            ),
+        }
+    });
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    cmd.args([
+        "controller",
+        "--watch-namespace",
+        other,
+        "--lease-namespace",
+        release_ns,
+        "--kubeconfig",
+    ])
+    .arg(kubeconfig);
+    let out = run_bounded(
+        cmd,
+        "latchkey controller in a namespace without rights",
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "latchkey ran where it has no rights:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("latchkey may not list ApiKeys") && stderr.contains("chart's RBAC"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1006,7 +1117,8 @@ fn helm_install_grants_exactly_the_intended_rights() {
             ("create", "events", a, false), // core/v1 Events are not used
             ("get", "leases.coordination.k8s.io", r, true),
             ("create", "leases.coordination.k8s.io", r, true),
-            ("update", "leases.coordination.k8s.io", r, true),
+            ("patch", "leases.coordination.k8s.io", r, true),
+            ("update", "leases.coordination.k8s.io", r, false),
             ("delete", "leases.coordination.k8s.io", r, false),
             ("create", "leases.coordination.k8s.io", a, false),
             ("get", "validatingwebhookconfigurations/latchkey", None, true),
@@ -1029,7 +1141,13 @@ fn helm_install_grants_exactly_the_intended_rights() {
 
     // The rights are also enough: latchkey itself, as this ServiceAccount.
     let sa_kubeconfig = service_account_kubeconfig(&release_ns, "latchkey");
-    latchkey_works_under_the_chart_rbac(&sa_kubeconfig, &apps, "chart-cluster-wide", &[]);
+    // Its Lease goes where the chart's Role allows Leases: the release's namespace.
+    latchkey_works_under_the_chart_rbac(
+        &sa_kubeconfig,
+        &apps,
+        "chart-cluster-wide",
+        &["--lease-namespace", &release_ns],
+    );
 
     // One watched namespace: the same rights there, none in another namespace.
     helm_ok(&[
@@ -1061,7 +1179,7 @@ fn helm_install_grants_exactly_the_intended_rights() {
             ("patch", "configmaps", a, true),
             ("create", "events.events.k8s.io", a, true),
             ("get", "secrets", r, true),
-            ("update", "leases.coordination.k8s.io", r, true),
+            ("patch", "leases.coordination.k8s.io", r, true),
             ("patch", "validatingwebhookconfigurations/latchkey", None, true),
             ("get", "secrets", o, false),
             ("list", "secrets", o, false),
@@ -1080,8 +1198,9 @@ fn helm_install_grants_exactly_the_intended_rights() {
         &sa_kubeconfig,
         &apps,
         "chart-one-namespace",
-        &["--watch-namespace", &apps],
+        &["--watch-namespace", &apps, "--lease-namespace", &release_ns],
     );
+    refused_outside_its_namespace(&sa_kubeconfig, &release_ns, &apps, &other);
     let _ = std::fs::remove_file(&sa_kubeconfig);
 
     // Uninstall: the release's objects go, the CRDs stay (crds.keep).

@@ -10,6 +10,7 @@
 //! status (`RetryingAfterError`), which therefore cannot trigger an early retry.
 
 mod api_key;
+pub mod leader;
 pub mod plan;
 pub mod policy_ref;
 pub mod schedule;
@@ -43,6 +44,9 @@ pub const RESYNC: Duration = Duration::from_secs(3600);
 /// First and maximum delay after a failed reconcile (doubling in between).
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// How long in-flight reconciles may take to finish after a shutdown request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -112,8 +116,40 @@ pub struct Options {
     pub concurrency: u16,
 }
 
+/// Runs the controllers until SIGTERM or SIGINT: with a Lease, only while
+/// this process holds it (see [`leader`]); without one, all the time.
+pub async fn run_elected(
+    ctx: Arc<Context>,
+    options: Options,
+    lease: Option<leader::LeaseConfig>,
+) -> Result<()> {
+    let Some(lease) = lease else {
+        tracing::warn!("leader election is off: run only one latchkey controller");
+        return run(ctx, options).await;
+    };
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let client = ctx.client.clone();
+    leader::run(client, lease, shutdown, |trigger| {
+        run_until(ctx.clone(), options.clone(), Some(trigger))
+    })
+    .await
+}
+
 /// Runs the ApiKey and TokenPolicy controllers until SIGTERM or SIGINT.
 pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
+    run_until(ctx, options, None).await
+}
+
+/// Runs the ApiKey and TokenPolicy controllers until `shutdown` completes
+/// (then in-flight reconciles finish), or, without one, until SIGTERM or SIGINT.
+pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shutdown>) -> Result<()> {
+    let stop = |c| with_shutdown(c, &shutdown);
+    let stop_policies = |c| with_shutdown(c, &shutdown);
     let client = ctx.client.clone();
     let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) = match &options.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
@@ -122,7 +158,7 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
     api_keys
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(Error::CrdMissing)?;
+        .map_err(|e| Error::at_startup("list ApiKeys", e))?;
 
     // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
     let managed = format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY_VALUE);
@@ -152,35 +188,36 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let api_key_controller = Controller::for_stream(api_key_changes, reader)
-        .owns(
-            secrets.clone(),
-            watcher::Config::default().labels(&managed).any_semantic(),
-        )
-        .watches(
-            policies_for_keys,
-            watcher::Config::default().any_semantic(),
-            move |policy: TokenPolicy| {
-                let (ns, name) = (policy.metadata.namespace, policy.metadata.name);
-                referring
-                    .state()
-                    .into_iter()
-                    .filter(|ak| {
-                        ak.metadata.namespace == ns
-                            && ak.spec.token_policy_ref.as_ref().map(|r| &r.name) == name.as_ref()
-                    })
-                    .map(|ak| ObjectRef::from_obj(&*ak))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .with_config(controller::Config::default().concurrency(options.concurrency))
-        .shutdown_on_signal()
-        .run(reconcile_and_track, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile round ended with an error");
-            }
-        });
+    let api_key_controller = stop(
+        Controller::for_stream(api_key_changes, reader)
+            .owns(
+                secrets.clone(),
+                watcher::Config::default().labels(&managed).any_semantic(),
+            )
+            .watches(
+                policies_for_keys,
+                watcher::Config::default().any_semantic(),
+                move |policy: TokenPolicy| {
+                    let (ns, name) = (policy.metadata.namespace, policy.metadata.name);
+                    referring
+                        .state()
+                        .into_iter()
+                        .filter(|ak| {
+                            ak.metadata.namespace == ns
+                                && ak.spec.token_policy_ref.as_ref().map(|r| &r.name) == name.as_ref()
+                        })
+                        .map(|ak| ObjectRef::from_obj(&*ak))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .with_config(controller::Config::default().concurrency(options.concurrency)),
+    )
+    .run(reconcile_and_track, error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "reconcile round ended with an error");
+        }
+    });
 
     // TokenPolicies: their signing-key Secrets and JWKS ConfigMaps.
     let client = ctx.client.clone();
@@ -191,7 +228,7 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
     policies
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(Error::CrdMissing)?;
+        .map_err(|e| Error::at_startup("list TokenPolicies", e))?;
     let owned = watcher::Config::default()
         .labels(token_policy::TOKEN_POLICY_LABEL)
         .any_semantic();
@@ -206,20 +243,54 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
         predicates::generation.combine(predicates::annotations),
         Default::default(),
     );
-    let policy_controller = Controller::for_stream(policy_changes, policy_reader)
-        .owns(secrets, owned.clone())
-        .owns(config_maps, owned)
-        .with_config(controller::Config::default().concurrency(4))
-        .shutdown_on_signal()
-        .run(reconcile_policy_and_track, policy_error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "TokenPolicy reconcile round ended with an error");
+    let policy_controller = stop_policies(
+        Controller::for_stream(policy_changes, policy_reader)
+            .owns(secrets, owned.clone())
+            .owns(config_maps, owned)
+            .with_config(controller::Config::default().concurrency(4)),
+    )
+    .run(reconcile_policy_and_track, policy_error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(err) = result {
+            tracing::debug!(error = %err, "TokenPolicy reconcile round ended with an error");
+        }
+    });
+    let controllers = async {
+        futures::join!(api_key_controller, policy_controller);
+    };
+    match shutdown {
+        // A shutdown right after start can leave a controller waiting for a
+        // first list that no longer comes: in-flight reconciles get a
+        // bounded time to finish, then they are dropped.
+        Some(trigger) => {
+            use futures::FutureExt;
+            let overdue = trigger.then(|()| tokio::time::sleep(SHUTDOWN_GRACE));
+            tokio::select! {
+                () = controllers => {}
+                () = overdue => tracing::warn!(
+                    grace_s = SHUTDOWN_GRACE.as_secs(),
+                    "the reconcilers did not stop in time after shutdown; dropping them"
+                ),
             }
-        });
-    futures::join!(api_key_controller, policy_controller);
+        }
+        None => controllers.await,
+    }
     tracing::info!("ApiKey controller stopped");
     Ok(())
+}
+
+/// A trigger that makes the controllers stop gracefully (in-flight reconciles finish).
+pub type Shutdown = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+fn with_shutdown<K>(controller: Controller<K>, shutdown: &Option<Shutdown>) -> Controller<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + std::fmt::Debug + Unpin,
+{
+    match shutdown {
+        Some(trigger) => controller.graceful_shutdown_on(trigger.clone()),
+        None => controller.shutdown_on_signal(),
+    }
 }
 
 async fn reconcile_policy_and_track(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action> {

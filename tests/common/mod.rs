@@ -4,6 +4,15 @@
 //! already up); if the cluster cannot be started the test fails with the
 //! script's output. Each test works in a namespace of its own and runs its
 //! own `latchkey controller --watch-namespace <ns>`, stopped by PID on drop.
+//!
+//! latchkey itself runs under exactly the chart's rights: once per test
+//! binary the chart's ServiceAccount and RBAC are rendered with `helm
+//! template` (release [`E2E_RELEASE`] in [`LATCHKEY_NS`]) and applied, and
+//! every latchkey process gets a kubeconfig with a token of that
+//! ServiceAccount ([`latchkey_kubeconfig`]). The tests' own kubectl and
+//! clients stay admin. Each controller elects itself on a Lease of its own in
+//! [`LATCHKEY_NS`] (where the chart's Role allows Leases), so parallel tests
+//! never wait for each other; tests/cluster_ha.rs shares one between two.
 #![allow(dead_code)]
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -56,6 +65,125 @@ pub fn kubeconfig() -> &'static Path {
         ]);
         path
     })
+}
+
+/// The namespace latchkey's chart is rendered into for the tests (its
+/// ServiceAccount, the Role for Leases).
+pub const LATCHKEY_NS: &str = "latchkey-system";
+/// The release name of that render (also the ServiceAccount's name); not
+/// `latchkey`, so that tests/chart.rs can install and uninstall a release
+/// `latchkey` without touching these objects.
+pub const E2E_RELEASE: &str = "latchkey-e2e";
+/// Prefix of the tests' Lease names.
+pub const LEASE_PREFIX: &str = "e2e-";
+
+/// A kubeconfig that authenticates as the chart's ServiceAccount (a
+/// two-hour token), after applying the chart's ServiceAccount and RBAC once
+/// per test binary. latchkey processes run with it, so every test shows the
+/// chart's rights are enough.
+pub fn latchkey_kubeconfig() -> &'static Path {
+    static SA_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+    SA_KUBECONFIG.get_or_init(|| {
+        let admin = kubeconfig();
+        let (_, _, _) = kubectl(&["create", "namespace", LATCHKEY_NS]);
+        let rbac = chart_rbac();
+        let (ok, out, err) = kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &rbac,
+        );
+        assert!(ok, "applying the chart's RBAC failed:\n{out}{err}\n{rbac}");
+        remove_stale_leases();
+        let token = kubectl_ok(&[
+            "create",
+            "token",
+            E2E_RELEASE,
+            "-n",
+            LATCHKEY_NS,
+            "--duration=2h",
+        ]);
+        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+        let cluster = &admin["clusters"][0]["cluster"];
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": {
+                "server": cluster["server"].as_str().expect("the admin kubeconfig names the server"),
+                "certificate-authority-data": cluster["certificate-authority-data"].as_str().expect("and its CA"),
+            }}],
+            "users": [{"name": E2E_RELEASE, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "chart-sa", "context": {"cluster": "e2e", "user": E2E_RELEASE}}],
+            "current-context": "chart-sa",
+        });
+        let path = std::env::temp_dir().join(format!("latchkey-e2e-sa-{}.kubeconfig", std::process::id()));
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        path
+    })
+}
+
+/// `helm template` of the repository's chart, cut down to the ServiceAccount
+/// and its RBAC (no CRDs: applied from crds/; no Deployment, Service,
+/// webhook configuration: nothing runs them here).
+pub fn chart_rbac() -> String {
+    use serde::Deserialize;
+    let out = Command::new(cluster_script())
+        .args(["helm", "template", E2E_RELEASE])
+        .arg(repo().join("charts/latchkey"))
+        .args(["--namespace", LATCHKEY_NS])
+        .output()
+        .expect("run e2e/cluster helm template");
+    assert!(
+        out.status.success(),
+        "helm template of the chart failed (e2e/cluster helm):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let keep = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    let docs: Vec<String> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("helm renders valid YAML"))
+        .filter(|d| keep.contains(&d["kind"].as_str().unwrap_or_default()))
+        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .collect();
+    assert!(
+        docs.len() >= 5,
+        "the chart rendered too few RBAC objects:\n{text}"
+    );
+    docs.join("---\n")
+}
+
+/// Deletes the tests' Leases that nobody has renewed for ten minutes (left
+/// by earlier runs; a Lease of a running test is renewed every few seconds).
+fn remove_stale_leases() {
+    let list = kubectl_ok(&[
+        "get",
+        "leases",
+        "-n",
+        LATCHKEY_NS,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.metadata.creationTimestamp} {.spec.renewTime}{\"\\n\"}{end}",
+    ]);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let stale: Vec<&str> = list
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (name, created) = (parts.next()?, parts.next()?);
+            let last = parts.next().unwrap_or(created);
+            let last: k8s_openapi::jiff::Timestamp = last.parse().ok()?;
+            (name.starts_with(LEASE_PREFIX) && now.duration_since(last).as_secs() > 600).then_some(name)
+        })
+        .collect();
+    if !stale.is_empty() {
+        let mut args = vec!["delete", "lease", "-n", LATCHKEY_NS, "--wait=false"];
+        args.extend(stale);
+        let _ = kubectl(&args);
+    }
 }
 
 /// Runs the built kubectl against the cluster; returns (success, stdout, stderr).
@@ -173,21 +301,44 @@ impl ControllerProcess {
         (process, format!("http://{addr}"))
     }
 
-    /// `latchkey <args…> --watch-namespace NS --kubeconfig …`.
+    /// `latchkey <args…> --watch-namespace NS --kubeconfig <the chart's
+    /// ServiceAccount>`; `controller` and `run` elect themselves on a Lease
+    /// of their own (`e2e-<NS>-<n>` in [`LATCHKEY_NS`]).
     pub fn start_with(namespace: &str, args: &[&str]) -> Self {
+        let lease = format!("{LEASE_PREFIX}{namespace}-{}", rand_suffix());
+        Self::start_elected(namespace, args, &lease, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), on Lease `lease` with
+    /// `lease_args` (identity, timing) for `controller` and `run`.
+    pub fn start_elected(namespace: &str, args: &[&str], lease: &str, lease_args: &[&str]) -> Self {
         let log =
             std::env::temp_dir().join(format!("latchkey-{}-{namespace}-{}.log", args[0], rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
+        let elects = matches!(args[0], "controller" | "run");
+        let lease_flags: Vec<&str> = if elects {
+            let mut flags = vec!["--lease-namespace", LATCHKEY_NS, "--lease-name", lease];
+            flags.extend_from_slice(lease_args);
+            flags
+        } else {
+            Vec::new()
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
             .args(args)
+            .args(&lease_flags)
             .args(["--watch-namespace", namespace, "--kubeconfig"])
-            .arg(kubeconfig())
+            .arg(latchkey_kubeconfig())
             .env("RUST_LOG", "info,latchkey=debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("start latchkey controller");
         Self { child, log }
+    }
+
+    /// The process id (for tests that must tell replicas apart).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, by PID.
