@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{ControllerProcess, TestNamespace, eventually, free_port, kubectl, kubectl_ok, kubectl_stdin};
+use common::{
+    ControllerProcess, E2E_RELEASE, LATCHKEY_NS, TestNamespace, eventually, free_port, kubectl, kubectl_ok,
+    kubectl_stdin, latchkey_kubeconfig,
+};
 use latchkey::{conditions, crd::ApiKey};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,8 +25,30 @@ struct Webhook {
     keep_configuration: bool,
 }
 
+/// Out of cluster, `--webhook-url` makes latchkey create its own
+/// configuration: a development right the chart does not grant (in cluster
+/// it may only patch the chart's one configuration). The tests run latchkey
+/// as the chart's ServiceAccount, so they add exactly this right, once.
+fn grant_development_webhook_rights() {
+    static GRANTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    GRANTED.get_or_init(|| {
+        latchkey_kubeconfig();
+        let manifest = format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: latchkey-e2e-webhook-dev\n\
+             rules:\n- apiGroups: [admissionregistration.k8s.io]\n  resources: [validatingwebhookconfigurations]\n  \
+             verbs: [get, create, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata:\n  name: latchkey-e2e-webhook-dev\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  \
+             kind: ClusterRole\n  name: latchkey-e2e-webhook-dev\nsubjects:\n- kind: ServiceAccount\n  \
+             name: {E2E_RELEASE}\n  namespace: {LATCHKEY_NS}\n"
+        );
+        let (ok, out, err) = kubectl_stdin(&["apply", "--server-side", "-f", "-"], &manifest);
+        assert!(ok, "granting the development webhook rights failed:\n{out}{err}");
+    });
+}
+
 impl Webhook {
     fn start(ns: &str, extra: &[&str]) -> Self {
+        grant_development_webhook_rights();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let url = format!("https://{addr}/validate");
