@@ -112,6 +112,11 @@ struct WebhookArgs {
     /// Operations on latchkey's Secrets checked by a configuration latchkey creates.
     #[arg(long, default_value = "UPDATE,DELETE", value_delimiter = ',')]
     webhook_secret_operations: Vec<String>,
+    /// cert-manager mode: serve the certificate mounted in this directory
+    /// (tls.crt, tls.key; reloaded when it changes), keep no CA and leave
+    /// caBundle to cert-manager's CA injector.
+    #[arg(long, env = "LATCHKEY_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
     /// Lifetime of the serving certificate (tests shorten it).
     #[arg(long, default_value_t = 30 * 24 * 3600, hide = true)]
     webhook_cert_validity_seconds: u64,
@@ -162,7 +167,8 @@ impl WebhookArgs {
             cert_validity: std::time::Duration::from_secs(self.webhook_cert_validity_seconds),
             renew_before: std::time::Duration::from_secs(self.webhook_cert_renew_before_seconds),
             sync_interval: std::time::Duration::from_secs(self.webhook_sync_seconds),
-            inject_ca: true,
+            inject_ca: self.webhook_cert_dir.is_none(),
+            cert_dir: self.webhook_cert_dir.clone(),
         }))
     }
 }

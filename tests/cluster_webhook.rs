@@ -560,3 +560,196 @@ async fn the_serving_certificate_rotates_under_load_without_a_failed_call_and_a_
     assert_eq!(again.ca_bundle(), bundle, "caBundle unchanged");
     assert!(again.process.log_text().contains("admission webhook listening"));
 }
+
+/// openssl, in `dir`; panics with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A serving certificate for 127.0.0.1 signed by `ca.crt` in `dir`, written
+/// as `mounted/tls.crt` and `mounted/tls.key` (what a cert-manager
+/// Certificate Secret mounted in the pod holds).
+fn issue_mounted(dir: &std::path::Path, serial: u32) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "next.key",
+            "-out",
+            "next.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "next.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "1",
+            "-out",
+            "next.crt",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    // Key first, then certificate: the reload only swaps when both parse.
+    std::fs::copy(dir.join("next.key"), dir.join("mounted/tls.key")).unwrap();
+    std::fs::copy(dir.join("next.crt"), dir.join("mounted/tls.crt")).unwrap();
+}
+
+#[tokio::test]
+async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bundle_alone() {
+    use base64::Engine;
+    let ns = TestNamespace::new("lk-wh-certmgr").await;
+    let n = ns.name.as_str();
+    let dir = std::env::temp_dir().join(format!("latchkey-certmgr-{n}"));
+    std::fs::create_dir_all(dir.join("mounted")).unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=stand-in cert-manager CA",
+        ],
+    );
+    issue_mounted(&dir, 1);
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+
+    // The configuration as the chart (and cert-manager's CA injector) make it.
+    let port = free_port();
+    let configuration = format!("latchkey-test-{n}");
+    let vwc = format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: {configuration}\n\
+         webhooks:\n- name: resources.latchkey.dev\n  admissionReviewVersions: [v1]\n  sideEffects: None\n  failurePolicy: Fail\n  \
+         timeoutSeconds: 5\n  clientConfig:\n    url: https://127.0.0.1:{port}/validate\n    caBundle: {ca_bundle}\n  \
+         namespaceSelector:\n    matchLabels:\n      kubernetes.io/metadata.name: {n}\n  rules:\n  - apiGroups: [latchkey.dev]\n    \
+         apiVersions: [\"*\"]\n    operations: [CREATE, UPDATE]\n    resources: [apikeys, tokenpolicies]\n"
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &vwc);
+    assert!(ok, "{out}{err}");
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = kubectl(&[
+                "delete",
+                "validatingwebhookconfiguration",
+                &self.0,
+                "--ignore-not-found",
+            ]);
+        }
+    }
+    let _cleanup = Cleanup(configuration.clone());
+
+    let addr = format!("127.0.0.1:{port}");
+    let cert_dir = dir.join("mounted").display().to_string();
+    let (process, _) = ControllerProcess::start_run(
+        n,
+        &[
+            "--webhook-addr",
+            &addr,
+            "--webhook-cert-dir",
+            &cert_dir,
+            "--webhook-configuration-name",
+            &configuration,
+            "--webhook-sync-seconds",
+            "1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no webhook on {addr}:\n{}",
+            process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kubectl_ok(&["create", "secret", "generic", "db-creds", "-n", n]);
+    let refused = |round: &str| {
+        assert_refused(
+            &apikey(n, &format!("thief-{round}"), "  secretName: db-creds\n"),
+            "Secret \"db-creds\" already exists in this namespace and does not belong to this ApiKey",
+        )
+    };
+    // The API server trusts the stand-in CA and reaches latchkey: verdicts arrive.
+    eventually(
+        Duration::from_secs(20),
+        "the API server calls the webhook",
+        || async {
+            let (ok, out) = apply(&apikey(n, "probe", "  secretName: db-creds\n"), true);
+            (!ok && out.contains("does not belong to this ApiKey")).then_some(())
+        },
+    )
+    .await;
+    refused("first");
+    // cert-manager renews: latchkey swaps the new certificate in without a restart.
+    issue_mounted(&dir, 2);
+    eventually(
+        Duration::from_secs(20),
+        "latchkey loads the renewed certificate",
+        || async {
+            process
+                .log_text()
+                .contains("loaded the renewed mounted serving certificate")
+                .then_some(())
+        },
+    )
+    .await;
+    refused("second");
+    // latchkey never touched the caBundle and kept no CA Secret.
+    let bundle = kubectl_ok(&[
+        "get",
+        "validatingwebhookconfiguration",
+        &configuration,
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    ]);
+    assert_eq!(bundle.trim(), ca_bundle);
+    assert!(!exists("secret", "latchkey-webhook-ca", n));
+    let log = process.log_text();
+    assert!(!log.contains("BEGIN"), "no PEM in the log");
+}

@@ -119,6 +119,44 @@ pub struct Options {
     /// Whether this process writes the configuration (the leader's job; see
     /// the module comment).
     pub inject_ca: bool,
+    /// cert-manager mode: serve `tls.crt`/`tls.key` from this directory
+    /// (a mounted Certificate Secret, re-read every `sync_interval`), keep
+    /// no CA and leave `caBundle` to cert-manager's CA injector.
+    pub cert_dir: Option<std::path::PathBuf>,
+}
+
+/// Reads `tls.crt` and `tls.key` from a mounted certificate directory.
+fn read_mounted(dir: &std::path::Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read =
+        |f: &str| std::fs::read(dir.join(f)).map_err(|_| TlsError::BadMounted(dir.display().to_string()));
+    Ok((read("tls.crt")?, read("tls.key")?))
+}
+
+/// cert-manager mode: swaps in the mounted certificate whenever its files
+/// change (the kubelet updates a mounted Secret in place).
+async fn reload_mounted(
+    dir: std::path::PathBuf,
+    certs: Arc<SwappableCert>,
+    every: Duration,
+    mut current: (Vec<u8>, Vec<u8>),
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match read_mounted(&dir) {
+            Ok(files) if files != current => {
+                match tls::certified_key_from_pem(&files.0, &files.1, &dir.display().to_string()) {
+                    Ok(key) => {
+                        certs.swap(key);
+                        current = files;
+                        tracing::info!(dir = %dir.display(), "loaded the renewed mounted serving certificate");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "keeping the previous serving certificate"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "keeping the previous serving certificate"),
+        }
+    }
 }
 
 impl Options {
@@ -396,6 +434,36 @@ pub async fn run(
         options.allowed_users.iter().cloned().collect()
     };
     tracing::info!(users = ?allowed_users, "only these users (and Kubernetes' cleanup) may change latchkey's Secrets");
+    if let Some(dir) = options.cert_dir.clone() {
+        // cert-manager mode: its certificate, its CA injection; no CA Secret
+        // and no configuration writes of ours.
+        let files = read_mounted(&dir)?;
+        let first = tls::certified_key_from_pem(&files.0, &files.1, &dir.display().to_string())?;
+        let certs = Arc::new(SwappableCert::new(first));
+        let tls_config = tls::server_config(certs.clone())?;
+        let reloader = tokio::spawn(reload_mounted(dir.clone(), certs, options.sync_interval, files));
+        let listener = tokio::net::TcpListener::bind(options.addr)
+            .await
+            .map_err(|source| WebhookError::Listen {
+                addr: options.addr,
+                source,
+            })?;
+        tracing::info!(addr = %options.addr, dir = %dir.display(), "admission webhook listening (TLS, mounted certificate)");
+        let app = router(Arc::new(WebhookState {
+            client,
+            config: admission::Config { allowed_users },
+        }));
+        serve_tls(
+            listener,
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
+            app,
+            shutdown,
+        )
+        .await;
+        reloader.abort();
+        tracing::info!("admission webhook stopped");
+        return Ok(());
+    }
     let ca = load_or_create_ca(&client, &options.ca_secret).await?;
     let names = options.serving_names();
     let (first, mut not_after) = ca.issue(&names, SystemTime::now(), options.cert_validity)?;

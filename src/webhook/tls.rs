@@ -29,6 +29,28 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("a SAN {0:?} is neither an IP address nor a DNS name")]
     BadName(String),
+    #[error("the mounted serving certificate in {0} is unreadable or not PEM (expected tls.crt and tls.key)")]
+    BadMounted(String),
+}
+
+/// A serving certificate from PEM files someone else issued (cert-manager):
+/// the chain in `tls.crt`, the key in `tls.key`.
+pub fn certified_key_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    what: &str,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = || TlsError::BadMounted(what.to_owned());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    if chain.is_empty() {
+        return Err(bad());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| bad())?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
 /// The CA's subject. Never change it: the issuer of serving certificates is
