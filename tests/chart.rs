@@ -1226,3 +1226,56 @@ fn helm_install_grants_exactly_the_intended_rights() {
         started.elapsed()
     );
 }
+
+#[test]
+fn cert_manager_mode_mounts_its_certificate_and_lets_it_inject_the_ca() {
+    let docs = template(&["webhook.certManager.enabled=true"]);
+    let cert = find(&docs, "Certificate", "latchkey-webhook");
+    assert_eq!(cert["spec"]["secretName"].as_str(), Some("latchkey-webhook-tls"));
+    assert_eq!(
+        cert["spec"]["dnsNames"][0].as_str(),
+        Some("latchkey.latchkey-system.svc")
+    );
+    assert_eq!(cert["spec"]["issuerRef"]["kind"].as_str(), Some("Issuer"));
+    find(&docs, "Issuer", "latchkey-webhook");
+    let vwc = find(&docs, "ValidatingWebhookConfiguration", "latchkey");
+    assert_eq!(
+        vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some("latchkey-system/latchkey-webhook")
+    );
+    let deploy = find(&docs, "Deployment", "latchkey");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<String> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--webhook-cert-dir", "/etc/latchkey/webhook-tls"]),
+        "{args:?}"
+    );
+    assert!(
+        !args.contains(&"--webhook-ca-secret".to_owned()),
+        "no CA of its own: {args:?}"
+    );
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"].as_str(),
+        Some("/etc/latchkey/webhook-tls")
+    );
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"].as_str(),
+        Some("latchkey-webhook-tls")
+    );
+    // With an issuer of one's own, no self-signed Issuer.
+    let docs = template(&[
+        "webhook.certManager.enabled=true",
+        "webhook.certManager.issuerRef.name=corp-ca",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    ]);
+    assert!(!docs.iter().any(|d| d["kind"].as_str() == Some("Issuer")));
+    let cert = find(&docs, "Certificate", "latchkey-webhook");
+    assert_eq!(cert["spec"]["issuerRef"]["name"].as_str(), Some("corp-ca"));
+}
