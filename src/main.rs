@@ -169,6 +169,7 @@ impl WebhookArgs {
             sync_interval: std::time::Duration::from_secs(self.webhook_sync_seconds),
             inject_ca: self.webhook_cert_dir.is_none(),
             cert_dir: self.webhook_cert_dir.clone(),
+            leading: None,
         }))
     }
 }
@@ -366,10 +367,16 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
         options.issuer_base_url.clone(),
     );
     let lease = args.reconcile.lease(&ctx.client, &controller_options);
+    // Only the leader writes the webhook configuration's caBundle.
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let webhook = webhook.map(|w| latchkey::webhook::Options {
+        leading: Some(leading.clone()),
+        ..w
+    });
     // Both stop on SIGTERM/SIGINT; either failing stops the process. The
     // server serves on every replica, the controllers run on the leader.
     tokio::try_join!(
-        controller::run_elected(ctx, controller_options, lease),
+        controller::run_elected_with(ctx, controller_options, lease, leading),
         server::run(
             client.clone(),
             Arc::new(SystemClock),

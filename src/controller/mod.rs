@@ -123,8 +123,38 @@ pub async fn run_elected(
     options: Options,
     lease: Option<leader::LeaseConfig>,
 ) -> Result<()> {
+    run_elected_with(ctx, options, lease, Arc::default()).await
+}
+
+/// Sets the flag while alive, clears it when dropped (the leader's work is
+/// dropped mid-flight when the Lease is lost).
+struct Leading(Arc<std::sync::atomic::AtomicBool>);
+
+impl Leading {
+    fn new(flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        flag.store(true, std::sync::atomic::Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// [`run_elected`], with `leading` true exactly while this process runs the
+/// controllers (other leader-only work, such as writing the webhook's
+/// caBundle, reads it).
+pub async fn run_elected_with(
+    ctx: Arc<Context>,
+    options: Options,
+    lease: Option<leader::LeaseConfig>,
+    leading: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
     let Some(lease) = lease else {
         tracing::warn!("leader election is off: run only one latchkey controller");
+        let _leading = Leading::new(leading);
         return run(ctx, options).await;
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -135,7 +165,12 @@ pub async fn run_elected(
     });
     let client = ctx.client.clone();
     leader::run(client, lease, shutdown, |trigger| {
-        run_until(ctx.clone(), options.clone(), Some(trigger))
+        let work = run_until(ctx.clone(), options.clone(), Some(trigger));
+        let leading = leading.clone();
+        async move {
+            let _leading = Leading::new(leading);
+            work.await
+        }
     })
     .await
 }

@@ -18,11 +18,11 @@
 //! the tests) latchkey creates or updates the whole configuration
 //! (`--webhook-configuration-name`) with that URL, Server-Side Apply. In
 //! cluster the chart creates it with a Service reference and latchkey only
-//! patches `caBundle` into it. Leader election hook: the sync is idempotent
-//! (every replica holds the same CA), so today every replica runs it; once
-//! leader election lands, pass `Options::inject_ca = false` on standbys (or
-//! gate [`sync_configuration`] on the lease) to leave the writes to the
-//! leader.
+//! patches `caBundle` into it. Under `latchkey run` only the leader writes
+//! it (`Options::leading`, set while this replica holds the controllers'
+//! Lease); every replica serves reviews. A `latchkey serve` without a
+//! controller writes it too: the write is idempotent, every replica holds
+//! the same CA.
 //!
 //! **latchkey's identity.** Only latchkey may change or delete the Secrets
 //! it manages. Who "latchkey" is comes from `--webhook-allowed-user`
@@ -123,6 +123,9 @@ pub struct Options {
     /// (a mounted Certificate Secret, re-read every `sync_interval`), keep
     /// no CA and leave `caBundle` to cert-manager's CA injector.
     pub cert_dir: Option<std::path::PathBuf>,
+    /// With leader election (`latchkey run`): true while this replica leads;
+    /// only the leader writes the configuration. `None`: always write.
+    pub leading: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Reads `tls.crt` and `tls.key` from a mounted certificate directory.
@@ -577,7 +580,12 @@ async fn sync_round(client: &Client, options: &Options, serving: &Serving) {
         }
         Err(e) => tracing::warn!(error = %short_error(&e), "could not read the webhook CA Secret"),
     }
+    let leads = options
+        .leading
+        .as_ref()
+        .is_none_or(|l| l.load(std::sync::atomic::Ordering::Acquire));
     if options.inject_ca
+        && leads
         && let Err(e) = sync_configuration(client, options, &serving.ca_pem()).await
     {
         tracing::warn!(error = %e, "could not update the ValidatingWebhookConfiguration; retrying");
