@@ -214,6 +214,15 @@ pub(super) async fn apply_status(
 }
 
 pub(super) async fn publish(ctx: &Context, api_key: &ApiKey, note: Note) {
+    publish_to(ctx, &api_key.object_ref(&()), note).await
+}
+
+/// Records `note` as an Event about `object`, best effort.
+pub(super) async fn publish_to(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    note: Note,
+) {
     let event = Event {
         type_: if note.warning {
             EventType::Warning
@@ -225,7 +234,7 @@ pub(super) async fn publish(ctx: &Context, api_key: &ApiKey, note: Note) {
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(err) = ctx.recorder.publish(&event, &api_key.object_ref(&())).await {
+    if let Err(err) = ctx.recorder.publish(&event, object).await {
         tracing::warn!(error = %err, reason = note.reason, "could not record an Event");
     }
 }

@@ -22,7 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -294,6 +293,40 @@ fn labels(policy: &TokenPolicy) -> BTreeMap<String, String> {
     ])
 }
 
+/// Metadata of an object the policy owns: its name, the policy's labels and
+/// a controller owner reference (garbage-collected with the policy).
+fn owned_metadata(policy: &TokenPolicy, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: policy.metadata.namespace.clone(),
+        labels: Some(labels(policy)),
+        owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// Server-Side Apply of a core/v1 object under [`FIELD_MANAGER`].
+async fn apply_core<K>(api: &Api<K>, name: &str, object: &K, action: &'static str) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + serde::Serialize
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let mut body = serde_json::to_value(object).expect("a core object serializes");
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .during(action)?;
+    Ok(())
+}
+
 async fn apply_secret(
     secrets: &Api<Secret>,
     policy: &TokenPolicy,
@@ -301,29 +334,12 @@ async fn apply_secret(
     data: BTreeMap<String, Vec<u8>>,
 ) -> Result<()> {
     let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: policy.metadata.namespace.clone(),
-            labels: Some(labels(policy)),
-            owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: owned_metadata(policy, name),
         type_: Some("Opaque".into()),
         data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
         ..Default::default()
     };
-    let mut body = serde_json::to_value(&secret).expect("a Secret serializes");
-    body["apiVersion"] = "v1".into();
-    body["kind"] = "Secret".into();
-    secrets
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .during("applying the signing-key Secret")?;
-    Ok(())
+    apply_core(secrets, name, &secret, "applying the signing-key Secret").await
 }
 
 async fn apply_config_map(
@@ -333,28 +349,11 @@ async fn apply_config_map(
     jwks: String,
 ) -> Result<()> {
     let cm = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: policy.metadata.namespace.clone(),
-            labels: Some(labels(policy)),
-            owner_references: policy.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
+        metadata: owned_metadata(policy, name),
         data: Some(BTreeMap::from([(JWKS_DATA_KEY.to_owned(), jwks)])),
         ..Default::default()
     };
-    let mut body = serde_json::to_value(&cm).expect("a ConfigMap serializes");
-    body["apiVersion"] = "v1".into();
-    body["kind"] = "ConfigMap".into();
-    config_maps
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .during("applying the JWKS ConfigMap")?;
-    Ok(())
+    apply_core(config_maps, name, &cm, "applying the JWKS ConfigMap").await
 }
 
 /// Writes `status` with `phase` unless the object already has exactly that.
@@ -414,18 +413,5 @@ pub async fn record_failure(policy: &TokenPolicy, err: &Error, delay: Duration, 
 }
 
 async fn publish(ctx: &Context, policy: &TokenPolicy, note: Note) {
-    let event = Event {
-        type_: if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: note.reason.into(),
-        note: Some(note.message),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        tracing::warn!(error = %err, reason = note.reason, "could not record an Event");
-    }
+    super::api_key::publish_to(ctx, &policy.object_ref(&()), note).await
 }

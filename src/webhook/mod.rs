@@ -445,27 +445,10 @@ pub async fn run(
         let certs = Arc::new(SwappableCert::new(first));
         let tls_config = tls::server_config(certs.clone())?;
         let reloader = tokio::spawn(reload_mounted(dir.clone(), certs, options.sync_interval, files));
-        let listener = tokio::net::TcpListener::bind(options.addr)
-            .await
-            .map_err(|source| WebhookError::Listen {
-                addr: options.addr,
-                source,
-            })?;
-        tracing::info!(addr = %options.addr, dir = %dir.display(), "admission webhook listening (TLS, mounted certificate)");
-        let app = router(Arc::new(WebhookState {
-            client,
-            config: admission::Config { allowed_users },
-        }));
-        serve_tls(
-            listener,
-            tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)),
-            app,
-            shutdown,
-        )
-        .await;
+        tracing::info!(dir = %dir.display(), "serving the mounted certificate");
+        let served = listen_and_serve(options.addr, tls_config, client, allowed_users, shutdown).await;
         reloader.abort();
-        tracing::info!("admission webhook stopped");
-        return Ok(());
+        return served;
     }
     let ca = load_or_create_ca(&client, &options.ca_secret).await?;
     let names = options.serving_names();
@@ -523,13 +506,25 @@ pub async fn run(
         })
     };
 
-    let listener = tokio::net::TcpListener::bind(options.addr)
+    tracing::info!(names = ?serving.names, "serving certificates of latchkey's CA");
+    let served = listen_and_serve(options.addr, tls_config, client, allowed_users, shutdown).await;
+    renewer.abort();
+    syncer.abort();
+    served
+}
+
+/// Binds `addr` and serves `/validate` over TLS until `shutdown`.
+async fn listen_and_serve(
+    addr: SocketAddr,
+    tls_config: rustls::ServerConfig,
+    client: Client,
+    allowed_users: BTreeSet<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WebhookError> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| WebhookError::Listen {
-            addr: options.addr,
-            source,
-        })?;
-    tracing::info!(addr = %options.addr, names = ?serving.names, "admission webhook listening (TLS)");
+        .map_err(|source| WebhookError::Listen { addr, source })?;
+    tracing::info!(%addr, "admission webhook listening (TLS)");
     let app = router(Arc::new(WebhookState {
         client,
         config: admission::Config { allowed_users },
@@ -541,8 +536,6 @@ pub async fn run(
         shutdown,
     )
     .await;
-    renewer.abort();
-    syncer.abort();
     tracing::info!("admission webhook stopped");
     Ok(())
 }
