@@ -499,7 +499,10 @@ async fn throughput() {
         plain.push(open_loop(lk, "/livez", &key, target, seconds, 8));
     }
     let med_p = |v: &[Paced], f: fn(&Paced) -> f64| median(v.iter().map(f).collect());
-    for (name, runs) in [("valid-key decision", &decided), ("plain /livez (baseline)", &plain)] {
+    for (name, runs) in [
+        ("valid-key decision", &decided),
+        ("plain /livez (baseline)", &plain),
+    ] {
         println!(
             "{name}, open loop at half the max rate ({target:.0} req/s wanted, {:.0} sent over 8 connections), median of {repeat}: p50 {:.0}us, p99 {:.0}us, max {:.0}us",
             med_p(runs, |p| p.rps),
