@@ -284,7 +284,7 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
             .owns(config_maps, owned)
             .with_config(controller::Config::default().concurrency(4)),
     )
-    .run(reconcile_policy_and_track, policy_error_policy, ctx)
+    .run(reconcile_policy_and_track, error_policy, ctx)
     .for_each(|result| async move {
         if let Err(err) = result {
             tracing::debug!(error = %err, "TokenPolicy reconcile round ended with an error");
@@ -341,19 +341,6 @@ async fn reconcile_policy_and_track(policy: Arc<TokenPolicy>, ctx: Arc<Context>)
             Err(err)
         }
     }
-}
-
-fn policy_error_policy(policy: Arc<TokenPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*policy).erase());
-    tracing::warn!(
-        namespace = policy.metadata.namespace.as_deref(),
-        name = policy.metadata.name.as_deref(),
-        error = %err,
-        kind = err.metric_label(),
-        retry_in_s = delay.as_secs(),
-        "TokenPolicy reconcile failed"
-    );
-    Action::requeue(delay)
 }
 
 async fn reconcile_and_track(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
@@ -426,13 +413,18 @@ async fn record_failure(api_key: &ApiKey, err: &Error, delay: Duration, ctx: &Co
     }
 }
 
-fn error_policy(api_key: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*api_key).erase());
+/// Requeue after the backoff `reconcile_*_and_track` recorded, for either kind.
+fn error_policy<K>(object: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let delay = ctx.current_backoff(&ObjectRef::from_obj(&*object).erase());
     tracing::warn!(
-        namespace = api_key.metadata.namespace.as_deref(),
-        name = api_key.metadata.name.as_deref(),
+        kind = %K::kind(&()),
+        namespace = object.meta().namespace.as_deref(),
+        name = object.meta().name.as_deref(),
         error = %err,
-        kind = err.metric_label(),
+        error_kind = err.metric_label(),
         retry_in_s = delay.as_secs(),
         "reconcile failed"
     );

@@ -275,15 +275,7 @@ pub async fn reconcile(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Ac
         publish(&ctx, &policy, note).await;
     }
     let deadline = schedule::next_deadline(&next.keys, &settings, now);
-    Ok(Action::requeue(requeue_after(deadline, now)))
-}
-
-fn requeue_after(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
-    let Some(deadline) = deadline else {
-        return RESYNC;
-    };
-    let secs = deadline.as_second().saturating_sub(now.as_second()).max(1) as u64;
-    Duration::from_secs(secs).min(RESYNC)
+    Ok(Action::requeue(super::schedule::requeue_after(deadline, now)))
 }
 
 fn labels(policy: &TokenPolicy) -> BTreeMap<String, String> {

@@ -253,7 +253,7 @@ fn remove(inner: &mut Inner, key: &ObjectKey) {
     }
 }
 
-fn header(value: &str) -> HeaderValue {
+pub(crate) fn header(value: &str) -> HeaderValue {
     // Subjects, scopes and names are restricted by the CRD to visible ASCII;
     // anything else becomes an empty header rather than a failed request.
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))

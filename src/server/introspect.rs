@@ -61,6 +61,15 @@ pub fn answer(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
     Ok(out)
 }
 
+/// Whether the request body is `application/x-www-form-urlencoded` (the
+/// only body RFC 7662 and RFC 6749 endpoints take).
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let mut resp = (
         status,
@@ -83,10 +92,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         Decision::Allow { .. } => {}
         denied => return denied.into_response(),
     }
-    let form = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = is_form(&headers);
     if !form {
         return oauth_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

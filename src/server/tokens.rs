@@ -204,10 +204,6 @@ pub fn build_snapshot(
             }
         }
         signers.sort_by_key(|s| s.active_from);
-        let jwks_keys: Vec<serde_json::Value> = status_keys
-            .iter()
-            .filter_map(|k| serde_json::from_str(&k.public_jwk).ok())
-            .collect();
         let discovery = json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}{JWKS_SUFFIX}"),
@@ -238,7 +234,11 @@ pub fn build_snapshot(
             },
             selector: policy.spec.api_key_selector.clone(),
             signers,
-            jwks: json!({ "keys": jwks_keys }).to_string(),
+            jwks: policy
+                .status
+                .as_ref()
+                .map(crate::controller::token_policy::jwks_json)
+                .unwrap_or_else(|| json!({ "keys": [] }).to_string()),
             jwks_max_age: (settings.pre_publish.as_secs() / 2).max(0) as u64,
             discovery: discovery.to_string(),
         });
@@ -325,14 +325,10 @@ impl Tokens {
     }
 }
 
-fn header_value(value: &str) -> HeaderValue {
-    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> CachedToken {
     let mut extra = Vec::new();
     if let Some(role) = &claims.role {
-        extra.push((HeaderName::from_static("x-auth-role"), header_value(role)));
+        extra.push((HeaderName::from_static("x-auth-role"), super::index::header(role)));
     }
     for (name, value) in &claims.custom {
         let (Ok(header), Some(value)) = (
@@ -341,13 +337,13 @@ fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> CachedToken {
         ) else {
             continue;
         };
-        extra.push((header, header_value(value)));
+        extra.push((header, super::index::header(value)));
     }
     CachedToken {
         client_id: KeyId::try_from(claims.client_id.as_bytes()).ok(),
-        subject: header_value(&claims.sub),
-        scopes: header_value(&claims.scope),
-        key_id: header_value(&claims.client_id),
+        subject: super::index::header(&claims.sub),
+        scopes: super::index::header(&claims.scope),
+        key_id: super::index::header(&claims.client_id),
         extra,
         claims,
         kid,
@@ -501,10 +497,7 @@ pub fn issue(
     body: &[u8],
     fixed: Option<Arc<PolicyEntry>>,
 ) -> Result<serde_json::Value, TokenError> {
-    let form = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = super::introspect::is_form(headers);
     if !form {
         return Err(TokenError::InvalidRequest(
             "send the request as application/x-www-form-urlencoded".into(),
@@ -621,7 +614,7 @@ pub async fn by_issuer(State(state): State<Arc<AppState>>, request: Request) -> 
         let cache = if max_age == 0 {
             HeaderValue::from_static("no-cache")
         } else {
-            header_value(&format!("public, max-age={max_age}"))
+            super::index::header(&format!("public, max-age={max_age}"))
         };
         (
             StatusCode::OK,
