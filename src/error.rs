@@ -19,8 +19,10 @@ pub enum Error {
     CrdMissing(#[source] kube::Error),
     #[error("auth server: {0}")]
     Server(String),
+    /// The admission webhook's own error (`webhook::WebhookError`, converted
+    /// there: the shared error type depends on no server module).
     #[error("admission webhook: {0}")]
-    Webhook(#[from] crate::webhook::WebhookError),
+    Webhook(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("leader election: {0}")]
     LeaderElection(String),
     #[error(

@@ -35,8 +35,8 @@
 
 pub mod review;
 
-use crate::controller::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::crd::{ApiKey, TokenPolicy};
+use crate::meta::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use review::{AdmissionRequest, Verdict};
 use serde_json::Value;

@@ -35,8 +35,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The one field manager of every write latchkey makes.
-pub const FIELD_MANAGER: &str = "latchkey";
+pub use crate::meta::FIELD_MANAGER;
 
 /// How often an ApiKey is reconciled when nothing happens (a safety net; the
 /// watches on ApiKeys and their Secrets drive the real work).
@@ -159,7 +158,7 @@ pub async fn run_elected_with(
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        crate::server::shutdown_signal().await;
+        crate::shutdown::shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });

@@ -35,17 +35,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The data key of the Secret that holds the API key.
-pub const SECRET_DATA_KEY: &str = "api-key";
-/// Label on every Secret latchkey writes (the controller watches only these).
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "latchkey";
-/// Annotation with the public id of the key the Secret holds.
-pub const KEY_ID_ANNOTATION: &str = "latchkey.dev/key-id";
-/// Annotation with the revision (count of delivered keys) of the key the Secret holds.
-pub const REVISION_ANNOTATION: &str = "latchkey.dev/revision";
-/// Annotation with the instant (RFC 3339) the Secret's key was delivered.
-pub const ROTATED_AT_ANNOTATION: &str = "latchkey.dev/rotated-at";
+pub use crate::meta::{
+    KEY_ID_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, ROTATED_AT_ANNOTATION,
+    SECRET_DATA_KEY,
+};
+pub use crate::time::rfc3339;
 
 /// What the ApiKey's Secret looks like, as far as the reconciler cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -456,11 +450,6 @@ pub fn desired_secret(api_key: &ApiKey, key: &ApiKeyValue, stamp: SecretStamp) -
         )])),
         ..Default::default()
     }
-}
-
-/// RFC 3339 with second precision, as Kubernetes writes times.
-pub fn rfc3339(t: Timestamp) -> String {
-    schedule::whole_second(t).to_string()
 }
 
 fn desired_metadata(

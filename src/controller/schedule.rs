@@ -29,8 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
-/// The annotation that asks for one rotation now: any new value.
-pub const ROTATE_ANNOTATION: &str = "latchkey.dev/rotate";
+pub use crate::meta::ROTATE_ANNOTATION;
+pub use crate::time::{DurationError, parse_duration, whole_second};
 /// How many replaced keys status keeps in their grace period at most.
 pub const MAX_PREVIOUS_KEYS: usize = 8;
 /// Grace period when `spec.rotation.gracePeriod` is not set (capped by the
@@ -38,35 +38,6 @@ pub const MAX_PREVIOUS_KEYS: usize = 8;
 pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_hours(1);
 /// Shortest requeue: a deadline that has passed is looked at again after this.
 pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
-
-/// A duration string that is not of the form `720h`, `1h30m`, `90s`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} is {value:?}, not a duration such as 720h, 1h30m or 90s")]
-pub struct DurationError {
-    pub field: &'static str,
-    pub value: String,
-}
-
-/// Parses a Go-style duration: one or more `<digits><h|m|s>`, largest unit
-/// first, nothing else (no sign, no fraction, no spaces, no ISO 8601).
-pub fn parse_duration(field: &'static str, value: &str) -> Result<SignedDuration, DurationError> {
-    let err = || DurationError {
-        field,
-        value: value.to_owned(),
-    };
-    if value.is_empty()
-        || !value
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'h' | b'm' | b's'))
-    {
-        return Err(err());
-    }
-    let parsed: SignedDuration = value.parse().map_err(|_| err())?;
-    if parsed.is_negative() {
-        return Err(err());
-    }
-    Ok(parsed)
-}
 
 /// The rotation settings of an ApiKey, parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,13 +218,6 @@ pub fn requeue_after(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
     // Round up so that a requeue never lands just before the deadline.
     let secs = wait.as_secs() as u64 + u64::from(wait.subsec_nanos() > 0);
     Duration::from_secs(secs).clamp(MIN_REQUEUE, RESYNC)
-}
-
-/// `now` truncated to the second: status times are serialized with
-/// second precision, so everything derived from them is too (a resync then
-/// recomputes exactly what the API server returned).
-pub fn whole_second(now: Timestamp) -> Timestamp {
-    Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
 #[cfg(test)]

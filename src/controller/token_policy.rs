@@ -27,12 +27,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Label on the signing-key Secret and the JWKS ConfigMap: the policy's name.
-pub const TOKEN_POLICY_LABEL: &str = "latchkey.dev/token-policy";
-/// The ConfigMap's data key.
-pub const JWKS_DATA_KEY: &str = "jwks.json";
-/// Suffix of a private key's data key in the Secret (`<kid>.pem`).
-pub const PEM_SUFFIX: &str = ".pem";
+pub use crate::meta::{JWKS_DATA_KEY, PEM_SUFFIX, TOKEN_POLICY_LABEL};
+pub use crate::token::jwks::jwks_json;
 
 /// kid → (PKCS#8 PEM, what it is).
 pub type PrivateKeys = BTreeMap<String, (Vec<u8>, PrivateKeyInfo)>;
@@ -79,16 +75,6 @@ pub fn read_private_keys(
         }
     }
     (keys, unreadable)
-}
-
-/// The JWKS document of the listed keys.
-pub fn jwks_json(status: &TokenPolicyStatus) -> String {
-    let keys: Vec<serde_json::Value> = status
-        .keys
-        .iter()
-        .filter_map(|k| serde_json::from_str(&k.public_jwk).ok())
-        .collect();
-    serde_json::json!({ "keys": keys }).to_string()
 }
 
 /// Reconciles one TokenPolicy. Idempotent: a resync with nothing due makes no write.

@@ -25,9 +25,9 @@
 use super::AppState;
 use super::decision::{self, Decision, Identity, Invalid, Requirement};
 use super::index::{Index, KeyId, Owner};
-use crate::controller::token_policy::{PEM_SUFFIX, TOKEN_POLICY_LABEL};
 use crate::crd::{SigningKeyRecord, TokenPolicy};
 use crate::key;
+use crate::meta::{PEM_SUFFIX, TOKEN_POLICY_LABEL};
 use crate::token::claims::{
     self, AccessClaims, ClientKey, PolicyRules, TokenError, TokenRequest, VerifyingKey,
 };
@@ -237,7 +237,7 @@ pub fn build_snapshot(
             jwks: policy
                 .status
                 .as_ref()
-                .map(crate::controller::token_policy::jwks_json)
+                .map(crate::token::jwks::jwks_json)
                 .unwrap_or_else(|| json!({ "keys": [] }).to_string()),
             jwks_max_age: (settings.pre_publish.as_secs() / 2).max(0) as u64,
             discovery: discovery.to_string(),

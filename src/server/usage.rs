@@ -14,8 +14,8 @@
 //! minute per ApiKey at most, whatever the number of replicas.
 
 use super::index::{Index, Owner};
-use crate::controller::FIELD_MANAGER;
 use crate::crd::ApiKey;
+use crate::meta::FIELD_MANAGER;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};

@@ -3,5 +3,6 @@
 //! claims and verification ([`claims`]). No client; callers pass the time.
 
 pub mod claims;
+pub mod jwks;
 pub mod keys;
 pub mod schedule;

@@ -26,8 +26,8 @@
 //!   key is gone cannot sign: it is retired now (it stays published until its
 //!   tokens expire) and a replacement signs at once.
 
-use crate::controller::schedule::{DurationError, parse_duration};
 use crate::crd::{SigningAlgorithm, SigningKeyRecord, TokenPolicySpec};
+use crate::time::{DurationError, parse_duration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;

@@ -65,7 +65,7 @@ pub fn desired(shape: &Shape, ca_pem: &str) -> Value {
                 "operations": shape.secret_operations,
                 "resources": ["secrets"], "scope": "Namespaced",
             }]), json!({"matchLabels": {
-                crate::controller::plan::MANAGED_BY_LABEL: crate::controller::plan::MANAGED_BY_VALUE
+                crate::meta::MANAGED_BY_LABEL: crate::meta::MANAGED_BY_VALUE
             }})),
         ],
     })

@@ -87,6 +87,12 @@ pub enum WebhookError {
     Option(String),
 }
 
+impl From<WebhookError> for crate::Error {
+    fn from(err: WebhookError) -> Self {
+        crate::Error::Webhook(Box::new(err))
+    }
+}
+
 fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> WebhookError {
     move |source| WebhookError::Kube { action, source }
 }
@@ -479,7 +485,7 @@ pub async fn run(
                     Ok(next) => {
                         not_after = next;
                         renewals += 1;
-                        let expires = crate::controller::plan::rfc3339(
+                        let expires = crate::time::rfc3339(
                             k8s_openapi::jiff::Timestamp::try_from(next).unwrap_or_default(),
                         );
                         tracing::info!(renewals, %expires, "renewed the webhook serving certificate");
