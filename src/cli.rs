@@ -1,0 +1,465 @@
+//! The command line: clap's types for every subcommand and flag, what each
+//! flag turns into (the options of the controller, the server and the
+//! webhook), and the dispatch. The top layer: `main.rs` only parses and calls
+//! [`Cli::run`].
+
+use crate::clock::SystemClock;
+use crate::controller::{self, Context};
+use crate::{Error, crd, server, telemetry};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// latchkey: rotated API keys and short-lived tokens for Kubernetes.
+#[derive(Parser, Debug)]
+#[command(name = "latchkey", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML (the files in crds/ are this output).
+    Crd,
+    /// Run the controller that turns ApiKeys into Secrets.
+    Controller(ControllerArgs),
+    /// Run the auth server (external auth, introspection, metrics).
+    Serve(ServeArgs),
+    /// Run the controller and the auth server in one process.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KubeArgs {
+    /// Kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster service account.
+    #[arg(long, env = "LATCHKEY_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Log one JSON object per line instead of plain text (filter with RUST_LOG).
+    #[arg(long, env = "LATCHKEY_LOG_JSON")]
+    log_json: bool,
+    /// Watch ApiKeys and TokenPolicies in this namespace only (default: every namespace).
+    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// The URL clients reach the latchkey server at: default TokenPolicy
+    /// issuers are `<URL>/issuers/<namespace>/<name>`. Default: http:// and
+    /// the --http-addr (0.0.0.0 as 127.0.0.1), or http://127.0.0.1:8080 for
+    /// `latchkey controller`.
+    #[arg(long, env = "LATCHKEY_ISSUER_BASE_URL")]
+    issuer_base_url: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ControllerArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    reconcile: ReconcileArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    reconcile: ReconcileArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The admission webhook (`/validate` over TLS); off without `--webhook-addr`.
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Serve the admission webhook over TLS on this address (for example 0.0.0.0:8443).
+    #[arg(long, env = "LATCHKEY_WEBHOOK_ADDR")]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// Out of cluster: the URL the API server calls (https://HOST:PORT/validate);
+    /// latchkey then creates the whole ValidatingWebhookConfiguration. Without
+    /// it latchkey only writes its CA into the configuration's caBundle.
+    #[arg(long, env = "LATCHKEY_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Name of the ValidatingWebhookConfiguration.
+    #[arg(long, default_value = "latchkey")]
+    webhook_configuration_name: String,
+    /// The Secret NAMESPACE/NAME that holds the webhook's CA, shared by every
+    /// replica. Default: $POD_NAMESPACE (or the kubeconfig's namespace)/latchkey-webhook-ca.
+    #[arg(long, env = "LATCHKEY_WEBHOOK_CA_SECRET")]
+    webhook_ca_secret: Option<String>,
+    /// A DNS name (or IP) of the serving certificate, for example
+    /// latchkey.latchkey-system.svc; repeatable. The --webhook-url host is added.
+    #[arg(long)]
+    webhook_dns_name: Vec<String>,
+    /// A username that may change and delete latchkey's Secrets; repeatable.
+    /// Default: latchkey's own username (a SelfSubjectReview at startup).
+    #[arg(long)]
+    webhook_allowed_user: Vec<String>,
+    /// failurePolicy of a configuration latchkey creates (with --webhook-url).
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    webhook_failure_policy: String,
+    /// timeoutSeconds of a configuration latchkey creates (with --webhook-url).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=30))]
+    webhook_timeout_seconds: u8,
+    /// Operations on latchkey's Secrets checked by a configuration latchkey creates.
+    #[arg(long, default_value = "UPDATE,DELETE", value_delimiter = ',')]
+    webhook_secret_operations: Vec<String>,
+    /// cert-manager mode: serve the certificate mounted in this directory
+    /// (tls.crt, tls.key; reloaded when it changes), keep no CA and leave
+    /// caBundle to cert-manager's CA injector.
+    #[arg(long, env = "LATCHKEY_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Lifetime of the serving certificate (tests shorten it).
+    #[arg(long, default_value_t = 30 * 24 * 3600, hide = true)]
+    webhook_cert_validity_seconds: u64,
+    /// Renew the serving certificate this long before it expires.
+    #[arg(long, default_value_t = 10 * 24 * 3600, hide = true)]
+    webhook_cert_renew_before_seconds: u64,
+    /// How often the CA Secret and the configuration are checked.
+    #[arg(long, default_value_t = 60, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_sync_seconds: u64,
+}
+
+impl WebhookArgs {
+    /// The webhook's options, or `None` when it is off.
+    fn options(
+        &self,
+        client: &kube::Client,
+        namespace: Option<String>,
+    ) -> Result<Option<crate::webhook::Options>, Error> {
+        let Some(addr) = self.webhook_addr else {
+            return Ok(None);
+        };
+        let ca_secret = match &self.webhook_ca_secret {
+            Some(s) => match s.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns.to_owned(), name.to_owned()),
+                _ => {
+                    return Err(crate::webhook::WebhookError::Option(format!(
+                        "--webhook-ca-secret must be NAMESPACE/NAME, not {s:?}"
+                    ))
+                    .into());
+                }
+            },
+            None => (
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned()),
+                "latchkey-webhook-ca".to_owned(),
+            ),
+        };
+        Ok(Some(crate::webhook::Options {
+            addr,
+            url: self.webhook_url.clone(),
+            configuration_name: self.webhook_configuration_name.clone(),
+            ca_secret,
+            dns_names: self.webhook_dns_name.clone(),
+            allowed_users: self.webhook_allowed_user.clone(),
+            namespace,
+            failure_policy: self.webhook_failure_policy.clone(),
+            timeout_seconds: self.webhook_timeout_seconds,
+            secret_operations: self.webhook_secret_operations.clone(),
+            cert_validity: std::time::Duration::from_secs(self.webhook_cert_validity_seconds),
+            renew_before: std::time::Duration::from_secs(self.webhook_cert_renew_before_seconds),
+            sync_interval: std::time::Duration::from_secs(self.webhook_sync_seconds),
+            inject_ca: self.webhook_cert_dir.is_none(),
+            cert_dir: self.webhook_cert_dir.clone(),
+            leading: None,
+        }))
+    }
+}
+
+/// The webhook server, or nothing (pending forever) when it is off.
+async fn run_webhook(client: kube::Client, options: Option<crate::webhook::Options>) -> Result<(), Error> {
+    match options {
+        Some(options) => Ok(crate::webhook::run(client, options, server::shutdown_signal()).await?),
+        None => Ok(()),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// Address of the plain-HTTP server (external auth, /introspect, probes, /metrics).
+    #[arg(long, env = "LATCHKEY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
+    #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
+    api_key_header: Option<axum::http::HeaderName>,
+    /// The longest a proxy may cache an allow (Cache-Control max-age); 0 = no-store.
+    #[arg(long, default_value_t = 1)]
+    decision_cache_seconds: u64,
+    /// How often status.lastUsedAt is brought up to date.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    last_used_flush_seconds: u64,
+}
+
+impl ServerArgs {
+    /// `http://<http-addr>`, with an unspecified address as loopback.
+    fn default_base_url(&self) -> String {
+        let mut addr = self.http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    fn options(&self, namespace: Option<String>, issuer_base_url: Option<String>) -> crate::server::Options {
+        crate::server::Options {
+            issuer_base_url: issuer_base_url.unwrap_or_else(|| self.default_base_url()),
+            http_addr: self.http_addr,
+            namespace,
+            api_key_header: self.api_key_header.clone(),
+            decision_cache_seconds: self.decision_cache_seconds,
+            last_used_flush: std::time::Duration::from_secs(self.last_used_flush_seconds),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ReconcileArgs {
+    /// How many ApiKeys are reconciled at the same time.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Name of this instance in Events (for example the pod name).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+/// Leader election: of several controllers only the holder of a Lease reconciles.
+#[derive(clap::Args, Debug)]
+struct LeaseArgs {
+    /// Reconcile without leader election (then run only one controller).
+    #[arg(long, env = "LATCHKEY_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Namespace of the leader-election Lease. Default: $POD_NAMESPACE, else
+    /// the namespace of the kubeconfig's context (or of the service account).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the Lease. Default: `latchkey`, or `latchkey-<NS>` with --watch-namespace NS.
+    #[arg(long, env = "LATCHKEY_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// This process' holder identity. Default: --instance (the pod name), or
+    /// `latchkey`, plus a random suffix per start.
+    #[arg(long)]
+    lease_identity: Option<String>,
+    /// How long a hold lasts without renewal; a standby takes over this long
+    /// after a leader died at the latest.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_duration_seconds: u64,
+    /// How long before expiry the leader renews; it stops reconciling half of
+    /// this before expiry when renewals fail. Less than the duration.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3599))]
+    lease_grace_seconds: u64,
+}
+
+impl LeaseArgs {
+    fn config(
+        &self,
+        client: &kube::Client,
+        watch_namespace: Option<&str>,
+        instance: Option<&str>,
+    ) -> Option<controller::leader::LeaseConfig> {
+        if self.no_leader_election {
+            return None;
+        }
+        Some(controller::leader::LeaseConfig {
+            namespace: self
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            name: self.lease_name.clone().unwrap_or_else(|| match watch_namespace {
+                Some(ns) => format!("latchkey-{ns}"),
+                None => "latchkey".into(),
+            }),
+            identity: self
+                .lease_identity
+                .clone()
+                .unwrap_or_else(|| controller::leader::default_identity(instance)),
+            duration_seconds: self.lease_duration_seconds,
+            grace_seconds: self.lease_grace_seconds,
+        })
+    }
+}
+
+impl Cli {
+    /// Runs the subcommand until it ends (SIGTERM or SIGINT for the long-running ones).
+    pub async fn run(self) -> Result<(), Error> {
+        match self.command {
+            Command::Crd => {
+                print_crds();
+                Ok(())
+            }
+            Command::Controller(args) => run_controller(args).await,
+            Command::Serve(args) => run_server(args).await,
+            Command::Run(args) => run_both(args).await,
+        }
+    }
+}
+
+fn print_crds() {
+    for (i, (_, crd)) in crd::all().iter().enumerate() {
+        if i > 0 {
+            println!("---");
+        }
+        print!("{}", crd::to_yaml(crd));
+    }
+}
+
+async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
+    telemetry::init(args.kube.log_json);
+    let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let base = args
+        .kube
+        .issuer_base_url
+        .unwrap_or_else(|| controller::DEFAULT_ISSUER_BASE_URL.into());
+    let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace, base);
+    let lease = args.reconcile.lease(&ctx.client, &options);
+    controller::run_elected(ctx, options, lease).await
+}
+
+async fn run_server(args: ServeArgs) -> Result<(), Error> {
+    telemetry::init(args.kube.log_json);
+    let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let webhook = args.webhook.options(&client, args.kube.watch_namespace.clone())?;
+    let options = args
+        .server
+        .options(args.kube.watch_namespace, args.kube.issuer_base_url);
+    tokio::try_join!(
+        server::run(
+            client.clone(),
+            Arc::new(SystemClock),
+            options,
+            server::shutdown_signal()
+        ),
+        run_webhook(client, webhook),
+    )?;
+    Ok(())
+}
+
+async fn run_both(args: RunArgs) -> Result<(), Error> {
+    telemetry::init(args.kube.log_json);
+    let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let webhook = args.webhook.options(&client, args.kube.watch_namespace.clone())?;
+    let options = args
+        .server
+        .options(args.kube.watch_namespace.clone(), args.kube.issuer_base_url);
+    let (ctx, controller_options) = args.reconcile.context(
+        client.clone(),
+        args.kube.watch_namespace,
+        options.issuer_base_url.clone(),
+    );
+    let lease = args.reconcile.lease(&ctx.client, &controller_options);
+    // Only the leader writes the webhook configuration's caBundle.
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let webhook = webhook.map(|w| crate::webhook::Options {
+        leading: Some(leading.clone()),
+        ..w
+    });
+    // Both stop on SIGTERM/SIGINT; either failing stops the process. The
+    // server serves on every replica, the controllers run on the leader.
+    tokio::try_join!(
+        controller::run_elected_with(ctx, controller_options, lease, leading),
+        server::run(
+            client.clone(),
+            Arc::new(SystemClock),
+            options,
+            server::shutdown_signal()
+        ),
+        run_webhook(client, webhook),
+    )?;
+    Ok(())
+}
+
+impl ReconcileArgs {
+    fn lease(
+        &self,
+        client: &kube::Client,
+        options: &controller::Options,
+    ) -> Option<controller::leader::LeaseConfig> {
+        self.lease
+            .config(client, options.namespace.as_deref(), self.instance.as_deref())
+    }
+
+    fn context(
+        &self,
+        client: kube::Client,
+        namespace: Option<String>,
+        issuer_base_url: String,
+    ) -> (Arc<Context>, controller::Options) {
+        let ctx = Arc::new(
+            Context::new(client, Arc::new(SystemClock), self.instance.clone())
+                .with_issuer_base_url(issuer_base_url),
+        );
+        let options = controller::Options {
+            namespace,
+            concurrency: self.concurrency,
+        };
+        (ctx, options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_flags_of_controller_serve_and_webhook() {
+        let cli = Cli::try_parse_from([
+            "latchkey",
+            "run",
+            "--http-addr",
+            "127.0.0.1:9000",
+            "--watch-namespace",
+            "team-a",
+            "--webhook-addr",
+            "127.0.0.1:9443",
+            "--no-leader-election",
+            "--concurrency",
+            "4",
+        ])
+        .expect("valid flags");
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        assert_eq!(args.server.default_base_url(), "http://127.0.0.1:9000");
+        let options = args.server.options(args.kube.watch_namespace.clone(), None);
+        assert_eq!(options.namespace.as_deref(), Some("team-a"));
+        assert_eq!(options.issuer_base_url, "http://127.0.0.1:9000");
+        assert!(args.reconcile.lease.no_leader_election);
+        assert_eq!(args.reconcile.concurrency, 4);
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_becomes_loopback_in_the_default_issuer() {
+        let cli = Cli::try_parse_from(["latchkey", "serve", "--http-addr", "0.0.0.0:8080"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        assert_eq!(args.server.default_base_url(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let err =
+            Cli::try_parse_from(["latchkey", "controller", "--lease-duration-seconds", "1"]).unwrap_err();
+        assert!(err.to_string().contains("--lease-duration-seconds"), "{err}");
+        let err =
+            Cli::try_parse_from(["latchkey", "serve", "--webhook-failure-policy", "Maybe"]).unwrap_err();
+        assert!(err.to_string().contains("--webhook-failure-policy"), "{err}");
+    }
+}
