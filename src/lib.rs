@@ -14,6 +14,8 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod error;
+#[cfg(test)]
+pub mod fixtures;
 pub mod key;
 pub mod meta;
 pub mod server;

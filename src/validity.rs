@@ -66,11 +66,8 @@ pub fn is_valid_hash(api_key: &ApiKey, sha256_hex: &str, now: Timestamp) -> bool
 mod tests {
     use super::*;
     use crate::crd::{ApiKeySpec, ApiKeyStatus};
+    use crate::fixtures::t;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + secs).unwrap()
-    }
 
     fn record(id: &str, valid_until: Option<i64>) -> KeyRecord {
         KeyRecord {

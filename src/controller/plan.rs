@@ -687,6 +687,7 @@ pub fn delivery_event(
 mod tests {
     use super::*;
     use crate::crd::{ApiKeySpec, SecretTemplate};
+    use crate::fixtures::t;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     const MANAGER: &str = "latchkey";
@@ -1021,10 +1022,6 @@ mod tests {
         Never,
         AfterPendingStatus,
         AfterSecret,
-    }
-
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
     const H: i64 = 3600;

@@ -224,10 +224,7 @@ pub fn requeue_after(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
 mod tests {
     use super::*;
     use crate::crd::Rotation;
-
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + secs).unwrap()
-    }
+    use crate::fixtures::t;
 
     fn rotation(interval: &str, grace: Option<&str>) -> ApiKeySpec {
         ApiKeySpec {

@@ -28,6 +28,9 @@ pub mod metrics;
 pub mod tokens;
 pub mod usage;
 
+#[cfg(test)]
+mod router_tests;
+
 use crate::clock::Clock;
 use crate::crd::ApiKey;
 use crate::error::{Error, Result};

@@ -324,10 +324,7 @@ pub fn next_deadline(keys: &[SigningKeyRecord], settings: &Settings, now: Timest
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + secs).unwrap()
-    }
+    use crate::fixtures::t;
 
     fn settings() -> Settings {
         Settings {
