@@ -553,6 +553,7 @@ fn crypto_per_core() {
             key: keys::decoding_key(&key.kid, alg, &jwk).unwrap(),
             issuer: "http://127.0.0.1/issuers/bench/p".into(),
             audiences: vec!["orders".into()],
+            max_ttl_seconds: 3600,
         };
         let now = 1_800_000_000;
         let claims = claims::AccessClaims {

@@ -527,7 +527,24 @@ async fn invalid_token_policies_are_refused_with_what_to_change() {
         ),
         (
             "  customClaims: [{name: sub}]\n",
-            "spec.customClaims must not name a registered claim",
+            "spec.customClaims[].name must not be a reserved claim name",
+        ),
+        // RFC 7662 members: a custom `active` would shadow introspection's.
+        (
+            "  customClaims: [{name: active}]\n",
+            "they are RFC 7662 introspection members or claims latchkey sets itself; rename the claim",
+        ),
+        (
+            "  customClaims: [{name: Active}]\n",
+            "spec.customClaims[].name must not be a reserved claim name",
+        ),
+        (
+            "  customClaims: [{name: username}]\n",
+            "spec.customClaims[].name must not be a reserved claim name",
+        ),
+        (
+            "  customClaims: [{name: token_type}]\n",
+            "spec.customClaims[].name must not be a reserved claim name",
         ),
         (
             "  issuer: \"https://a.example/x/\"\n",

@@ -175,11 +175,14 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
     let n = ns.name.as_str();
     let _webhook = Webhook::start(n, &[]);
     kubectl_ok(&["create", "secret", "generic", "db-creds", "-n", n]);
+    // The issuer is unique per run: issuer paths are cluster-wide.
     let (ok, out) = apply(
         &policy(
             n,
             "orders",
-            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/orders\n",
+            &format!(
+                "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/{n}/orders\n"
+            ),
         ),
         false,
     );
@@ -220,7 +223,8 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
         "jsonpath={.spec.issuer}",
     ]);
     assert_eq!(
-        issuer, "https://auth.example.com/orders",
+        issuer,
+        format!("https://auth.example.com/{n}/orders"),
         "the refused change changed nothing"
     );
 
@@ -752,4 +756,46 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
     assert!(!exists("secret", "latchkey-webhook-ca", n));
     let log = process.log_text();
     assert!(!log.contains("BEGIN"), "no PEM in the log");
+}
+
+/// Issue 13: an issuer path belongs to one TokenPolicy, across namespaces.
+/// The victim lives in a namespace this webhook does not even watch; the
+/// lookup is cluster-wide because the server routes issuer paths so.
+#[tokio::test(flavor = "multi_thread")]
+async fn issuer_takeovers_are_refused_naming_the_holder() {
+    let victim_ns = TestNamespace::new("lk-wh-victim").await;
+    let attacker_ns = TestNamespace::new("lk-wh-attacker").await;
+    let (v, a) = (victim_ns.name.as_str(), attacker_ns.name.as_str());
+    let spec = |issuer: &str| format!("  audiences: [orders]\n  issuer: {issuer}\n");
+    let explicit = format!("https://auth.example.com/tenants/{v}");
+    // The victims, created before any webhook: one explicit, one default issuer.
+    let (ok, out) = apply(&policy(v, "orders", &spec(&explicit)), false);
+    assert!(ok, "{out}");
+    let (ok, out) = apply(&policy(v, "login", "  audiences: [orders]\n"), false);
+    assert!(ok, "{out}");
+    let _webhook = Webhook::start(a, &[]);
+
+    // 1. An explicit duplicate (same path, on another host too).
+    for issuer in [explicit.clone(), format!("http://other.example/tenants/{v}")] {
+        assert_refused(
+            &policy(a, "evil", &spec(&issuer)),
+            &format!("as the issuer \"{explicit}\" of TokenPolicy {v}/orders, which holds it"),
+        );
+    }
+    // 2. Squatting the default issuer path of another namespace's policy.
+    for base in ["http://127.0.0.1:8080", "https://auth.example.com"] {
+        assert_refused(
+            &policy(a, "evil", &spec(&format!("{base}/issuers/{v}/login"))),
+            &format!("has the path of the default issuer of TokenPolicy {v}/login"),
+        );
+    }
+    assert!(!exists("tokenpolicy", "evil", a));
+    // A unique issuer, or the default one, is fine.
+    let (ok, out) = apply(
+        &policy(a, "fair", &spec(&format!("https://auth.example.com/tenants/{a}"))),
+        false,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = apply(&policy(a, "plain", "  audiences: [orders]\n"), false);
+    assert!(ok, "{out}");
 }

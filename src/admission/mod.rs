@@ -22,6 +22,18 @@
 //! - **TokenPolicy, UPDATE**: `spec.issuer` cannot change (tokens already
 //!   issued and every verifier's configuration carry it): create a new
 //!   TokenPolicy instead.
+//! - **TokenPolicy, CREATE**: its issuer path must be its own. The server
+//!   routes discovery, JWKS and `<issuer>/token` by the issuer URL's path
+//!   (whatever the host), so paths are compared, as the server does:
+//!   an explicit `spec.issuer` whose path ends in `/issuers/<ns>/<name>` of
+//!   another namespace or name (someone's default issuer, existing or not)
+//!   is refused without a lookup; an explicit issuer with the path of
+//!   another policy's explicit issuer, or a default one whose path another
+//!   policy's explicit issuer already has, is refused naming that policy.
+//!   The webhook does not know `--issuer-base-url`; the rules hold for any
+//!   base. If the list of policies cannot be read, only the shape rule
+//!   applies (with a warning); the server then serves neither of two
+//!   policies that share a path and the controller marks both Stalled.
 //! - **latchkey's Secrets** (the webhook's objectSelector sends only Secrets
 //!   labelled `app.kubernetes.io/managed-by: latchkey`): UPDATE and DELETE
 //!   only by latchkey's own identity and by Kubernetes' own cleanup (garbage
@@ -75,6 +87,8 @@ pub struct Lookups {
     pub secret: Option<(String, String)>,
     /// The TokenPolicy an ApiKey refers to.
     pub token_policy: Option<(String, String)>,
+    /// Every TokenPolicy's issuer (for a TokenPolicy being created).
+    pub issuers: bool,
 }
 
 /// What a lookup found.
@@ -93,6 +107,16 @@ pub struct Facts {
     pub secret: Option<Found<Vec<OwnerReference>>>,
     /// The policy's `spec.allowedScopes`.
     pub token_policy: Option<Found<Vec<String>>>,
+    /// Every TokenPolicy the webhook could list, with its `spec.issuer`.
+    pub issuers: Option<Found<Vec<PolicyIssuer>>>,
+}
+
+/// A TokenPolicy's explicit issuer (`None`: the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyIssuer {
+    pub namespace: String,
+    pub name: String,
+    pub issuer: Option<String>,
 }
 
 fn is(request: &AdmissionRequest, group: &str, kind: &str) -> bool {
@@ -106,6 +130,10 @@ fn parse_object<T: serde::de::DeserializeOwned>(value: Option<&Value>) -> Option
 /// What [`decide`] will need to know about `request`.
 pub fn lookups(request: &AdmissionRequest) -> Lookups {
     let mut needs = Lookups::default();
+    if is(request, "latchkey.dev", "TokenPolicy") && request.operation == "CREATE" {
+        needs.issuers = true;
+        return needs;
+    }
     if !is(request, "latchkey.dev", "ApiKey") || !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
         return needs;
     }
@@ -161,7 +189,7 @@ pub fn decide(request: &AdmissionRequest, facts: &Facts, config: &Config) -> Ver
     if is(request, "latchkey.dev", "ApiKey") {
         decide_api_key(request, facts)
     } else if is(request, "latchkey.dev", "TokenPolicy") {
-        decide_token_policy(request)
+        decide_token_policy(request, facts)
     } else if is(request, "", "Secret") {
         decide_secret(request, config)
     } else {
@@ -281,7 +309,82 @@ fn list<S: AsRef<str>>(items: &[S]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-fn decide_token_policy(request: &AdmissionRequest) -> Verdict {
+/// A new policy's issuer path must be nobody else's.
+fn decide_new_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
+    let Some(mut policy) = parse_object::<TokenPolicy>(request.object.as_ref()) else {
+        return unreadable("TokenPolicy", "object");
+    };
+    if policy.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+        policy.metadata.namespace = request.namespace.clone();
+    }
+    if policy.metadata.name.as_deref().is_none_or(str::is_empty) {
+        policy.metadata.name = request.name.clone();
+    }
+    let namespace = policy.metadata.namespace.clone().unwrap_or_default();
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let own_default = format!("<issuer base URL>/issuers/{namespace}/{name}");
+    if let Some((ns, other)) = policy.squatted_default() {
+        return Verdict::deny(format!(
+            "spec.issuer {:?} has the path of the default issuer of TokenPolicy {ns}/{other} \
+             (.../issuers/{ns}/{other}), which is reserved for that policy whether it exists or not: \
+             remove spec.issuer to use this policy's own default {own_default}, or choose an issuer \
+             whose path does not end in /issuers/<namespace>/<name>",
+            policy.spec.issuer.as_deref().unwrap_or_default()
+        ));
+    }
+    let others = match &facts.issuers {
+        Some(Found::Present(others)) => others,
+        Some(Found::Unknown(why)) => {
+            return Verdict::allow("the TokenPolicy passes latchkey's checks").with_warning(format!(
+                "latchkey could not list the TokenPolicies ({why}), so it did not check that the issuer is \
+                 unique; if another policy has the same issuer path, neither is served and both show \
+                 Stalled reason IssuerConflict"
+            ));
+        }
+        _ => return Verdict::allow("the TokenPolicy passes latchkey's checks"),
+    };
+    let mine = policy.spec.issuer.as_deref().map(crate::crd::issuer_path);
+    for other in others {
+        if (other.namespace.as_str(), other.name.as_str()) == (namespace.as_str(), name.as_str()) {
+            continue;
+        }
+        let Some(theirs) = other.issuer.as_deref() else {
+            // Their default path is theirs alone; an explicit path of that
+            // shape was refused above.
+            continue;
+        };
+        let their_path = crate::crd::issuer_path(theirs);
+        let holder = format!("{}/{}", other.namespace, other.name);
+        match &mine {
+            Some(path) if *path == their_path => {
+                return Verdict::deny(format!(
+                    "spec.issuer {:?} has the same path ({}) as the issuer {theirs:?} of TokenPolicy {holder}, \
+                     which holds it; latchkey serves discovery, JWKS and /token by the issuer's path, so every \
+                     issuer path belongs to one TokenPolicy: choose another spec.issuer, or remove it to use \
+                     this policy's default {own_default}",
+                    policy.spec.issuer.as_deref().unwrap_or_default(),
+                    if path.is_empty() { "/" } else { path },
+                ));
+            }
+            None if crate::crd::default_path_owner(&their_path)
+                == Some((namespace.clone(), name.clone())) =>
+            {
+                return Verdict::deny(format!(
+                    "the default issuer of this TokenPolicy ({own_default}) has the path of the issuer {theirs:?} \
+                     that TokenPolicy {holder} holds: set spec.issuer to an issuer of this policy's own, or give \
+                     the TokenPolicy another name (and ask the owners of {holder} to change its spec.issuer)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Verdict::allow("the TokenPolicy passes latchkey's checks")
+}
+
+fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
+    if request.operation == "CREATE" {
+        return decide_new_token_policy(request, facts);
+    }
     if request.operation != "UPDATE" {
         return Verdict::allow(format!(
             "latchkey does not check TokenPolicy {}",

@@ -59,6 +59,7 @@ fn a_new_api_key_may_not_take_a_secret_someone_else_holds() {
     let facts = |f| Facts {
         secret: Some(f),
         token_policy: None,
+        ..Default::default()
     };
     let v = decide(&req, &facts(Found::Present(vec![])), &Config::default());
     assert!(!v.allowed);
@@ -116,6 +117,7 @@ fn scopes_must_be_within_an_existing_policy() {
     let facts = |f| Facts {
         secret: Some(Found::Absent),
         token_policy: Some(f),
+        ..Default::default()
     };
     let v = decide(
         &req,
@@ -159,6 +161,7 @@ fn an_update_checks_only_the_scopes_it_adds() {
     let facts = Facts {
         secret: None,
         token_policy: Some(Found::Present(vec![])),
+        ..Default::default()
     };
     let v = decide(&req, &facts, &Config::default());
     assert!(!v.allowed);
@@ -197,6 +200,126 @@ fn the_issuer_of_a_policy_cannot_change() {
     assert!(decide(&req, &Facts::default(), &Config::default()).allowed);
     let req = request(kind, "CREATE", "alice", tp(Some("https://a")), None);
     assert!(decide(&req, &Facts::default(), &Config::default()).allowed);
+}
+
+fn new_policy(ns: &str, name: &str, issuer: Option<&str>) -> AdmissionRequest {
+    let mut spec = json!({"audiences": ["api"]});
+    if let Some(i) = issuer {
+        spec["issuer"] = json!(i);
+    }
+    let mut req = request(
+        ("latchkey.dev", "TokenPolicy"),
+        "CREATE",
+        "mallory",
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "TokenPolicy",
+               "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+        None,
+    );
+    req.namespace = Some(ns.into());
+    req
+}
+
+fn holders(list: &[(&str, &str, Option<&str>)]) -> Facts {
+    Facts {
+        issuers: Some(Found::Present(
+            list.iter()
+                .map(|(ns, name, issuer)| PolicyIssuer {
+                    namespace: (*ns).into(),
+                    name: (*name).into(),
+                    issuer: issuer.map(str::to_owned),
+                })
+                .collect(),
+        )),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_new_policy_may_not_take_an_issuer_path_someone_holds() {
+    let req = new_policy("aaa-x", "evil", Some("https://auth.example.com/tenants/a"));
+    assert!(lookups(&req).issuers);
+    let existing = holders(&[
+        ("sec-a", "login", Some("https://auth.example.com/tenants/a")),
+        ("sec-b", "api", None),
+    ]);
+    let v = decide(&req, &existing, &Config::default());
+    assert!(!v.allowed);
+    assert!(
+        v.message.contains("TokenPolicy sec-a/login, which holds it"),
+        "{}",
+        v.message
+    );
+    assert!(v.message.contains("choose another spec.issuer"), "{}", v.message);
+    // Same path on another host: the same route on the server, refused too.
+    let req = new_policy("aaa-x", "evil", Some("http://other.example/tenants/a/"));
+    assert!(!decide(&req, &existing, &Config::default()).allowed);
+    // Its own unique issuer, or its default: fine.
+    for issuer in [Some("https://auth.example.com/tenants/b"), None] {
+        let req = new_policy("aaa-x", "evil", issuer);
+        assert!(decide(&req, &existing, &Config::default()).allowed, "{issuer:?}");
+    }
+    // A default path another policy's explicit issuer already has.
+    let squatted = holders(&[(
+        "aaa-x",
+        "evil",
+        Some("https://auth.example.com/issuers/sec-a/login"),
+    )]);
+    let v = decide(&new_policy("sec-a", "login", None), &squatted, &Config::default());
+    assert!(!v.allowed);
+    assert!(
+        v.message.contains("that TokenPolicy aaa-x/evil holds"),
+        "{}",
+        v.message
+    );
+}
+
+#[test]
+fn an_explicit_issuer_may_not_squat_another_policy_s_default_path() {
+    // No lookup needed: refused even when listing failed, for any base URL.
+    let unknown = Facts {
+        issuers: Some(Found::Unknown("403 Forbidden".into())),
+        ..Default::default()
+    };
+    for issuer in [
+        "http://127.0.0.1:8080/issuers/sec-a/login",
+        "https://auth.example.com/prefix/issuers/sec-a/login",
+        "https://auth.example.com/issuers/sec-a/%6Cogin",
+        "https://auth.example.com/issuers/aaa-x/other",
+    ] {
+        let v = decide(
+            &new_policy("aaa-x", "evil", Some(issuer)),
+            &unknown,
+            &Config::default(),
+        );
+        assert!(!v.allowed, "{issuer}");
+        assert!(
+            v.message.contains("default issuer of TokenPolicy"),
+            "{}",
+            v.message
+        );
+        assert!(v.message.contains("remove spec.issuer"), "{}", v.message);
+    }
+    let v = decide(
+        &new_policy("aaa-x", "evil", Some("https://a.example/issuers/sec-a/login")),
+        &unknown,
+        &Config::default(),
+    );
+    assert!(v.message.contains("sec-a/login"), "{}", v.message);
+    // Its own default path spelled out, and other shapes: allowed (with a
+    // warning that uniqueness was not checked).
+    for issuer in [
+        "https://auth.example.com/issuers/aaa-x/evil",
+        "https://auth.example.com/issuers/sec-a",
+        "https://auth.example.com/issuers/sec-a/login/v2",
+    ] {
+        let v = decide(
+            &new_policy("aaa-x", "evil", Some(issuer)),
+            &unknown,
+            &Config::default(),
+        );
+        assert!(v.allowed, "{issuer}: {}", v.message);
+        assert!(v.warnings[0].contains("IssuerConflict"));
+    }
 }
 
 fn managed_secret() -> Value {
@@ -319,7 +442,11 @@ fn all_facts() -> impl Strategy<Value = Facts> {
         prop::collection::vec("[a-z:]{1,6}", 0..4).prop_map(|v| Some(Found::Present(v))),
         Just(Some(Found::Unknown("forbidden".into()))),
     ];
-    (found_owners, found_policy).prop_map(|(secret, token_policy)| Facts { secret, token_policy })
+    (found_owners, found_policy).prop_map(|(secret, token_policy)| Facts {
+        secret,
+        token_policy,
+        ..Default::default()
+    })
 }
 
 proptest! {
@@ -364,7 +491,7 @@ proptest! {
     ) {
         let ak = api_key("k", json!({"scopes": scopes, "tokenPolicyRef": {"name": "tp"}}));
         let request = request(("latchkey.dev", "ApiKey"), "CREATE", "alice", ak, None);
-        let facts = Facts { secret: Some(Found::Absent), token_policy: Some(Found::Present(allowed.clone())) };
+        let facts = Facts { secret: Some(Found::Absent), token_policy: Some(Found::Present(allowed.clone())), ..Default::default() };
         let verdict = decide(&request, &facts, &Config::default());
         let outside: Vec<_> = scopes.iter().filter(|s| !allowed.contains(s)).collect();
         prop_assert_eq!(verdict.allowed, outside.is_empty());

@@ -56,6 +56,9 @@ pub struct Context {
     pub issuer_base_url: String,
     /// Consecutive failures per object, for capped exponential backoff.
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// The TokenPolicy controller's store, for the issuer-uniqueness check
+    /// (set while the controllers run).
+    token_policies: std::sync::RwLock<Option<reflector::Store<TokenPolicy>>>,
 }
 
 impl Context {
@@ -70,6 +73,7 @@ impl Context {
             clock,
             issuer_base_url: DEFAULT_ISSUER_BASE_URL.into(),
             failures: Mutex::default(),
+            token_policies: std::sync::RwLock::default(),
         }
     }
 
@@ -77,6 +81,17 @@ impl Context {
     pub fn with_issuer_base_url(mut self, url: impl Into<String>) -> Self {
         self.issuer_base_url = url.into();
         self
+    }
+
+    /// The other TokenPolicies (`namespace/name`) whose issuer has the same
+    /// path as `policy`'s, as the controller's store knows them.
+    pub fn issuer_conflicts(&self, policy: &TokenPolicy) -> Vec<String> {
+        let store = self.token_policies.read().expect("token policy store lock");
+        let Some(store) = store.as_ref() else {
+            return Vec::new();
+        };
+        let all = store.state();
+        crate::server::tokens::issuer_conflicts(policy, all.iter().map(|p| &**p), &self.issuer_base_url)
     }
 
     fn record_success(&self, obj: &ObjectRef<DynamicObject>) {
@@ -267,6 +282,22 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
         .labels(token_policy::TOKEN_POLICY_LABEL)
         .any_semantic();
     let (policy_reader, policy_writer) = reflector::store();
+    *ctx.token_policies.write().expect("token policy store lock") = Some(policy_reader.clone());
+    // Any change of a policy (a new one, a deleted one) re-checks the others
+    // that share its issuer path: both sides of a conflict show it.
+    let path_mates = policy_reader.clone();
+    let base = ctx.issuer_base_url.clone();
+    let mates_of = move |changed: TokenPolicy| {
+        let path = crate::crd::issuer_path(&changed.issuer(&base));
+        path_mates
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.uid != changed.metadata.uid)
+            .filter(|p| crate::crd::issuer_path(&p.issuer(&base)) == path)
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    };
+    let policy_peers = policies.clone();
     let policy_changes = reflector(
         policy_writer,
         watcher(policies, watcher::Config::default().any_semantic()),
@@ -281,6 +312,7 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
         Controller::for_stream(policy_changes, policy_reader)
             .owns(secrets, owned.clone())
             .owns(config_maps, owned)
+            .watches(policy_peers, watcher::Config::default().any_semantic(), mates_of)
             .with_config(controller::Config::default().concurrency(4)),
     )
     .run(reconcile_policy_and_track, error_policy, ctx)

@@ -30,6 +30,12 @@ use std::time::Duration;
 pub use crate::meta::{JWKS_DATA_KEY, PEM_SUFFIX, TOKEN_POLICY_LABEL};
 pub use crate::token::jwks::jwks_json;
 
+/// Reason of `Stalled=True` while another policy claims the same issuer path.
+pub const ISSUER_CONFLICT: &str = "IssuerConflict";
+/// How often a policy in conflict looks again (a deletion on the other side
+/// may reach the store after the event that woke this one).
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
 /// kid → (PKCS#8 PEM, what it is).
 pub type PrivateKeys = BTreeMap<String, (Vec<u8>, PrivateKeyInfo)>;
 
@@ -127,6 +133,24 @@ pub async fn reconcile(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Ac
             return Ok(Action::requeue(RESYNC));
         }
     };
+
+    // An issuer path is one policy's: while another claims it, neither is
+    // served (the server refuses both) and both say so.
+    let conflicts = ctx.issuer_conflicts(&policy);
+    if !conflicts.is_empty() {
+        let phase = Phase::stalled(
+            ISSUER_CONFLICT,
+            format!(
+                "the issuer {} has the same path as the issuer of TokenPolicy {}; latchkey serves \
+                 discovery, JWKS and tokens by that path, so it serves neither policy until only one \
+                 claims it: delete one of them (spec.issuer cannot change; re-create it with an issuer of its own)",
+                policy.issuer(&ctx.issuer_base_url),
+                conflicts.join(", ")
+            ),
+        );
+        write_status(&policies, &policy, status, &phase, now).await?;
+        return Ok(Action::requeue(CONFLICT_RECHECK));
+    }
 
     let listed: BTreeMap<String, SigningAlgorithm> =
         status.keys.iter().map(|k| (k.kid.clone(), k.algorithm)).collect();

@@ -9,7 +9,7 @@ pub use api_key::{
 };
 pub use token_policy::{
     CustomClaim, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
-    TokenPolicyStatus,
+    TokenPolicyStatus, default_path_owner, issuer_path,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -131,13 +131,17 @@ pub struct TokenPolicySpec {
         .message("every role name in spec.roles must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"))]
     pub roles: BTreeMap<String, Vec<String>>,
 
-    /// Custom claims a token request may set (`claim.<name>=<value>`), for
-    /// example a tenant id the upstream uses to restrict data. Registered JWT
-    /// claims cannot be listed. At most 16.
+    /// Custom claims a token request may set (`claim.<name>=<value>`, a
+    /// string), for example a tenant id the upstream uses to restrict data.
+    /// A name may not be (in any case) a registered JWT claim, an RFC 7662
+    /// introspection member or one of latchkey's own claims: active, scope,
+    /// client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti,
+    /// role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce.
+    /// At most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(c, !(c.name in ['iss','sub','aud','exp','nbf','iat','jti','client_id','scope','role','typ','cnf','act','azp']))")
-        .message("spec.customClaims must not name a registered claim (iss, sub, aud, exp, nbf, iat, jti, client_id, scope, role, typ, cnf, act, azp)"))]
+    #[x_kube(validation = Rule::new("self.all(c, !(c.name.lowerAscii() in ['active','scope','client_id','username','token_type','exp','iat','nbf','sub','aud','iss','jti','role','act','may_act','sid','typ','cnf','azp','auth_time','acr','amr','nonce']))")
+        .message("spec.customClaims[].name must not be a reserved claim name (in any case: active, scope, client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti, role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce): they are RFC 7662 introspection members or claims latchkey sets itself; rename the claim, for example tenant or x_active"))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
         .message("spec.customClaims must not name a claim twice"))]
     pub custom_claims: Vec<CustomClaim>,
@@ -301,7 +305,44 @@ impl TokenPolicy {
         })
     }
 
+    /// The `(namespace, name)` whose default issuer path an explicit
+    /// `spec.issuer` has the shape of (`…/issuers/<namespace>/<name>`), when
+    /// that is not this policy's own: a squat of someone else's default.
+    pub fn squatted_default(&self) -> Option<(String, String)> {
+        let path = issuer_path(self.spec.issuer.as_deref()?);
+        let (ns, name) = default_path_owner(&path)?;
+        let own = (
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default(),
+        );
+        (own != (ns.as_str(), name.as_str())).then_some((ns, name))
+    }
+
     pub fn algorithm(&self) -> SigningAlgorithm {
         self.spec.algorithm.unwrap_or_default()
     }
+}
+
+/// The path of an issuer URL as the server routes it: `/issuers/a/b`, or
+/// `""` for an issuer without a path (the trailing slash trimmed).
+pub fn issuer_path(issuer: &str) -> String {
+    let rest = issuer.split_once("://").map_or(issuer, |(_, r)| r);
+    rest.find('/')
+        .map_or(String::new(), |i| rest[i..].trim_end_matches('/').to_owned())
+}
+
+/// The `(namespace, name)` whose default issuer path `path` is, when it ends
+/// with `/issuers/<namespace>/<name>` (after percent-decoding, so that an
+/// encoded spelling is recognised too).
+pub fn default_path_owner(path: &str) -> Option<(String, String)> {
+    let decoded: String =
+        form_urlencoded::parse(format!("p={}", path.replace('+', "%2B").replace('&', "%26")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+    let mut segments = decoded.rsplit('/');
+    let name = segments.next()?;
+    let ns = segments.next()?;
+    (segments.next()? == "issuers" && !ns.is_empty() && !name.is_empty())
+        .then(|| (ns.to_owned(), name.to_owned()))
 }

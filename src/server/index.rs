@@ -208,6 +208,23 @@ impl Index {
             .is_some_and(|entries| entries.iter().any(|e| e.valid_until.is_none_or(|t| t > now)))
     }
 
+    /// Whether some key listed under `key_id` is valid at `now` and its
+    /// ApiKey passes `admitted` (a token's check that its policy admits the
+    /// key that obtained it).
+    pub fn key_id_valid_where(
+        &self,
+        key_id: &KeyId,
+        now: Timestamp,
+        admitted: impl Fn(&Owner) -> bool,
+    ) -> bool {
+        let inner = self.inner.read().expect("index lock");
+        inner.by_key_id.get(key_id).is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e.valid_until.is_none_or(|t| t > now) && admitted(&e.owner))
+        })
+    }
+
     /// Number of keys and of ApiKeys indexed.
     pub fn len(&self) -> (usize, usize) {
         let inner = self.inner.read().expect("index lock");

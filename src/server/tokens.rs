@@ -8,6 +8,20 @@
 //!   watches only Secrets labelled `latchkey.dev/token-policy`); it verifies
 //!   with the public keys of the policy's status, so a token verifies as soon
 //!   as the key that signed it is published, and until it is removed.
+//! - A Secret is the policy's only by name (`<policy>-signing-keys`) and by a
+//!   controller ownerReference with the policy's uid, as the controller
+//!   writes it. Any other Secret, labelled or not, is ignored: creating or
+//!   deleting one changes nothing.
+//! - An issuer path belongs to one policy. When two or more policies claim
+//!   the same path (the webhook refuses that; it can still happen when the
+//!   webhook was bypassed, down under `failurePolicy: Ignore`, or two
+//!   creates raced), none of them is served: no discovery, no JWKS, no
+//!   `/token`, and their keys verify no token, until only one is left. Never
+//!   "first wins": whoever sorts first is an attacker's choice.
+//! - A token is accepted only when its `client_id` is a valid API key that
+//!   the signing key's policy admits (same namespace, `tokenPolicyRef` or
+//!   `apiKeySelector`): a token signed with a policy's key cannot speak for
+//!   a key of another namespace or one the policy never admitted.
 //! - It signs with the key the schedule says is active; if the Secret watch
 //!   has not delivered that key yet, the previous key may sign for
 //!   [`SIGN_OVERLAP_SECONDS`] more (covered by the schedule's leeway).
@@ -76,6 +90,9 @@ pub struct PolicyEntry {
     pub jwks: String,
     pub jwks_max_age: u64,
     pub discovery: String,
+    /// Other policies (`namespace/name`) that claim the same issuer path;
+    /// while there is one, this policy issues and verifies nothing.
+    pub conflicts: Vec<String>,
 }
 
 impl PolicyEntry {
@@ -128,6 +145,8 @@ pub struct Snapshot {
     by_name: HashMap<(String, String), Arc<PolicyEntry>>,
     by_issuer_path: HashMap<String, Arc<PolicyEntry>>,
     by_kid: HashMap<String, VerifyingKey>,
+    /// The policy each published key belongs to.
+    policy_by_kid: HashMap<String, Arc<PolicyEntry>>,
 }
 
 /// A verified token, as cached.
@@ -154,43 +173,115 @@ pub struct Tokens {
     synced: AtomicBool,
 }
 
-fn issuer_path(issuer: &str) -> String {
-    let rest = issuer.split_once("://").map_or(issuer, |(_, r)| r);
-    rest.find('/')
-        .map_or(String::new(), |i| rest[i..].trim_end_matches('/').to_owned())
+pub use crate::crd::issuer_path;
+
+/// A signing-key Secret as the server keeps it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SigningSecret {
+    /// The uid of its controller owner when that is a TokenPolicy.
+    pub controller_uid: Option<String>,
+    /// kid → PKCS#8 PEM.
+    pub keys: PemsByKid,
 }
 
-/// Builds the snapshot from the policies and their Secrets' private keys.
+/// The issuer path of every policy that can be served, with the policies
+/// (`namespace/name`) that claim it.
+fn claims_by_path(
+    policies: &BTreeMap<(String, String), TokenPolicy>,
+    issuer_base_url: &str,
+) -> HashMap<String, Vec<String>> {
+    let mut by_path: HashMap<String, Vec<String>> = HashMap::new();
+    for ((ns, name), policy) in policies {
+        if schedule::Settings::of(&policy.spec).is_ok() {
+            by_path
+                .entry(issuer_path(&policy.issuer(issuer_base_url)))
+                .or_default()
+                .push(format!("{ns}/{name}"));
+        }
+    }
+    by_path
+}
+
+/// The other policies (`namespace/name`) whose issuer has the same path as
+/// `policy`'s, among `policies` (what the controller reports as
+/// `IssuerConflict`).
+pub fn issuer_conflicts<'a>(
+    policy: &TokenPolicy,
+    policies: impl IntoIterator<Item = &'a TokenPolicy>,
+    issuer_base_url: &str,
+) -> Vec<String> {
+    let path = issuer_path(&policy.issuer(issuer_base_url));
+    let me = (
+        policy.metadata.namespace.as_deref(),
+        policy.metadata.name.as_deref(),
+    );
+    let mut others: Vec<String> = policies
+        .into_iter()
+        .filter(|p| (p.metadata.namespace.as_deref(), p.metadata.name.as_deref()) != me)
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| schedule::Settings::of(&p.spec).is_ok())
+        .filter(|p| issuer_path(&p.issuer(issuer_base_url)) == path)
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    others.sort();
+    others
+}
+
+/// Builds the snapshot from the policies and their signing-key Secrets
+/// (by namespace and Secret name).
 pub fn build_snapshot(
     policies: &BTreeMap<(String, String), TokenPolicy>,
-    secrets: &BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    secrets: &BTreeMap<(String, String), SigningSecret>,
     issuer_base_url: &str,
 ) -> Snapshot {
     let mut snap = Snapshot::default();
+    let claims = claims_by_path(policies, issuer_base_url);
     for ((ns, name), policy) in policies {
         let Ok(settings) = schedule::Settings::of(&policy.spec) else {
             continue;
         };
         let issuer = policy.issuer(issuer_base_url);
+        let path = issuer_path(&issuer);
+        let me = format!("{ns}/{name}");
+        let conflicts: Vec<String> = claims
+            .get(&path)
+            .into_iter()
+            .flatten()
+            .filter(|p| **p != me)
+            .cloned()
+            .collect();
         let status_keys: &[SigningKeyRecord] = policy
             .status
             .as_ref()
             .map(|s| s.keys.as_slice())
             .unwrap_or_default();
-        let private = secrets.get(&(ns.clone(), name.clone()));
+        // Only the Secret the controller writes: its name, owned by this policy's uid.
+        let uid = policy.metadata.uid.as_deref().filter(|u| !u.is_empty());
+        let private = secrets
+            .get(&(ns.clone(), policy.signing_secret_name()))
+            .filter(|s| uid.is_some() && s.controller_uid.as_deref() == uid)
+            .map(|s| &s.keys);
         let mut signers = Vec::new();
+        let mut verifying = Vec::new();
         for record in status_keys {
             let alg = keys::jwt_algorithm(record.algorithm);
             if let Ok(key) = keys::decoding_key(&record.kid, record.algorithm, &record.public_jwk) {
-                snap.by_kid.insert(
+                verifying.push((
                     record.kid.clone(),
                     VerifyingKey {
                         algorithm: alg,
                         key,
                         issuer: issuer.clone(),
                         audiences: policy.spec.audiences.clone(),
+                        max_ttl_seconds: record.max_ttl_seconds.max(settings.max_ttl.as_secs()),
                     },
-                );
+                ));
             }
             let pem = private.and_then(|p| p.get(&record.kid));
             if let Some(Ok(key)) = pem.map(|pem| keys::encoding_key(&record.kid, record.algorithm, pem)) {
@@ -202,6 +293,11 @@ pub fn build_snapshot(
                     retires_at: record.retires_at.as_ref().map(|t| t.0.as_second()),
                 });
             }
+        }
+        if !conflicts.is_empty() {
+            // Neither signs nor verifies while the path is disputed.
+            signers.clear();
+            verifying.clear();
         }
         signers.sort_by_key(|s| s.active_from);
         let discovery = json!({
@@ -241,10 +337,22 @@ pub fn build_snapshot(
                 .unwrap_or_else(|| json!({ "keys": [] }).to_string()),
             jwks_max_age: (settings.pre_publish.as_secs() / 2).max(0) as u64,
             discovery: discovery.to_string(),
+            conflicts,
         });
-        snap.by_issuer_path
-            .entry(issuer_path(&issuer))
-            .or_insert_with(|| entry.clone());
+        if entry.conflicts.is_empty() {
+            snap.by_issuer_path.insert(path, entry.clone());
+        } else {
+            tracing::warn!(
+                namespace = %ns,
+                name = %name,
+                others = ?entry.conflicts,
+                "TokenPolicies share an issuer path; none of them is served"
+            );
+        }
+        for (kid, key) in verifying {
+            snap.policy_by_kid.insert(kid.clone(), entry.clone());
+            snap.by_kid.insert(kid, key);
+        }
         snap.by_name.insert((ns.clone(), name.clone()), entry);
     }
     snap
@@ -276,6 +384,16 @@ impl Tokens {
             .by_issuer_path
             .get(path)
             .cloned()
+    }
+
+    /// Whether the API key `client_id` is one the policy of `kid` admits
+    /// (the index says whether it is still valid).
+    pub fn client_admitted(&self, kid: &str, client_id: &KeyId, index: &Index, now: Timestamp) -> bool {
+        let snapshot = self.snapshot.read().expect("token snapshot lock");
+        snapshot
+            .policy_by_kid
+            .get(kid)
+            .is_some_and(|policy| index.key_id_valid_where(client_id, now, |owner| policy.admits(owner)))
     }
 
     /// Verifies `token` (from the cache when seen before) and runs `f` on it
@@ -365,8 +483,11 @@ pub fn decide_token(
     }
     let now_s = now.as_second();
     let decided = tokens.with_verified(token, now_s, |t| {
-        if !t.client_id.is_some_and(|id| index.key_id_valid(&id, now)) {
+        let Some(client_id) = t.client_id.filter(|id| index.key_id_valid(id, now)) else {
             return Decision::Invalid(Invalid::ClientRevoked);
+        };
+        if !tokens.client_admitted(&t.kid, &client_id, index, now) {
+            return Decision::Invalid(Invalid::Token(claims::TokenInvalid::Client));
         }
         if let Some(audience) = &requirement.audience
             && !t.claims.aud.iter().any(|a| a == audience)
@@ -411,7 +532,10 @@ pub fn introspect_token(
 ) -> Option<serde_json::Value> {
     tokens
         .with_verified(token, now.as_second(), |t| {
-            if !t.client_id.is_some_and(|id| index.key_id_valid(&id, now)) {
+            if !t
+                .client_id
+                .is_some_and(|id| tokens.client_admitted(&t.kid, &id, index, now))
+            {
                 return None;
             }
             let c = &t.claims;
@@ -430,8 +554,12 @@ pub fn introspect_token(
             if let Some(role) = &c.role {
                 out["role"] = json!(role);
             }
+            // Never over an RFC 7662 member: `active` stays a boolean (a
+            // verified token has no reserved custom claim anyway).
             for (k, v) in &c.custom {
-                out[k] = v.clone();
+                if out.get(k).is_none() {
+                    out[k] = v.clone();
+                }
             }
             Some(out)
         })
@@ -544,6 +672,14 @@ pub fn issue(
                 .into(),
         ));
     };
+    if !policy.conflicts.is_empty() {
+        // Which other policy is for its status (IssuerConflict), not for a client.
+        return Err(TokenError::UnauthorizedClient(
+            "the TokenPolicy's issuer is also claimed by another TokenPolicy; no token is issued \
+             until one of them changes spec.issuer (see the TokenPolicy's status)"
+                .into(),
+        ));
+    }
     let now_s = now.as_second();
     let Some(signer) = policy.signer(now_s) else {
         return Err(TokenError::TemporarilyUnavailable(
@@ -657,20 +793,32 @@ enum Change {
     Secret(Result<watcher::Event<Secret>, watcher::Error>),
 }
 
-/// (namespace, policy name) → kid → PKCS#8 PEM.
-type PolicyKey = (String, String);
-type PemsByKid = BTreeMap<String, Vec<u8>>;
+/// (namespace, Secret name).
+type SecretKey = (String, String);
+/// kid → PKCS#8 PEM.
+pub type PemsByKid = BTreeMap<String, Vec<u8>>;
 
-fn secret_keys(secret: &Secret) -> Option<(PolicyKey, PemsByKid)> {
-    let policy = secret.labels().get(TOKEN_POLICY_LABEL)?.clone();
+/// A watched Secret by namespace and name, with its controller owner's uid
+/// (when a TokenPolicy) and its private keys. Which policy it serves is
+/// decided in [`build_snapshot`] by name and that uid, never by its label.
+fn secret_keys(secret: &Secret) -> Option<(SecretKey, SigningSecret)> {
     let ns = secret.namespace()?;
+    let name = secret.metadata.name.clone()?;
+    let controller_uid = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .filter(|o| o.kind == "TokenPolicy" && o.api_version.starts_with("latchkey.dev/"))
+        .map(|o| o.uid.clone());
     let keys = secret
         .data
         .iter()
         .flatten()
         .filter_map(|(k, v)| Some((k.strip_suffix(PEM_SUFFIX)?.to_owned(), v.0.clone())))
         .collect();
-    Some(((ns, policy), keys))
+    Some(((ns, name), SigningSecret { controller_uid, keys }))
 }
 
 /// Keeps `tokens` up to date from watches of TokenPolicies and their
@@ -689,7 +837,7 @@ pub async fn feed(
         .map(Change::Secret);
     let mut events = futures::stream::select(policy_events.boxed(), secret_events.boxed());
     let mut policy_store: BTreeMap<(String, String), TokenPolicy> = BTreeMap::new();
-    let mut secret_store: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    let mut secret_store: BTreeMap<SecretKey, SigningSecret> = BTreeMap::new();
     let (mut policy_init, mut secret_init) = (None::<BTreeMap<_, _>>, None::<BTreeMap<_, _>>);
     let (mut policies_done, mut secrets_done) = (false, false);
     let key_of = |p: &TokenPolicy| (p.namespace().unwrap_or_default(), p.name_any());
@@ -818,6 +966,7 @@ mod tests {
             },
         );
         policy.metadata.namespace = Some("shop".into());
+        policy.metadata.uid = Some("uid-shop-login".into());
         policy.status = Some(TokenPolicyStatus {
             keys: vec![SigningKeyRecord {
                 kid: key.kid.clone(),
@@ -839,10 +988,7 @@ mod tests {
         use crate::crd::SigningAlgorithm;
         let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
         let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy.clone())]);
-        let secrets = BTreeMap::from([(
-            ("shop".to_string(), "login".to_string()),
-            BTreeMap::from([(key.kid.clone(), key.pem.clone().into_bytes())]),
-        )]);
+        let secrets = owned_secret(&policy, &key);
         let base = "http://127.0.0.1:8080";
         let snapshot = build_snapshot(&policies, &secrets, base);
         let entry = snapshot.by_name.values().next().unwrap().clone();
@@ -890,6 +1036,255 @@ mod tests {
             tokens.with_verified(&token, now + 10, |_| ()).err(),
             Some(claims::TokenInvalid::UnknownKey)
         );
+    }
+
+    /// The Secret the controller writes for `policy`: its name, its uid.
+    fn owned_secret(
+        policy: &TokenPolicy,
+        key: &keys::GeneratedKey,
+    ) -> BTreeMap<(String, String), SigningSecret> {
+        BTreeMap::from([(
+            (policy.namespace().unwrap(), policy.signing_secret_name()),
+            SigningSecret {
+                controller_uid: policy.metadata.uid.clone(),
+                keys: BTreeMap::from([(key.kid.clone(), key.pem.clone().into_bytes())]),
+            },
+        )])
+    }
+
+    fn at(policy: &TokenPolicy, ns: &str, name: &str, issuer: Option<String>) -> TokenPolicy {
+        let mut p = policy.clone();
+        p.metadata.namespace = Some(ns.into());
+        p.metadata.name = Some(name.into());
+        p.metadata.uid = Some(format!("uid-{ns}-{name}"));
+        p.spec.issuer = issuer;
+        p
+    }
+
+    const BASE: &str = "http://127.0.0.1:8080";
+
+    #[test]
+    fn a_disputed_issuer_path_serves_neither_policy() {
+        use crate::crd::SigningAlgorithm;
+        let (template, victim_key) = policy_with_key(SigningAlgorithm::ES256);
+        let (_, attacker_key) = policy_with_key(SigningAlgorithm::ES256);
+        let victim = at(&template, "sec-a", "login", None);
+        let mut attacker = at(
+            &template,
+            "aaa-x",
+            "evil",
+            Some(format!("{BASE}/issuers/sec-a/login")),
+        );
+        attacker.status.as_mut().unwrap().keys[0].kid = attacker_key.kid.clone();
+        attacker.status.as_mut().unwrap().keys[0].public_jwk = keys::public_jwk(
+            &attacker_key.kid,
+            SigningAlgorithm::ES256,
+            attacker_key.pem.as_bytes(),
+        )
+        .unwrap();
+        let mut secrets = owned_secret(&victim, &victim_key);
+        secrets.extend(owned_secret(&attacker, &attacker_key));
+        let policies = BTreeMap::from([
+            (("aaa-x".to_string(), "evil".to_string()), attacker.clone()),
+            (("sec-a".to_string(), "login".to_string()), victim.clone()),
+        ]);
+        let snap = build_snapshot(&policies, &secrets, BASE);
+        // "aaa-x" sorts first: before, it took the victim's path.
+        assert!(
+            snap.by_issuer_path.is_empty(),
+            "nobody serves /issuers/sec-a/login"
+        );
+        assert!(snap.by_kid.is_empty(), "neither policy's keys verify a token");
+        let v = &snap.by_name[&("sec-a".to_string(), "login".to_string())];
+        let a = &snap.by_name[&("aaa-x".to_string(), "evil".to_string())];
+        assert_eq!(v.conflicts, vec!["aaa-x/evil"]);
+        assert_eq!(a.conflicts, vec!["sec-a/login"]);
+        assert!(v.signer(1_800_000_000).is_none() && a.signer(1_800_000_000).is_none());
+        assert_eq!(
+            issuer_conflicts(&victim, policies.values(), BASE),
+            vec!["aaa-x/evil"]
+        );
+
+        // Two explicit issuers with the same path on different hosts: the same dispute.
+        let one = at(&template, "t1", "p", Some("https://a.example/shared".into()));
+        let two = at(&template, "t2", "p", Some("https://b.example/shared".into()));
+        let policies = BTreeMap::from([
+            (("t1".to_string(), "p".to_string()), one.clone()),
+            (("t2".to_string(), "p".to_string()), two),
+        ]);
+        let snap = build_snapshot(&policies, &owned_secret(&one, &victim_key), BASE);
+        assert!(snap.by_issuer_path.is_empty() && snap.by_kid.is_empty());
+
+        // The squatter gone: the victim is served again, with its own key.
+        let policies = BTreeMap::from([(("sec-a".to_string(), "login".to_string()), victim.clone())]);
+        let snap = build_snapshot(&policies, &owned_secret(&victim, &victim_key), BASE);
+        let served = &snap.by_issuer_path["/issuers/sec-a/login"];
+        assert!(served.conflicts.is_empty());
+        assert_eq!(served.signer(1_800_000_000).unwrap().kid, victim_key.kid);
+        assert!(issuer_conflicts(&victim, policies.values(), BASE).is_empty());
+    }
+
+    #[test]
+    fn only_the_named_secret_owned_by_the_policy_uid_signs() {
+        use crate::crd::SigningAlgorithm;
+        let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
+        let (_, rogue) = policy_with_key(SigningAlgorithm::ES256);
+        let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy.clone())]);
+        let now = 1_800_000_000;
+        let signer_kid = |secrets: &BTreeMap<(String, String), SigningSecret>| {
+            let snap = build_snapshot(&policies, secrets, BASE);
+            snap.by_name[&("shop".to_string(), "login".to_string())]
+                .signer(now)
+                .map(|s| s.kid.clone())
+        };
+        // The rogue Secret carries a key under the policy's kid.
+        let rogue_keys = BTreeMap::from([(key.kid.clone(), rogue.pem.clone().into_bytes())]);
+        let mut secrets = owned_secret(&policy, &key);
+        // Another name (the label alone), unowned or owned: ignored.
+        for uid in [None, policy.metadata.uid.clone()] {
+            secrets.insert(
+                ("shop".into(), "rogue".into()),
+                SigningSecret {
+                    controller_uid: uid,
+                    keys: rogue_keys.clone(),
+                },
+            );
+            let snap = build_snapshot(&policies, &secrets, BASE);
+            let entry = &snap.by_name[&("shop".to_string(), "login".to_string())];
+            let signer = entry.signer(now).expect("the real key signs");
+            // It is the real key: its token verifies with the published key.
+            let token = jsonwebtoken::encode(
+                &claims::header(signer.algorithm, &signer.kid),
+                &json!({"iss": entry.rules.issuer, "sub": "s", "aud": ["orders"], "exp": now + 60,
+                        "iat": now, "jti": "j", "client_id": "AbCdEfGhIjKl", "scope": ""}),
+                &signer.key,
+            )
+            .unwrap();
+            assert!(claims::verify(&token, |k| snap.by_kid.get(k), now).is_ok());
+        }
+        // Its deletion changes nothing.
+        secrets.remove(&("shop".to_string(), "rogue".to_string()));
+        assert_eq!(signer_kid(&secrets), Some(key.kid.clone()));
+        // The right name without the policy's uid (unowned, another owner): no signer.
+        for uid in [None, Some("uid-someone-else".to_string())] {
+            let wrong = BTreeMap::from([(
+                ("shop".to_string(), policy.signing_secret_name()),
+                SigningSecret {
+                    controller_uid: uid,
+                    keys: rogue_keys.clone(),
+                },
+            )]);
+            assert_eq!(signer_kid(&wrong), None);
+        }
+    }
+
+    #[test]
+    fn a_secret_s_controller_must_be_a_token_policy() {
+        let mut secret = Secret::default();
+        secret.metadata.namespace = Some("shop".into());
+        secret.metadata.name = Some("login-signing-keys".into());
+        let owner =
+            |kind: &str, controller: bool| k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "latchkey.dev/v1alpha1".into(),
+                kind: kind.into(),
+                name: "login".into(),
+                uid: "u1".into(),
+                controller: Some(controller),
+                ..Default::default()
+            };
+        secret.metadata.owner_references = Some(vec![owner("TokenPolicy", false)]);
+        assert_eq!(secret_keys(&secret).unwrap().1.controller_uid, None);
+        secret.metadata.owner_references = Some(vec![owner("ApiKey", true)]);
+        assert_eq!(secret_keys(&secret).unwrap().1.controller_uid, None);
+        secret.metadata.owner_references = Some(vec![owner("TokenPolicy", true)]);
+        let ((ns, name), s) = secret_keys(&secret).unwrap();
+        assert_eq!(
+            (ns.as_str(), name.as_str(), s.controller_uid.as_deref()),
+            ("shop", "login-signing-keys", Some("u1"))
+        );
+    }
+
+    #[test]
+    fn a_token_speaks_only_for_a_key_its_policy_admits() {
+        use crate::crd::{ApiKeySpec, ApiKeyStatus, KeyRecord, SigningAlgorithm, TokenPolicyRef};
+        use crate::key::ApiKeyValue;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
+        let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy.clone())]);
+        let tokens = Tokens::default();
+        tokens.replace(build_snapshot(&policies, &owned_secret(&policy, &key), BASE));
+        tokens.mark_synced();
+        let api_key = |ns: &str, name: &str, policy_ref: Option<&str>| {
+            let value = ApiKeyValue::generate();
+            let mut ak = crate::crd::ApiKey::new(
+                name,
+                ApiKeySpec {
+                    scopes: vec!["orders:read".into()],
+                    token_policy_ref: policy_ref.map(|n| TokenPolicyRef { name: n.into() }),
+                    ..Default::default()
+                },
+            );
+            ak.metadata.namespace = Some(ns.into());
+            ak.status = Some(ApiKeyStatus {
+                current_key: Some(KeyRecord {
+                    id: value.key_id().into(),
+                    sha256: value.sha256_hex(),
+                    issued_at: Time(Timestamp::UNIX_EPOCH),
+                    valid_until: None,
+                }),
+                ..Default::default()
+            });
+            (ak, value.key_id().to_owned())
+        };
+        let index = Index::default();
+        let mut rebuild = super::super::index::Rebuild::default();
+        let (admitted, admitted_id) = api_key("shop", "frontend", Some("login"));
+        let (other_ns, other_ns_id) = api_key("elsewhere", "frontend", Some("login"));
+        let (never, never_id) = api_key("shop", "stranger", None);
+        for ak in [&admitted, &other_ns, &never] {
+            rebuild.apply(ak, None);
+        }
+        index.replace(rebuild);
+        let snap = tokens.snapshot();
+        let entry = snap.by_name[&("shop".to_string(), "login".to_string())].clone();
+        let signer = entry.signer(1_800_000_000).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let forge = |client_id: &str| {
+            let claims = AccessClaims {
+                iss: entry.rules.issuer.clone(),
+                sub: "svc".into(),
+                aud: vec!["orders".into()],
+                exp: now.as_second() + 60,
+                iat: now.as_second(),
+                nbf: None,
+                jti: client_id.into(),
+                client_id: client_id.into(),
+                scope: "orders:read".into(),
+                role: None,
+                custom: BTreeMap::new(),
+            };
+            jsonwebtoken::encode(
+                &claims::header(signer.algorithm, &signer.kid),
+                &claims,
+                &signer.key,
+            )
+            .unwrap()
+        };
+        let req = Requirement::default();
+        let decide = |t: &str| decide_token(t, &req, &index, &tokens, now, 5);
+        assert!(matches!(decide(&forge(&admitted_id)), Decision::Allow { .. }));
+        for id in [&other_ns_id, &never_id] {
+            assert!(
+                matches!(
+                    decide(&forge(id)),
+                    Decision::Invalid(Invalid::Token(claims::TokenInvalid::Client))
+                ),
+                "{id}"
+            );
+            assert_eq!(introspect_token(&forge(id), &index, &tokens, now), None);
+        }
+        let info = introspect_token(&forge(&admitted_id), &index, &tokens, now).unwrap();
+        assert_eq!(info["active"], json!(true));
     }
 
     #[test]

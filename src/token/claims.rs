@@ -11,16 +11,24 @@
 //! - `role=<name>` gives the role's scopes, which must all be held by the
 //!   key; `scope` may then narrow further within the role.
 //! - Custom claims are `claim.<name>=<value>` (1–256 printable characters),
-//!   only for names the policy lists.
+//!   only for names the policy lists; a name is flat (letters, digits, `_`,
+//!   `-`: no nesting) and never one of [`RESERVED_CLAIMS`] (the RFC 7662
+//!   introspection members and latchkey's own claims), so a custom claim can
+//!   never stand in for `active`, `scope`, `client_id`, ... in `/introspect`.
 //! - `expires_in=<seconds>` asks for a shorter or longer lifetime, up to
-//!   `maxTTL`; more is `invalid_request`.
+//!   `maxTTL`; more is `invalid_request`. Every parameter but `audience`
+//!   may appear once.
 //! - `sub` is the ApiKey's subject, `client_id` its key id (the token dies
 //!   with that key: revoked, expired, or out of its grace period).
 //! - Verification: at most [`MAX_TOKEN_LEN`] bytes; `typ` must be `at+jwt`;
 //!   the `kid` must be published and its algorithm is the only one accepted
 //!   (so `alg: none` and HS256-with-the-public-key are refused); `iss` and
 //!   `aud` must be the policy's; `exp`, `nbf` and `iat` are checked against
-//!   the caller's clock with [`CLOCK_LEEWAY`].
+//!   the caller's clock with [`CLOCK_LEEWAY`]; `exp − iat` may not exceed the
+//!   key's `maxTTL` (plus the leeway); a `crit` header is refused (RFC 7515
+//!   §4.1.11: latchkey understands no extension); every custom claim must be
+//!   a string under a name that is not reserved. A token carrying anything
+//!   else was not issued by latchkey, whoever's key signed it.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -33,6 +41,48 @@ pub const CLOCK_LEEWAY: i64 = 30;
 /// The JOSE `typ` of an RFC 9068 access token.
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 const MAX_CLAIM_VALUE: usize = 256;
+
+/// Claim names a custom claim may not take: the RFC 7662 introspection
+/// members, the registered JWT claims and latchkey's own (the CRD's CEL rule
+/// lists the same, compared case-insensitively).
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "active",
+    "scope",
+    "client_id",
+    "username",
+    "token_type",
+    "exp",
+    "iat",
+    "nbf",
+    "sub",
+    "aud",
+    "iss",
+    "jti",
+    "role",
+    "act",
+    "may_act",
+    "sid",
+    "typ",
+    "cnf",
+    "azp",
+    "auth_time",
+    "acr",
+    "amr",
+    "nonce",
+];
+
+/// Whether `name` is reserved ([`RESERVED_CLAIMS`], any case).
+pub fn is_reserved_claim(name: &str) -> bool {
+    RESERVED_CLAIMS.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is a flat custom claim name (the CRD's pattern).
+fn is_claim_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
 
 /// An RFC 6749 §5.2 error of the token endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +156,7 @@ impl TokenRequest {
                     .extend(value.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
                 "role" => set_once(&mut req.role, &name, &value)?,
                 "policy" => set_once(&mut req.policy, &name, &value)?,
+                "expires_in" if req.expires_in.is_some() => return Err(dup()),
                 "expires_in" => {
                     let secs: i64 = value.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
                         TokenError::InvalidRequest("expires_in must be a positive number of seconds".into())
@@ -114,6 +165,12 @@ impl TokenRequest {
                 }
                 n if n.starts_with("claim.") => {
                     let claim = &n["claim.".len()..];
+                    if !is_claim_name(claim) {
+                        return Err(TokenError::InvalidRequest(format!(
+                            "claim.{claim}: a custom claim name is 1-64 letters, digits, '_' or '-', \
+                             starting with a letter (claims cannot nest)"
+                        )));
+                    }
                     if value.is_empty()
                         || value.len() > MAX_CLAIM_VALUE
                         || !value.chars().all(|c| !c.is_control())
@@ -290,6 +347,12 @@ pub fn build_claims(
     // Custom claims.
     let mut custom = BTreeMap::new();
     for (name, value) in &request.claims {
+        if is_reserved_claim(name) {
+            return Err(TokenError::InvalidRequest(format!(
+                "claim {name} is reserved (an RFC 7662 member or a claim of latchkey's own); \
+                 rename it in the TokenPolicy's spec.customClaims"
+            )));
+        }
         if !policy.custom_claims.contains_key(name) {
             return Err(TokenError::InvalidRequest(format!(
                 "claim {name} is not allowed by the TokenPolicy (spec.customClaims)"
@@ -346,6 +409,9 @@ pub struct VerifyingKey {
     pub key: DecodingKey,
     pub issuer: String,
     pub audiences: Vec<String>,
+    /// The longest lifetime (`exp − iat`) a token of this key may have: the
+    /// longest `maxTTL` in force while it signed.
+    pub max_ttl_seconds: i64,
 }
 
 /// Why a presented JWT is refused.
@@ -364,6 +430,14 @@ pub enum TokenInvalid {
     Audience,
     Expired,
     NotYetValid,
+    /// `exp − iat` beyond the key's `maxTTL`.
+    Lifetime,
+    /// A `crit` header (RFC 7515 §4.1.11): no extension is understood.
+    Critical,
+    /// A custom claim that is reserved or not a string.
+    Claims,
+    /// The `client_id` is not an API key the signing policy admits.
+    Client,
 }
 
 impl TokenInvalid {
@@ -378,6 +452,10 @@ impl TokenInvalid {
             TokenInvalid::Audience => "the token is not valid for this audience",
             TokenInvalid::Expired => "the token has expired",
             TokenInvalid::NotYetValid => "the token is not valid yet",
+            TokenInvalid::Lifetime => "the token's lifetime exceeds its policy's maxTTL",
+            TokenInvalid::Critical => "the token has a crit header; latchkey understands no JWS extension",
+            TokenInvalid::Claims => "the token carries a reserved or non-string custom claim",
+            TokenInvalid::Client => "the token's client_id is not an API key its policy admits",
         }
     }
 
@@ -392,6 +470,10 @@ impl TokenInvalid {
             TokenInvalid::Audience => "token_audience",
             TokenInvalid::Expired => "token_expired",
             TokenInvalid::NotYetValid => "token_not_yet_valid",
+            TokenInvalid::Lifetime => "token_lifetime",
+            TokenInvalid::Critical => "token_crit",
+            TokenInvalid::Claims => "token_claims",
+            TokenInvalid::Client => "token_client",
         }
     }
 }
@@ -418,6 +500,9 @@ pub fn verify<'k>(
     });
     if !typ_ok {
         return Err(TokenInvalid::Type);
+    }
+    if header.crit.is_some() {
+        return Err(TokenInvalid::Critical);
     }
     let kid = header.kid.ok_or(TokenInvalid::UnknownKey)?;
     let key = find_key(&kid).ok_or(TokenInvalid::UnknownKey)?;
@@ -451,6 +536,16 @@ pub fn verify<'k>(
     }
     if claims.nbf.is_some_and(|nbf| nbf > now + CLOCK_LEEWAY) || claims.iat > now + CLOCK_LEEWAY {
         return Err(TokenInvalid::NotYetValid);
+    }
+    if claims.exp.saturating_sub(claims.iat) > key.max_ttl_seconds.saturating_add(CLOCK_LEEWAY) {
+        return Err(TokenInvalid::Lifetime);
+    }
+    if claims
+        .custom
+        .iter()
+        .any(|(name, value)| is_reserved_claim(name) || !value.is_string())
+    {
+        return Err(TokenInvalid::Claims);
     }
     Ok((claims, kid))
 }
@@ -625,6 +720,7 @@ mod tests {
                 key: keys::decoding_key(&key.kid, alg, &jwk).unwrap(),
                 issuer: policy().issuer,
                 audiences: policy().audiences,
+                max_ttl_seconds: policy().max_ttl_seconds,
             },
             kid: key.kid,
             jwk,
@@ -756,5 +852,103 @@ mod tests {
         big.custom.insert("pad".into(), "x".repeat(MAX_TOKEN_LEN).into());
         assert_eq!(check(&f, &sign(&f, &big), NOW), Err(TokenInvalid::TooLarge));
         assert_eq!(check(&f, "eyJ.not.ajwt", NOW), Err(TokenInvalid::Malformed));
+    }
+
+    // ---- issue 13: forgeries and collisions ----
+
+    #[test]
+    fn a_repeated_expires_in_is_refused_like_every_repeated_parameter() {
+        let e =
+            TokenRequest::parse(b"grant_type=client_credentials&expires_in=60&expires_in=3600").unwrap_err();
+        assert_eq!(e.code(), "invalid_request");
+        assert!(
+            e.description().contains("expires_in appears more than once"),
+            "{e:?}"
+        );
+        for body in [
+            "grant_type=client_credentials&grant_type=client_credentials",
+            "grant_type=client_credentials&role=a&role=b",
+            "grant_type=client_credentials&policy=a&policy=b",
+            "grant_type=client_credentials&claim.tenant=a&claim.tenant=b",
+        ] {
+            assert_eq!(
+                TokenRequest::parse(body.as_bytes()).unwrap_err().code(),
+                "invalid_request",
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn custom_claims_never_nest_nor_take_a_reserved_name() {
+        for body in ["claim.tenant.id=x", "claim.=x", "claim.a%20b=x", "claim.1st=x"] {
+            let e =
+                TokenRequest::parse(format!("grant_type=client_credentials&{body}").as_bytes()).unwrap_err();
+            assert!(e.description().contains("cannot nest"), "{body}: {e:?}");
+        }
+        // A policy from before the CRD's rule listed `active`: still refused.
+        let mut p = policy();
+        for name in ["active", "Active", "username", "token_type", "sid"] {
+            p.custom_claims.insert(name.into(), false);
+            let e = build_claims(
+                &p,
+                &client(),
+                &req(&format!("grant_type=client_credentials&claim.{name}=false")),
+                NOW,
+                "j".into(),
+            )
+            .unwrap_err();
+            assert!(e.description().contains("is reserved"), "{name}: {e:?}");
+        }
+        for name in RESERVED_CLAIMS {
+            assert!(is_reserved_claim(name) && is_reserved_claim(&name.to_ascii_uppercase()));
+        }
+        assert!(!is_reserved_claim("tenant"));
+    }
+
+    #[test]
+    fn a_crit_header_is_refused() {
+        let f = fixture(SigningAlgorithm::ES256);
+        let mut h = header(Algorithm::ES256, &f.kid);
+        h.crit = Some(vec!["exp".into()]);
+        let token = jsonwebtoken::encode(&h, &claims(), &f.enc).unwrap();
+        assert_eq!(check(&f, &token, NOW), Err(TokenInvalid::Critical));
+    }
+
+    #[test]
+    fn a_lifetime_beyond_max_ttl_is_refused() {
+        let f = fixture(SigningAlgorithm::EdDSA);
+        let mut c = claims();
+        c.exp = c.iat + 3600 + CLOCK_LEEWAY;
+        assert!(
+            check(&f, &sign(&f, &c), NOW).is_ok(),
+            "maxTTL plus the leeway is fine"
+        );
+        c.exp = c.iat + 3600 + CLOCK_LEEWAY + 1;
+        assert_eq!(check(&f, &sign(&f, &c), NOW), Err(TokenInvalid::Lifetime));
+        // Ten years, the forgery of the issue.
+        c.exp = c.iat + 10 * 365 * 86400;
+        assert_eq!(check(&f, &sign(&f, &c), NOW), Err(TokenInvalid::Lifetime));
+    }
+
+    #[test]
+    fn reserved_or_non_string_custom_claims_in_a_signed_token_are_refused() {
+        let f = fixture(SigningAlgorithm::ES256);
+        for (name, value) in [
+            ("active", serde_json::json!("false")),
+            ("username", serde_json::json!("root")),
+            ("tenant", serde_json::json!({"id": "acme"})),
+            ("tenant", serde_json::json!(["acme"])),
+            ("tenant", serde_json::json!(7)),
+            ("tenant", serde_json::json!(false)),
+        ] {
+            let mut c = claims();
+            c.custom.insert(name.into(), value.clone());
+            assert_eq!(
+                check(&f, &sign(&f, &c), NOW),
+                Err(TokenInvalid::Claims),
+                "{name}={value}"
+            );
+        }
     }
 }

@@ -199,6 +199,8 @@ pub fn url_host(url: &str) -> Option<String> {
 struct WebhookState {
     client: Client,
     config: admission::Config,
+    /// The watched namespace, if any (where TokenPolicies can always be listed).
+    namespace: Option<String>,
 }
 
 /// latchkey's username as the API server sees it.
@@ -354,7 +356,42 @@ impl WebhookState {
                 },
             );
         }
+        if needs.issuers {
+            facts.issuers = Some(self.issuers().await);
+        }
         facts
+    }
+
+    /// Every TokenPolicy's `spec.issuer`, cluster-wide (issuer paths are
+    /// routed cluster-wide), or only the watched namespace's when latchkey
+    /// may list no more.
+    async fn issuers(&self) -> Found<Vec<admission::PolicyIssuer>> {
+        let list = |api: Api<TokenPolicy>| async move {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, api.list(&Default::default())).await {
+                Ok(Ok(list)) => Ok(list
+                    .items
+                    .into_iter()
+                    .map(|p| admission::PolicyIssuer {
+                        namespace: p.metadata.namespace.unwrap_or_default(),
+                        name: p.metadata.name.unwrap_or_default(),
+                        issuer: p.spec.issuer,
+                    })
+                    .collect()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(kube::Error::Service("timed out".into())),
+            }
+        };
+        let found = match (list(Api::all(self.client.clone())).await, &self.namespace) {
+            (Ok(all), _) => Ok(all),
+            (Err(kube::Error::Api(s)), Some(ns)) if s.code == 403 => {
+                list(Api::namespaced(self.client.clone(), ns)).await
+            }
+            (Err(e), _) => Err(e),
+        };
+        match found {
+            Ok(all) => Found::Present(all),
+            Err(e) => Found::Unknown(short_error(&e)),
+        }
     }
 }
 
@@ -452,7 +489,15 @@ pub async fn run(
         let tls_config = tls::server_config(certs.clone())?;
         let reloader = tokio::spawn(reload_mounted(dir.clone(), certs, options.sync_interval, files));
         tracing::info!(dir = %dir.display(), "serving the mounted certificate");
-        let served = listen_and_serve(options.addr, tls_config, client, allowed_users, shutdown).await;
+        let served = listen_and_serve(
+            options.addr,
+            tls_config,
+            client,
+            allowed_users,
+            options.namespace.clone(),
+            shutdown,
+        )
+        .await;
         reloader.abort();
         return served;
     }
@@ -513,7 +558,15 @@ pub async fn run(
     };
 
     tracing::info!(names = ?serving.names, "serving certificates of latchkey's CA");
-    let served = listen_and_serve(options.addr, tls_config, client, allowed_users, shutdown).await;
+    let served = listen_and_serve(
+        options.addr,
+        tls_config,
+        client,
+        allowed_users,
+        options.namespace.clone(),
+        shutdown,
+    )
+    .await;
     renewer.abort();
     syncer.abort();
     served
@@ -525,6 +578,7 @@ async fn listen_and_serve(
     tls_config: rustls::ServerConfig,
     client: Client,
     allowed_users: BTreeSet<String>,
+    namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebhookError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -534,6 +588,7 @@ async fn listen_and_serve(
     let app = router(Arc::new(WebhookState {
         client,
         config: admission::Config { allowed_users },
+        namespace,
     }));
     serve_tls(
         listener,
