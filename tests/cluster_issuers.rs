@@ -144,13 +144,30 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
         .await
         .unwrap();
 
-    // Both Stalled, each naming the other.
-    for (name, other) in [("login", "aaa-squatter"), ("aaa-squatter", "login")] {
-        let message = eventually(WAIT, &format!("{name} Stalled with IssuerConflict"), || async {
-            stalled_for_conflict(&policies.get(name).await.ok()?)
-        })
+    // And one created with the victim's issuer from the start.
+    apply(&policy_manifest(
+        n,
+        "aab-direct",
+        &format!("  issuer: {issuer}\n"),
+    ));
+
+    // All Stalled, each naming the others.
+    for (name, other) in [
+        ("login", "aaa-squatter"),
+        ("login", "aab-direct"),
+        ("aaa-squatter", "login"),
+        ("aab-direct", "login"),
+    ] {
+        let other = format!("{n}/{other}");
+        eventually(
+            WAIT,
+            &format!("{name} Stalled with IssuerConflict naming {other}"),
+            || async {
+                let message = stalled_for_conflict(&policies.get(name).await.ok()?)?;
+                message.contains(&other).then_some(())
+            },
+        )
         .await;
-        assert!(message.contains(&format!("{n}/{other}")), "{name}: {message}");
     }
     // Nothing is served at the path, and nothing signed by either key passes.
     let forged = forge(&attacker_kid, &attacker_key, &issuer, client_id);
@@ -188,11 +205,10 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
         "neither side verifies"
     );
 
-    // The squatter gone: the victim is back by itself, with its own key only.
-    policies
-        .delete("aaa-squatter", &DeleteParams::default())
-        .await
-        .unwrap();
+    // The squatters gone: the victim is back by itself, with its own key only.
+    for name in ["aaa-squatter", "aab-direct"] {
+        policies.delete(name, &DeleteParams::default()).await.unwrap();
+    }
     ready_policy(&policies, "login").await;
     let jwks: Value = eventually(WAIT, "the victim's JWKS is served again", || async {
         let (status, body) = get(&format!("{issuer}/.well-known/jwks.json")).await;
