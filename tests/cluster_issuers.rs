@@ -53,15 +53,28 @@ async fn real_key(secrets: &Api<Secret>, policy: &TokenPolicy) -> (String, jsonw
 
 /// A token as latchkey would issue it, signed with `key`.
 fn forge(kid: &str, key: &jsonwebtoken::EncodingKey, issuer: &str, client_id: &str) -> String {
+    forge_with(kid, key, issuer, client_id, |_, _| {})
+}
+
+/// [`forge`], with the header and claims changed by `change` first.
+fn forge_with(
+    kid: &str,
+    key: &jsonwebtoken::EncodingKey,
+    issuer: &str,
+    client_id: &str,
+    change: impl FnOnce(&mut jsonwebtoken::Header, &mut Value),
+) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let claims = json!({
+    let mut claims = json!({
         "iss": issuer, "sub": "victim-svc", "aud": ["orders"], "exp": now + 300, "iat": now,
         "jti": format!("forged-{client_id}"), "client_id": client_id, "scope": "orders:write",
     });
-    jsonwebtoken::encode(&claims::header(jsonwebtoken::Algorithm::ES256, kid), &claims, key).unwrap()
+    let mut header = claims::header(jsonwebtoken::Algorithm::ES256, kid);
+    change(&mut header, &mut claims);
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
 
 async fn auth(server: &str, token: &str) -> StatusCode {
@@ -400,4 +413,29 @@ async fn a_token_cannot_speak_for_a_key_its_policy_never_admitted() {
         StatusCode::UNAUTHORIZED,
         "a key of another namespace"
     );
+    // The admitted key's id, but ten years long, with a crit header, or
+    // with a custom claim that would shadow introspection's `active`.
+    type Change = Box<dyn FnOnce(&mut jsonwebtoken::Header, &mut Value)>;
+    let forgeries: [(&str, Change); 3] = [
+        (
+            "exp - iat of ten years",
+            Box::new(|_, c| c["exp"] = json!(c["iat"].as_i64().unwrap() + 10 * 365 * 86400)),
+        ),
+        (
+            "a crit header",
+            Box::new(|h, _| h.crit = Some(vec!["exp".into()])),
+        ),
+        (
+            "a custom claim active",
+            Box::new(|_, c| c["active"] = json!("false")),
+        ),
+    ];
+    for (what, change) in forgeries {
+        let forged = forge_with(&kid, &key, issuer, &admitted[3..15], change);
+        assert_eq!(
+            auth(&server.url, &forged).await,
+            StatusCode::UNAUTHORIZED,
+            "{what}"
+        );
+    }
 }
