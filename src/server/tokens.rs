@@ -218,7 +218,6 @@ pub fn issuer_conflicts<'a>(
     let mut others: Vec<String> = policies
         .into_iter()
         .filter(|p| (p.metadata.namespace.as_deref(), p.metadata.name.as_deref()) != me)
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| schedule::Settings::of(&p.spec).is_ok())
         .filter(|p| issuer_path(&p.issuer(issuer_base_url)) == path)
         .map(|p| {
