@@ -56,6 +56,7 @@ pub fn policy_with_key(alg: SigningAlgorithm) -> (TokenPolicy, keys::GeneratedKe
         },
     );
     policy.metadata.namespace = Some("shop".into());
+    policy.metadata.uid = Some("uid-shop-login".into());
     policy.status = Some(TokenPolicyStatus {
         keys: vec![SigningKeyRecord {
             kid: key.kid.clone(),
@@ -70,4 +71,23 @@ pub fn policy_with_key(alg: SigningAlgorithm) -> (TokenPolicy, keys::GeneratedKe
         ..Default::default()
     });
     (policy, key)
+}
+
+/// The signing-key Secret the controller writes for `policy` (its name, a
+/// controller reference with its uid), holding `key`, as the server's feed
+/// keeps it.
+pub fn signing_secret(
+    policy: &TokenPolicy,
+    key: &keys::GeneratedKey,
+) -> std::collections::BTreeMap<(String, String), crate::server::tokens::SigningSecret> {
+    std::collections::BTreeMap::from([(
+        (
+            policy.metadata.namespace.clone().unwrap_or_default(),
+            policy.signing_secret_name(),
+        ),
+        crate::server::tokens::SigningSecret {
+            controller_uid: policy.metadata.uid.clone(),
+            keys: std::collections::BTreeMap::from([(key.kid.clone(), key.pem.clone().into_bytes())]),
+        },
+    )])
 }

@@ -61,11 +61,8 @@ fn fixture() -> Fixture {
     index.replace(rebuild);
 
     let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
+    let secrets = crate::fixtures::signing_secret(&policy, &key);
     let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy)]);
-    let secrets = BTreeMap::from([(
-        ("shop".to_string(), "login".to_string()),
-        BTreeMap::from([(key.kid.clone(), key.pem.clone().into_bytes())]),
-    )]);
     let tokens = Arc::new(Tokens::default());
     tokens.replace(build_snapshot(&policies, &secrets, BASE));
     tokens.mark_synced();

@@ -951,36 +951,7 @@ mod tests {
         assert!(!selector_matches(&not_exists, &labels(&[("legacy", "1")])));
     }
 
-    fn policy_with_key(alg: crate::crd::SigningAlgorithm) -> (TokenPolicy, keys::GeneratedKey) {
-        use crate::crd::{SigningKeyRecord, TokenPolicySpec, TokenPolicyStatus};
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-        let key = keys::generate(alg).unwrap();
-        let jwk = keys::public_jwk(&key.kid, alg, key.pem.as_bytes()).unwrap();
-        let mut policy = TokenPolicy::new(
-            "login",
-            TokenPolicySpec {
-                audiences: vec!["orders".into()],
-                allowed_scopes: vec!["orders:read".into()],
-                ..Default::default()
-            },
-        );
-        policy.metadata.namespace = Some("shop".into());
-        policy.metadata.uid = Some("uid-shop-login".into());
-        policy.status = Some(TokenPolicyStatus {
-            keys: vec![SigningKeyRecord {
-                kid: key.kid.clone(),
-                algorithm: alg,
-                public_jwk: jwk,
-                published_at: Time(Timestamp::UNIX_EPOCH),
-                active_from: Time(Timestamp::UNIX_EPOCH),
-                retires_at: None,
-                remove_after: None,
-                max_ttl_seconds: 3600,
-            }],
-            ..Default::default()
-        });
-        (policy, key)
-    }
+    use crate::fixtures::{policy_with_key, signing_secret as owned_secret};
 
     #[test]
     fn a_cached_token_is_refused_once_its_key_is_removed() {
@@ -1035,20 +1006,6 @@ mod tests {
             tokens.with_verified(&token, now + 10, |_| ()).err(),
             Some(claims::TokenInvalid::UnknownKey)
         );
-    }
-
-    /// The Secret the controller writes for `policy`: its name, its uid.
-    fn owned_secret(
-        policy: &TokenPolicy,
-        key: &keys::GeneratedKey,
-    ) -> BTreeMap<(String, String), SigningSecret> {
-        BTreeMap::from([(
-            (policy.namespace().unwrap(), policy.signing_secret_name()),
-            SigningSecret {
-                controller_uid: policy.metadata.uid.clone(),
-                keys: BTreeMap::from([(key.kid.clone(), key.pem.clone().into_bytes())]),
-            },
-        )])
     }
 
     fn at(policy: &TokenPolicy, ns: &str, name: &str, issuer: Option<String>) -> TokenPolicy {
