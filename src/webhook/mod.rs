@@ -24,6 +24,11 @@
 //! controller writes it too: the write is idempotent, every replica holds
 //! the same CA.
 //!
+//! **Issuer uniqueness.** A TokenPolicy CREATE lists every TokenPolicy in
+//! the cluster (issuer paths are routed cluster-wide; only the watched
+//! namespace when latchkey may list no more) so that
+//! [`crate::admission`] can name the policy that already holds the path.
+//!
 //! **latchkey's identity.** Only latchkey may change or delete the Secrets
 //! it manages. Who "latchkey" is comes from `--webhook-allowed-user`
 //! (repeatable), by default the username of latchkey's own credentials,
