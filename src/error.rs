@@ -9,16 +9,23 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("the ApiKey has no {0}")]
-    MissingObjectKey(&'static str),
+    #[error("the {kind} has no {field}")]
+    MissingObjectKey { kind: &'static str, field: &'static str },
     #[error("could not load the kubeconfig: {0}")]
     Kubeconfig(String),
     #[error(
-        "the ApiKey CRD is not installed or not served ({0}); install it with `latchkey crd | kubectl apply -f -`"
+        "the {kind} CRD is not installed or not served ({source}); install it with `latchkey crd | kubectl apply -f -`"
     )]
-    CrdMissing(#[source] kube::Error),
+    CrdMissing {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
     #[error("auth server: {0}")]
     Server(String),
+    /// A TokenPolicy's signing key could not be generated or read.
+    #[error("signing key: {0}")]
+    SigningKey(String),
     /// The admission webhook's own error (`webhook::WebhookError`, converted
     /// there: the shared error type depends on no server module).
     #[error("admission webhook: {0}")]
@@ -37,10 +44,10 @@ pub enum Error {
 
 impl Error {
     /// The error of the first list of a kind at startup: missing RBAC is not a missing CRD.
-    pub fn at_startup(action: &'static str, source: kube::Error) -> Self {
+    pub fn at_startup(kind: &'static str, action: &'static str, source: kube::Error) -> Self {
         match &source {
             kube::Error::Api(status) if status.code == 403 => Error::Forbidden { action, source },
-            _ => Error::CrdMissing(source),
+            _ => Error::CrdMissing { kind, source },
         }
     }
 }
@@ -50,10 +57,11 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube",
-            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::MissingObjectKey { .. } => "missing_object_key",
             Error::Kubeconfig(_) => "kubeconfig",
-            Error::CrdMissing(_) => "crd_missing",
+            Error::CrdMissing { .. } => "crd_missing",
             Error::Server(_) => "server",
+            Error::SigningKey(_) => "signing_key",
             Error::Webhook(_) => "webhook",
             Error::LeaderElection(_) => "leader_election",
             Error::Forbidden { .. } => "forbidden",

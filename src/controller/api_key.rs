@@ -1,6 +1,8 @@
 //! The ApiKey reconciler: fetch → decide ([`plan`], [`schedule`]) → apply →
 //! status, and requeue at the next deadline.
 
+use super::apply::apply_object;
+use super::failure::Reconciled;
 use super::plan::{self, DeliveryCause, Note, SecretStamp};
 use super::schedule::{self, Schedule};
 use super::{Context, FIELD_MANAGER, RESYNC};
@@ -10,9 +12,7 @@ use crate::error::{Error, KubeResultExt, Result};
 use crate::key::ApiKeyValue;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
 
@@ -20,7 +20,10 @@ use std::sync::Arc;
 /// match, it makes no write at all.
 #[tracing::instrument(skip_all, fields(namespace = api_key.namespace(), name = api_key.name_any()))]
 pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
-    let namespace = api_key.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let namespace = api_key.namespace().ok_or(Error::MissingObjectKey {
+        kind: "ApiKey",
+        field: "namespace",
+    })?;
     let name = api_key.name_any();
     let api_keys: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -142,17 +145,13 @@ impl Writer<'_> {
 
     async fn apply_secret(&self, api_key: &ApiKey, key: &ApiKeyValue, stamp: SecretStamp) -> Result<()> {
         let secret = plan::desired_secret(api_key, key, stamp);
-        let mut body = serde_json::to_value(&secret).expect("a Secret serializes");
-        body["apiVersion"] = "v1".into();
-        body["kind"] = "Secret".into();
-        self.secrets
-            .patch(
-                &api_key.secret_name(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await
-            .during("applying the Secret")?;
+        apply_object(
+            self.secrets,
+            &api_key.secret_name(),
+            &secret,
+            "applying the Secret",
+        )
+        .await?;
         Ok(())
     }
 
@@ -182,7 +181,7 @@ impl Writer<'_> {
 }
 
 /// Whether `have` equals `want`, ignoring `lastUsedAt`.
-pub(super) fn same_status(have: Option<&ApiKeyStatus>, want: &ApiKeyStatus) -> bool {
+fn same_status(have: Option<&ApiKeyStatus>, want: &ApiKeyStatus) -> bool {
     have.is_some_and(|have| {
         let mut have = have.clone();
         have.last_used_at = None;
@@ -191,50 +190,11 @@ pub(super) fn same_status(have: Option<&ApiKeyStatus>, want: &ApiKeyStatus) -> b
 }
 
 /// Server-Side Apply of the whole status (without `lastUsedAt`).
-pub(super) async fn apply_status(
-    api_keys: &Api<ApiKey>,
-    name: &str,
-    status: &ApiKeyStatus,
-) -> Result<ApiKey> {
-    let mut status = status.clone();
-    status.last_used_at = None;
-    let body = serde_json::json!({
-        "apiVersion": ApiKey::api_version(&()),
-        "kind": ApiKey::kind(&()),
-        "status": status,
-    });
-    api_keys
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .during("writing the ApiKey status")
+async fn apply_status(api_keys: &Api<ApiKey>, name: &str, status: &ApiKeyStatus) -> Result<ApiKey> {
+    let status = ApiKey::without_foreign_fields(status.clone());
+    super::apply::apply_status(api_keys, name, &status, ApiKey::STATUS_ACTION).await
 }
 
-pub(super) async fn publish(ctx: &Context, api_key: &ApiKey, note: Note) {
-    publish_to(ctx, &api_key.object_ref(&()), note).await
-}
-
-/// Records `note` as an Event about `object`, best effort.
-pub(super) async fn publish_to(
-    ctx: &Context,
-    object: &k8s_openapi::api::core::v1::ObjectReference,
-    note: Note,
-) {
-    let event = Event {
-        type_: if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: note.reason.into(),
-        note: Some(note.message),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, object).await {
-        tracing::warn!(error = %err, reason = note.reason, "could not record an Event");
-    }
+async fn publish(ctx: &Context, api_key: &ApiKey, note: Note) {
+    super::apply::publish(ctx, &api_key.object_ref(&()), note).await
 }

@@ -10,6 +10,8 @@
 //! status (`RetryingAfterError`), which therefore cannot trigger an early retry.
 
 mod api_key;
+pub mod apply;
+pub mod failure;
 pub mod leader;
 pub mod plan;
 pub mod policy_ref;
@@ -17,6 +19,7 @@ pub mod schedule;
 pub mod token_policy;
 
 pub use api_key::reconcile;
+pub use failure::failure_summary;
 
 use crate::clock::Clock;
 use crate::crd::{ApiKey, TokenPolicy};
@@ -207,10 +210,14 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
     api_keys
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(|e| Error::at_startup("list ApiKeys", e))?;
+        .map_err(|e| Error::at_startup("ApiKey", "list ApiKeys", e))?;
 
     // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
-    let managed = format!("{}={}", plan::MANAGED_BY_LABEL, plan::MANAGED_BY_VALUE);
+    let managed = format!(
+        "{}={}",
+        crate::meta::MANAGED_BY_LABEL,
+        crate::meta::MANAGED_BY_VALUE
+    );
     tracing::info!(
         namespace = options.namespace.as_deref().unwrap_or("*"),
         "ApiKey controller starting"
@@ -261,7 +268,11 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
             )
             .with_config(controller::Config::default().concurrency(options.concurrency)),
     )
-    .run(reconcile_and_track, error_policy, ctx.clone())
+    .run(
+        |api_key, ctx| reconcile_and_track(api_key, ctx, api_key::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
     .for_each(|result| async move {
         if let Err(err) = result {
             tracing::debug!(error = %err, "reconcile round ended with an error");
@@ -277,9 +288,9 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
     policies
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(|e| Error::at_startup("list TokenPolicies", e))?;
+        .map_err(|e| Error::at_startup("TokenPolicy", "list TokenPolicies", e))?;
     let owned = watcher::Config::default()
-        .labels(token_policy::TOKEN_POLICY_LABEL)
+        .labels(crate::meta::TOKEN_POLICY_LABEL)
         .any_semantic();
     let (policy_reader, policy_writer) = reflector::store();
     *ctx.token_policies.write().expect("token policy store lock") = Some(policy_reader.clone());
@@ -315,7 +326,11 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
             .watches(policy_peers, watcher::Config::default().any_semantic(), mates_of)
             .with_config(controller::Config::default().concurrency(4)),
     )
-    .run(reconcile_policy_and_track, error_policy, ctx)
+    .run(
+        |policy, ctx| reconcile_and_track(policy, ctx, token_policy::reconcile),
+        error_policy,
+        ctx,
+    )
     .for_each(|result| async move {
         if let Err(err) = result {
             tracing::debug!(error = %err, "TokenPolicy reconcile round ended with an error");
@@ -359,88 +374,24 @@ where
     }
 }
 
-async fn reconcile_policy_and_track(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let obj = ObjectRef::from_obj(&*policy).erase();
-    match token_policy::reconcile(policy.clone(), ctx.clone()).await {
+/// Runs `reconcile` on `object`; a failure gets the next backoff and is
+/// recorded in status ([`failure::record_failure`]), a success clears it.
+async fn reconcile_and_track<K, F>(object: Arc<K>, ctx: Arc<Context>, reconcile: F) -> Result<Action>
+where
+    K: failure::Reconciled,
+    F: AsyncFnOnce(Arc<K>, Arc<Context>) -> Result<Action>,
+{
+    let obj = ObjectRef::from_obj(&*object).erase();
+    match reconcile(object.clone(), ctx.clone()).await {
         Ok(action) => {
             ctx.record_success(&obj);
             Ok(action)
         }
         Err(err) => {
             let delay = ctx.next_backoff(obj);
-            token_policy::record_failure(&policy, &err, delay, &ctx).await;
+            failure::record_failure(&*object, &err, delay, &ctx).await;
             Err(err)
         }
-    }
-}
-
-async fn reconcile_and_track(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
-    let obj = ObjectRef::from_obj(&*api_key).erase();
-    match reconcile(api_key.clone(), ctx.clone()).await {
-        Ok(action) => {
-            ctx.record_success(&obj);
-            Ok(action)
-        }
-        Err(err) => {
-            let delay = ctx.next_backoff(obj);
-            record_failure(&api_key, &err, delay, &ctx).await;
-            Err(err)
-        }
-    }
-}
-
-/// What status says about a failed reconcile: what failed, never the API
-/// server's full message (it could echo a request body).
-pub fn failure_summary(err: &Error) -> String {
-    match err {
-        Error::Kube {
-            action,
-            source: kube::Error::Api(status),
-        } => format!(
-            "Kubernetes API call failed while {action}: {} {}",
-            status.code, status.reason
-        ),
-        Error::Kube { action, .. } => format!("Kubernetes API call failed while {action}"),
-        other => other.to_string(),
-    }
-}
-
-/// Records a failed reconcile in status, best effort (Reconciling=True,
-/// reason `RetryingAfterError`, with the retry time). Re-reads the ApiKey and
-/// writes its whole status back (Server-Side Apply would drop the fields we
-/// left out), changing only the conditions.
-async fn record_failure(api_key: &ApiKey, err: &Error, delay: Duration, ctx: &Context) {
-    let (Some(ns), Some(name)) = (
-        api_key.metadata.namespace.as_deref(),
-        api_key.metadata.name.as_deref(),
-    ) else {
-        return;
-    };
-    let api_keys: Api<ApiKey> = Api::namespaced(ctx.client.clone(), ns);
-    let Ok(Some(fresh)) = api_keys.get_opt(name).await else {
-        return;
-    };
-    let now = schedule::whole_second(ctx.clock.now());
-    let retry_at = now
-        .checked_add(k8s_openapi::jiff::SignedDuration::try_from(delay).unwrap_or_default())
-        .unwrap_or(now);
-    let phase = crate::conditions::Phase::reconciling(
-        "RetryingAfterError",
-        format!(
-            "{}; retrying in {}s (at {})",
-            failure_summary(err),
-            delay.as_secs(),
-            plan::rfc3339(retry_at)
-        ),
-    );
-    let mut status = fresh.status.clone().unwrap_or_default();
-    crate::conditions::apply_phase(&mut status.conditions, &phase, fresh.metadata.generation, now);
-    status.last_used_at = None;
-    if api_key::same_status(fresh.status.as_ref(), &status) {
-        return;
-    }
-    if let Err(err) = api_key::apply_status(&api_keys, name, &status).await {
-        tracing::debug!(error = %err, "could not record the failure in status");
     }
 }
 
