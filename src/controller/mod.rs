@@ -222,21 +222,8 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
         namespace = options.namespace.as_deref().unwrap_or("*"),
         "ApiKey controller starting"
     );
-    // Reconcile on changes of spec (generation) and annotations (rotate-now),
-    // not on status writes: our own status writes need no second look, the
-    // auth server's lastUsedAt updates neither, and a failure recorded in
-    // status must not trigger a retry before its backoff.
-    let (reader, store_writer) = reflector::store();
-    let api_key_changes = reflector(
-        store_writer,
-        watcher(api_keys, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(
-        predicates::generation.combine(predicates::annotations),
-        Default::default(),
-    );
+    // Reconcile on changes of spec and annotations (see `spec_changes`).
+    let (reader, api_key_changes) = spec_changes(api_keys);
     // A TokenPolicy that appears (or goes) changes the readiness of the
     // ApiKeys naming it (see `policy_ref`).
     let referring = reader.clone();
@@ -292,7 +279,8 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
     let owned = watcher::Config::default()
         .labels(crate::meta::TOKEN_POLICY_LABEL)
         .any_semantic();
-    let (policy_reader, policy_writer) = reflector::store();
+    let policy_peers = policies.clone();
+    let (policy_reader, policy_changes) = spec_changes(policies);
     *ctx.token_policies.write().expect("token policy store lock") = Some(policy_reader.clone());
     // Any change of a policy (a new one, a deleted one) re-checks the others
     // that share its issuer path: both sides of a conflict show it.
@@ -308,17 +296,6 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     };
-    let policy_peers = policies.clone();
-    let policy_changes = reflector(
-        policy_writer,
-        watcher(policies, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(
-        predicates::generation.combine(predicates::annotations),
-        Default::default(),
-    );
     let policy_controller = stop_policies(
         Controller::for_stream(policy_changes, policy_reader)
             .owns(secrets, owned.clone())
@@ -372,6 +349,37 @@ where
         Some(trigger) => controller.graceful_shutdown_on(trigger.clone()),
         None => controller.shutdown_on_signal(),
     }
+}
+
+/// A reflector store of `api`'s objects and the stream of those whose spec
+/// (generation) or annotations (rotate-now) changed: not status writes, so
+/// our own status writes need no second look, the auth server's lastUsedAt
+/// updates neither, and a failure recorded in status does not trigger a
+/// retry before its backoff. Both kinds are driven this way.
+fn spec_changes<K>(
+    api: Api<K>,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
+    (reader, changes)
 }
 
 /// Runs `reconcile` on `object`; a failure gets the next backoff and is
