@@ -3,7 +3,7 @@
 
 use super::apply::apply_object;
 use super::failure::Reconciled;
-use super::plan::{self, DeliveryCause, Note, SecretStamp};
+use super::plan::{self, DeliveryCause, PlannedEvent, SecretStamp};
 use super::schedule::{self, Schedule};
 use super::{Context, FIELD_MANAGER, RESYNC};
 use crate::conditions::Phase;
@@ -52,7 +52,7 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
         None => None,
     };
     let now = schedule::whole_second(ctx.clock.now());
-    let writer = Writer {
+    let writer = ApiKeyWrites {
         ctx: &ctx,
         api_keys: &api_keys,
         secrets: &secrets,
@@ -101,7 +101,7 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
 }
 
 /// The writes of one reconcile: Server-Side Apply under [`FIELD_MANAGER`].
-struct Writer<'a> {
+struct ApiKeyWrites<'a> {
     ctx: &'a Context,
     api_keys: &'a Api<ApiKey>,
     secrets: &'a Api<Secret>,
@@ -110,7 +110,7 @@ struct Writer<'a> {
     now: Timestamp,
 }
 
-impl Writer<'_> {
+impl ApiKeyWrites<'_> {
     /// Delivers a new key in three writes (see [`plan`]); returns the ApiKey
     /// and the status after the last one.
     async fn deliver(
@@ -175,7 +175,7 @@ impl Writer<'_> {
     }
 
     /// Events are best effort: a failure to record one is logged, not retried.
-    async fn publish(&self, api_key: &ApiKey, note: Note) {
+    async fn publish(&self, api_key: &ApiKey, note: PlannedEvent) {
         publish(self.ctx, api_key, note).await
     }
 }
@@ -195,6 +195,6 @@ async fn apply_status(api_keys: &Api<ApiKey>, name: &str, status: &ApiKeyStatus)
     super::apply::apply_status(api_keys, name, &status, ApiKey::STATUS_ACTION).await
 }
 
-async fn publish(ctx: &Context, api_key: &ApiKey, note: Note) {
+async fn publish(ctx: &Context, api_key: &ApiKey, note: PlannedEvent) {
     super::apply::publish(ctx, &api_key.object_ref(&()), note).await
 }

@@ -3,7 +3,7 @@
 //! owned child, and Events (best effort, key ids only, never a key).
 
 use super::Context;
-use super::plan::Note;
+use super::plan::PlannedEvent;
 use crate::error::{KubeResultExt, Result};
 use crate::meta::FIELD_MANAGER;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -70,7 +70,7 @@ where
 
 /// Records `note` as an Event about `object`, best effort: a failure is
 /// logged, not retried.
-pub async fn publish(ctx: &Context, object: &ObjectReference, note: Note) {
+pub async fn publish(ctx: &Context, object: &ObjectReference, note: PlannedEvent) {
     let event = Event {
         type_: if note.warning {
             EventType::Warning

@@ -65,7 +65,7 @@ pub enum DeliveryCause {
 
 /// An Event to publish: never a key or hash, key ids only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
+pub struct PlannedEvent {
     pub warning: bool,
     pub reason: &'static str,
     pub message: String,
@@ -83,7 +83,7 @@ pub struct Plan {
     /// Deliver a new key, starting from `status`.
     pub deliver: Option<DeliveryCause>,
     /// An Event to publish once `status` is written.
-    pub event: Option<Note>,
+    pub event: Option<PlannedEvent>,
 }
 
 /// Decides the whole reconcile of `api_key`, whose Secret looks like
@@ -110,7 +110,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
             status = promote(&status, schedule, now);
             let new_id = &status.current_key.as_ref().expect("promoted").id;
             event = Some(match &old {
-                Some(old) => Note {
+                Some(old) => PlannedEvent {
                     warning: false,
                     reason: "KeyRotated",
                     message: format!(
@@ -123,7 +123,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                         old.id
                     ),
                 },
-                None => Note {
+                None => PlannedEvent {
                     warning: false,
                     reason: "KeyIssued",
                     message: format!("issued key {new_id} into Secret {}", api_key.secret_name()),
@@ -159,7 +159,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
     match decision {
         KeyDecision::Conflict => {
             let phase = conflict_phase(api_key);
-            let event = (!stalled_with(&before, "SecretConflict")).then(|| Note {
+            let event = (!stalled_with(&before, "SecretConflict")).then(|| PlannedEvent {
                 warning: true,
                 reason: "SecretConflict",
                 message: message_of(&phase),

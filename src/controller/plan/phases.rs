@@ -81,7 +81,7 @@ pub fn terminal_phase(api_key: &ApiKey, terminal: Terminal) -> Phase {
     Phase::stalled(terminal_reason(terminal), message)
 }
 
-pub(super) fn terminal_event(before: &ApiKeyStatus, terminal: Terminal) -> Note {
+pub(super) fn terminal_event(before: &ApiKeyStatus, terminal: Terminal) -> PlannedEvent {
     let ids: Vec<&str> = before
         .current_key
         .iter()
@@ -98,7 +98,7 @@ pub(super) fn terminal_event(before: &ApiKeyStatus, terminal: Terminal) -> Note 
         Terminal::Revoked => "ApiKey revoked",
         Terminal::Expired => "ApiKey expired (spec.expiresAt has passed)",
     };
-    Note {
+    PlannedEvent {
         warning: true,
         reason: terminal_reason(terminal),
         message: format!("{what}: {keys}"),
@@ -124,7 +124,7 @@ pub fn delivery_event(
     api_key: &ApiKey,
     pending: &ApiKeyStatus,
     delivered: &ApiKeyStatus,
-) -> Note {
+) -> PlannedEvent {
     let secret = api_key.secret_name();
     let key_id = delivered
         .current_key
@@ -139,17 +139,17 @@ pub fn delivery_event(
         .map(|(id, until)| format!("; key {id} stays valid until {}", rfc3339(until.0)))
         .unwrap_or_default();
     match cause {
-        DeliveryCause::Issue(IssueReason::FirstKey) => Note {
+        DeliveryCause::Issue(IssueReason::FirstKey) => PlannedEvent {
             warning: false,
             reason: "KeyIssued",
             message: format!("issued key {key_id} into Secret {secret}"),
         },
-        DeliveryCause::Issue(IssueReason::SecretMissing) => Note {
+        DeliveryCause::Issue(IssueReason::SecretMissing) => PlannedEvent {
             warning: true,
             reason: "SecretRecreated",
             message: format!("Secret {secret} was missing; re-created it with a new key {key_id}{grace}"),
         },
-        DeliveryCause::Issue(IssueReason::KeyMismatch) => Note {
+        DeliveryCause::Issue(IssueReason::KeyMismatch) => PlannedEvent {
             warning: true,
             reason: "KeyReplaced",
             message: format!(
@@ -162,7 +162,7 @@ pub fn delivery_event(
                 RotationCause::Scheduled => "scheduled rotation",
                 RotationCause::Requested(_) => "rotation requested by the latchkey.dev/rotate annotation",
             };
-            Note {
+            PlannedEvent {
                 warning: false,
                 reason: "KeyRotated",
                 message: format!("{why}: Secret {secret} now holds key {key_id}{grace}"),

@@ -328,7 +328,7 @@ fn settled_status_records_keys_generation_ready_and_never_last_used_at() {
 struct World {
     ak: ApiKey,
     secret: Option<Secret>,
-    events: Vec<Note>,
+    events: Vec<PlannedEvent>,
 }
 
 /// Where a simulated controller dies during a delivery.

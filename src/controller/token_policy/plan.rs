@@ -5,7 +5,7 @@
 //! and the Events. No client; the caller passes `now` and the key generator.
 
 use crate::conditions::Phase;
-use crate::controller::plan::Note;
+use crate::controller::plan::PlannedEvent;
 use crate::crd::{SigningAlgorithm, TokenPolicy, TokenPolicyStatus};
 use crate::meta::{PEM_SUFFIX, ROTATE_ANNOTATION};
 use crate::time::rfc3339;
@@ -55,7 +55,7 @@ pub struct PolicyPlan {
     /// 3. The ConfigMap's JWKS when it must be applied.
     pub jwks: Option<String>,
     /// 4. Events, once the status is written.
-    pub events: Vec<Note>,
+    pub events: Vec<PlannedEvent>,
     /// When to look again.
     pub requeue: Duration,
 }
@@ -198,12 +198,12 @@ pub fn plan(
         events.push(published_event(new, &generated.kid));
         pems.insert(generated.kid.clone(), generated.pem.into_bytes());
     }
-    events.extend(key_plan.adopted.iter().map(|kid| Note {
+    events.extend(key_plan.adopted.iter().map(|kid| PlannedEvent {
         warning: false,
         reason: "SigningKeyPublished",
         message: format!("published key {kid}, found in the Secret but not yet in status"),
     }));
-    events.extend(key_plan.lost.iter().map(|kid| Note {
+    events.extend(key_plan.lost.iter().map(|kid| PlannedEvent {
         warning: true,
         reason: "SigningKeyLost",
         message: format!(
@@ -211,7 +211,7 @@ pub fn plan(
              and stays published until its tokens expire"
         ),
     }));
-    events.extend(key_plan.removed.iter().map(|kid| Note {
+    events.extend(key_plan.removed.iter().map(|kid| PlannedEvent {
         warning: false,
         reason: "SigningKeyRemoved",
         message: format!("removed key {kid}: every token it signed has expired"),
@@ -275,7 +275,7 @@ pub fn plan(
     })
 }
 
-fn published_event(new: &schedule::NewKey, kid: &str) -> Note {
+fn published_event(new: &schedule::NewKey, kid: &str) -> PlannedEvent {
     let why = match new.cause {
         GenerateCause::First => "first signing key",
         GenerateCause::Scheduled => "scheduled rotation",
@@ -283,7 +283,7 @@ fn published_event(new: &schedule::NewKey, kid: &str) -> Note {
         GenerateCause::Algorithm => "spec.algorithm changed",
         GenerateCause::Lost => "the signing key's private key was missing",
     };
-    Note {
+    PlannedEvent {
         warning: new.cause == GenerateCause::Lost,
         reason: "SigningKeyPublished",
         message: format!(
