@@ -22,6 +22,7 @@
 //! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
 
 pub mod decision;
+pub mod identity;
 pub mod index;
 pub mod introspect;
 pub mod metrics;
