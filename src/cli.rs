@@ -468,5 +468,26 @@ mod tests {
         let err =
             Cli::try_parse_from(["latchkey", "serve", "--webhook-failure-policy", "Maybe"]).unwrap_err();
         assert!(err.to_string().contains("--webhook-failure-policy"), "{err}");
+        let err = Cli::try_parse_from(["latchkey", "serve", "--claim-header", "no spaces"]).unwrap_err();
+        assert!(err.to_string().contains("--claim-header"), "{err}");
+    }
+
+    #[test]
+    fn claim_headers_are_repeatable() {
+        let cli = Cli::try_parse_from([
+            "latchkey",
+            "serve",
+            "--claim-header",
+            "tenant",
+            "--claim-header",
+            "region",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        let options = args.server.options(None, None);
+        let headers: Vec<&str> = options.claim_headers.iter().map(|c| c.header.as_str()).collect();
+        assert_eq!(headers, ["x-auth-claim-tenant", "x-auth-claim-region"]);
     }
 }
