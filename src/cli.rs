@@ -198,6 +198,12 @@ struct ServerArgs {
     /// How often status.lastUsedAt is brought up to date.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     last_used_flush_seconds: u64,
+    /// A token custom claim that gets a header of its own on every allow,
+    /// `X-Auth-Claim-<NAME>` (empty when absent; repeatable). Every custom
+    /// claim is in `X-Auth-Claims` (JSON) anyway; list the same names in
+    /// the proxy's header list.
+    #[arg(long = "claim-header", value_name = "NAME")]
+    claim_headers: Vec<crate::server::decision::ClaimHeader>,
 }
 
 impl ServerArgs {
@@ -218,6 +224,7 @@ impl ServerArgs {
             api_key_header: self.api_key_header.clone(),
             decision_cache_seconds: self.decision_cache_seconds,
             last_used_flush: std::time::Duration::from_secs(self.last_used_flush_seconds),
+            claim_headers: self.claim_headers.clone(),
         }
     }
 }
@@ -461,5 +468,26 @@ mod tests {
         let err =
             Cli::try_parse_from(["latchkey", "serve", "--webhook-failure-policy", "Maybe"]).unwrap_err();
         assert!(err.to_string().contains("--webhook-failure-policy"), "{err}");
+        let err = Cli::try_parse_from(["latchkey", "serve", "--claim-header", "no spaces"]).unwrap_err();
+        assert!(err.to_string().contains("--claim-header"), "{err}");
+    }
+
+    #[test]
+    fn claim_headers_are_repeatable() {
+        let cli = Cli::try_parse_from([
+            "latchkey",
+            "serve",
+            "--claim-header",
+            "tenant",
+            "--claim-header",
+            "region",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        let options = args.server.options(None, None);
+        let headers: Vec<&str> = options.claim_headers.iter().map(|c| c.header.as_str()).collect();
+        assert_eq!(headers, ["x-auth-claim-tenant", "x-auth-claim-region"]);
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fixtures;
 pub mod key;
 pub mod meta;
+pub mod redact;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -614,6 +614,15 @@ fn values_turn_parts_off_and_on() {
         args.windows(2).any(|w| w == ["--lease-grace-seconds", "10"]),
         "{args:?}"
     );
+    // One --claim-header per server.claimHeaders entry; none by default.
+    assert!(!args.contains(&"--claim-header".to_owned()), "{args:?}");
+    let args = args_of(&template(&["server.claimHeaders={tenant,region}"]));
+    let claims: Vec<&[String]> = args.windows(2).filter(|w| w[0] == "--claim-header").collect();
+    assert_eq!(
+        claims,
+        [["--claim-header", "tenant"], ["--claim-header", "region"]],
+        "{args:?}"
+    );
     let bad = helm(&[
         "template",
         RELEASE,

@@ -97,7 +97,8 @@ async fn auth(server: &str, token: &str, query: &str) -> reqwest::Response {
 #[tokio::test]
 async fn exchange_verify_introspect_and_revoke() {
     let ns = TestNamespace::new("tokens").await;
-    let (latchkey, server) = ControllerProcess::start_run(&ns.name, &[]);
+    // `tenant` gets a header of its own (every custom claim is in X-Auth-Claims).
+    let (latchkey, server) = ControllerProcess::start_run(&ns.name, &["--claim-header", "tenant"]);
     let client = client().await;
     let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), &ns.name);
     apply(&policy_manifest(&ns.name, "login", "  tokenTTL: 5m\n"));
@@ -236,6 +237,8 @@ async fn exchange_verify_introspect_and_revoke() {
     assert_eq!(r.headers()["x-auth-subject"], "login-service");
     assert_eq!(r.headers()["x-auth-scopes"], "calendar-events:read");
     assert_eq!(r.headers()["x-auth-claim-tenant"], "acme");
+    assert_eq!(r.headers()["x-auth-claims"], r#"{"tenant":"acme"}"#);
+    assert_eq!(r.headers()["x-auth-namespace"], ns.name.as_str());
     let r = auth(&server, &token, "?scope=calendar-events:write").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = auth(&server, &token, "?audience=pubsub").await;

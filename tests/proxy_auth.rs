@@ -116,9 +116,16 @@ struct Stack {
 
 impl Stack {
     async fn start(prefix: &str) -> Self {
+        Self::start_env(prefix, &[]).await
+    }
+
+    /// With more environment variables for latchkey (`RUST_LOG`).
+    async fn start_env(prefix: &str, env: &[(&str, &str)]) -> Self {
         let (nginx_bin, caddy_bin) = (require("nginx"), require("caddy"));
         let ns = TestNamespace::new(prefix).await;
-        let (latchkey, latchkey_url) = ControllerProcess::start_run(&ns.name, &[]);
+        // The test configurations copy X-Auth-Claim-tenant (see e2e/proxy/).
+        let (latchkey, latchkey_url) =
+            ControllerProcess::start_http_env("run", &ns.name, &["--claim-header", "tenant"], env);
         let latchkey_addr = latchkey_url.trim_start_matches("http://").to_owned();
         let dir = std::env::temp_dir().join(format!("latchkey-proxies-{}", ns.name));
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -244,12 +251,58 @@ impl Answer {
             .unwrap_or_default()
     }
 
+    fn echo(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not the echo upstream's JSON ({e}): {}", self.body))
+    }
+
     /// The headers the echo upstream received.
     fn upstream_header(&self, name: &str) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not the echo upstream's JSON ({e}): {}", self.body));
-        v["headers"][name].as_str().map(str::to_owned)
+        self.echo()["headers"][name].as_str().map(str::to_owned)
     }
+
+    /// Every (name, value) the echo upstream received, repeats included.
+    fn upstream_headers(&self) -> Vec<(String, String)> {
+        let list = self.echo()["header_list"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or_default().to_ascii_lowercase(),
+                    p[1].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A TokenPolicy `orders` in `ns` with the role `admin` and the custom claim
+/// `tenant`, applied.
+fn orders_policy(ns: &str) {
+    let manifest = format!(
+        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+         spec:\n  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:admin\"]\n  \
+         roles:\n    admin: [\"orders:read\", \"orders:admin\"]\n  customClaims:\n  - name: tenant\n"
+    );
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(ok, "{out}{err}");
+}
+
+/// A token for `key` from latchkey's `/token` with `form`.
+async fn mint(s: &Stack, key: &str, form: &str) -> String {
+    eventually(Duration::from_secs(30), "a token from /token", || async {
+        let resp = s
+            .http
+            .post(format!("{}/token", s.latchkey_url))
+            .basic_auth("client", Some(key))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned())
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+        v["access_token"].as_str().map(str::to_owned)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -550,4 +603,237 @@ async fn a_token_from_an_api_key_passes_nginx_and_caddy_until_the_key_is_revoked
         .get(&format!("{}/api/orders", s.caddy), &[("authorization", &bearer)])
         .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "caddy");
+}
+
+/// Every identity header a client might forge, each with a value that
+/// contains `forged`, one of them twice, and the underscore spellings some
+/// frameworks (CGI, WSGI) read as the same header.
+const FORGED: [(&str, &str); 10] = [
+    ("x-auth-subject", "forged-subject"),
+    ("x-auth-scopes", "orders:read orders:admin forged"),
+    ("x-auth-key-id", "forged-key-id"),
+    ("x-auth-namespace", "forged-namespace"),
+    ("x-auth-role", "forged-role"),
+    ("x-auth-role", "forged-role-again"),
+    ("x-auth-claim-tenant", "forged-tenant"),
+    ("x-auth-claims", "{\"tenant\":\"forged\"}"),
+    ("x_auth_role", "forged-underscore"),
+    ("x_auth_namespace", "forged-underscore"),
+];
+
+#[tokio::test]
+async fn no_client_sent_identity_header_reaches_the_upstream_through_any_location() {
+    let s = Stack::start("proxy-forge").await;
+    orders_policy(&s.ns.name);
+    let key = s
+        .key(
+            "svc",
+            "  subject: svc\n  scopes: [\"orders:read\", \"orders:admin\"]\n  tokenPolicyRef: {name: orders}\n",
+        )
+        .await;
+    let token = mint(
+        &s,
+        &key,
+        "grant_type=client_credentials&role=admin&claim.tenant=acme",
+    )
+    .await;
+    let credentials = [
+        ("the key as X-Api-Key", "x-api-key", key.clone()),
+        ("the key as Bearer", "authorization", format!("Bearer {key}")),
+        ("a token", "authorization", format!("Bearer {token}")),
+    ];
+    let mut checked = 0;
+    for (proxy, base) in s.proxies() {
+        for location in ["/api/orders", "/admin/users"] {
+            for (what, name, value) in &credentials {
+                let mut headers: Vec<(&str, &str)> = FORGED.to_vec();
+                headers.push((name, value));
+                let a = s.get(&format!("{base}{location}"), &headers).await;
+                let at = format!("{proxy} {location} with {what}");
+                assert_eq!(a.status, StatusCode::OK, "{at}: {}", a.body);
+                let received = a.upstream_headers();
+                let forged: Vec<_> = received.iter().filter(|(_, v)| v.contains("forged")).collect();
+                assert!(forged.is_empty(), "{at}: the upstream received {forged:?}");
+                // latchkey's own values arrived instead, once each.
+                let one = |n: &str| {
+                    let values: Vec<&str> = received
+                        .iter()
+                        .filter(|(k, _)| k == n)
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    assert!(values.len() <= 1, "{at}: {n} arrived {} times", values.len());
+                    values.first().map(|v| v.to_string()).unwrap_or_default()
+                };
+                assert_eq!(one("x-auth-subject"), "svc", "{at}");
+                assert_eq!(one("x-auth-namespace"), s.ns.name, "{at}");
+                assert_eq!(one("x-auth-key-id"), key[3..15], "{at}");
+                if *what == "a token" {
+                    assert_eq!(one("x-auth-role"), "admin", "{at}");
+                    assert_eq!(one("x-auth-claim-tenant"), "acme", "{at}");
+                    assert_eq!(one("x-auth-claims"), r#"{"tenant":"acme"}"#, "{at}");
+                } else {
+                    // Empty: nginx drops an empty header, Caddy sets it empty.
+                    assert_eq!(one("x-auth-role"), "", "{at}");
+                    assert_eq!(one("x-auth-claim-tenant"), "", "{at}");
+                    assert_eq!(one("x-auth-claims"), "{}", "{at}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 12);
+}
+
+#[tokio::test]
+async fn repeated_credentials_are_refused_through_nginx_and_caddy() {
+    let s = Stack::start("proxy-repeat").await;
+    let key = s.key("svc", "  scopes: [\"orders:read\"]\n").await;
+    let other = s.key("other", "  scopes: [\"orders:read\"]\n").await;
+    let (mine, theirs) = (format!("Bearer {key}"), format!("Bearer {other}"));
+    for (proxy, base) in s.proxies() {
+        let url = format!("{base}/api/orders");
+        for (what, headers) in [
+            (
+                "two Authorization headers",
+                vec![
+                    ("authorization", mine.as_str()),
+                    ("authorization", theirs.as_str()),
+                ],
+            ),
+            (
+                "the same Authorization twice",
+                vec![("authorization", mine.as_str()), ("authorization", mine.as_str())],
+            ),
+            (
+                "Bearer and a different X-Api-Key",
+                vec![("authorization", mine.as_str()), ("x-api-key", other.as_str())],
+            ),
+            (
+                "two X-Api-Key headers",
+                vec![("x-api-key", key.as_str()), ("x-api-key", other.as_str())],
+            ),
+        ] {
+            let a = s.get(&url, &headers).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{proxy}: {what}: {}", a.body);
+            assert!(
+                !a.body.contains("\"headers\""),
+                "{proxy}: {what}: the upstream was reached"
+            );
+        }
+        // One credential, or the same one in both places, still passes.
+        let a = s
+            .get(&url, &[("authorization", &mine), ("x-api-key", &key)])
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{proxy}: the same credential twice");
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_urls_and_headers_never_reach_the_debug_log() {
+    let s = Stack::start_env("proxy-logs", &[("RUST_LOG", "debug")]).await;
+    orders_policy(&s.ns.name);
+    let key = s
+        .key(
+            "svc",
+            "  scopes: [\"orders:read\"]\n  tokenPolicyRef: {name: orders}\n",
+        )
+        .await;
+    let token = mint(&s, &key, "grant_type=client_credentials&claim.tenant=acme").await;
+    let mut bad_token = token.clone();
+    let c = bad_token.pop().unwrap();
+    bad_token.push(if c == 'A' { 'B' } else { 'A' });
+    let (user_pass, secret) = ("hunter2userpass", "s3cr3tclientvalue");
+    let query = format!(
+        "?api_key={key}&access_token={token}&token={bad_token}&key={key}&client_secret={secret}&page=2"
+    );
+    let auth = format!("Bearer {key}");
+    for (proxy, base) in s.proxies() {
+        // Through the proxy: X-Original-URL / X-Forwarded-Uri carry the query.
+        let a = s
+            .get(&format!("{base}/api/orders{query}"), &[("authorization", &auth)])
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{proxy}: {}", a.body);
+        let a = s
+            .get(
+                &format!("{base}/api/orders{query}"),
+                &[("authorization", &format!("Bearer {bad_token}"))],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{proxy}");
+    }
+    // Straight to latchkey, as a proxy that forwards user information would.
+    let a = s
+        .get(
+            &format!("{}/auth/nginx", s.latchkey_url),
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                (
+                    "x-original-url",
+                    &format!("https://alice:{user_pass}@app.example/x{query}"),
+                ),
+                ("x-original-method", "GET"),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = s
+        .get(
+            &format!("{}/auth/forward", s.latchkey_url),
+            &[
+                ("x-api-key", &key),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", &format!("bob:{user_pass}@app.example")),
+                ("x-forwarded-uri", &format!("/x{query}")),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    // /token with the key in the body and as Basic.
+    let resp = s
+        .http
+        .post(format!("{}/token", s.latchkey_url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("grant_type=client_credentials&client_secret={key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Give the writer a moment, then read everything latchkey logged.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = s.latchkey.log_text();
+    let decisions = log.lines().filter(|l| l.contains("auth decision")).count();
+    assert!(
+        decisions >= 6,
+        "debug logging is on and logs the URLs ({decisions} decisions):\n{log}"
+    );
+    let sa_token = std::fs::read_to_string(latchkey_kubeconfig()).unwrap();
+    let sa_token = sa_token
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().trim_matches('"').to_owned())
+        .expect("the ServiceAccount token in latchkey's kubeconfig");
+    let secrets = [
+        ("the API key", key.as_str()),
+        ("the API key's secret part", &key[16..]),
+        ("the token", token.as_str()),
+        ("the token's signature", token.rsplit('.').next().unwrap()),
+        ("a tampered token", bad_token.as_str()),
+        ("a URL password", user_pass),
+        ("a client_secret", secret),
+        ("latchkey's ServiceAccount token", sa_token.as_str()),
+    ];
+    for (what, secret) in secrets {
+        assert!(secret.len() >= 12, "{what} is long enough to grep for");
+        if let Some(line) = log.lines().find(|l| l.contains(secret)) {
+            panic!("{what} is in latchkey's debug log: {line}");
+        }
+    }
+    assert!(log.contains("[REDACTED]"), "the URLs were logged, redacted");
+    assert!(log.contains("page=2"), "the rest of the URL is kept");
+    println!(
+        "latchkey's debug log: {} lines, {decisions} auth decisions, {} redactions, no credential",
+        log.lines().count(),
+        log.matches("[REDACTED").count()
+    );
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A tiny upstream for the proxy tests: answers every request with 200 and a
-JSON object of the method, path and headers it received (header names in
-lower case). Usage: echo.py PORT"""
+JSON object of the method, path and headers it received: `headers` (name in
+lower case -> value, the last one of a repeated header) and `header_list`
+(every [name, value] pair as received, repeats included). Usage: echo.py PORT"""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ class Echo(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
+            "header_list": [[k, v] for k, v in self.headers.items()],
         }).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

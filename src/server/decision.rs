@@ -3,48 +3,66 @@
 //!
 //! Status policy (one table for every proxy family; see
 //! `research/ext-auth-anchors.md` §E):
-//! - allow → exactly `200`, empty body, identity headers;
+//! - allow → exactly `200`, empty body, every identity header of
+//!   [`IDENTITY_HEADERS`] (empty when it has no value, so that a proxy that
+//!   overwrites a listed header also erases a client's copy of it);
 //! - no credential → `401`, `WWW-Authenticate: Bearer realm="latchkey"` (no
 //!   `error`, RFC 6750 §3.1);
-//! - malformed, unknown, expired or revoked key, or a key not valid for the
-//!   required audience → `401` `error="invalid_token"`;
-//! - a required scope the key lacks → `403` `error="insufficient_scope"`;
+//! - more than one credential (two `Authorization` headers, two `X-Api-Key`
+//!   values, a Bearer token and an `X-Api-Key` that differ) → `400`
+//!   `error="invalid_request"` (RFC 6750 §3.1: "uses more than one method");
+//! - malformed, unknown, expired or revoked key, or a credential not valid for
+//!   the required audience, namespace or issuer → `401` `error="invalid_token"`
+//!   (the credential will never be valid here: another one is needed, not more
+//!   privileges);
+//! - a required scope the credential lacks → `403` `error="insufficient_scope"`;
 //! - over the key's rate limit → `429` + `Retry-After` (plain nginx turns any
 //!   status but 2xx/401/403 into 500; the README's `error_page` recipe turns
 //!   it back into 429);
 //! - index not loaded yet → `503` (fail closed).
 //!
+//! Metering: an API key, a token minted with one of its ApiKey's keys (its
+//! `client_id`) and `/token` all go through [`use_key`]: one request from
+//! the ApiKey's bucket, and the use recorded for `status.lastUsedAt`. The
+//! key path and the token path end in the same [`conclude`].
+//!
 //! Caching: an allow may be cached by the proxy for
-//! `min(--decision-cache-seconds, time until the key stops being valid)`
+//! `min(--decision-cache-seconds, time until the credential stops being valid)`
 //! (`private, max-age=N`), so a revocation still takes effect within that
-//! bound plus the watch's delay; a rate-limited key's decisions and every
-//! denial are `no-store` (a cached allow would skip the metering).
+//! bound plus the watch's delay; a rate-limited key's decisions (its own and
+//! its tokens') and every denial are `no-store` (a cached allow would skip
+//! the metering).
 
-use super::index::{Index, KeyEntry, KeyId};
+pub use super::identity::{
+    CLAIM_HEADER_PREFIX, ClaimHeader, IDENTITY_HEADERS, Identity, X_AUTH_CLAIMS, X_AUTH_KEY_ID,
+    X_AUTH_NAMESPACE, X_AUTH_ROLE, X_AUTH_SCOPES, X_AUTH_SUBJECT, claims_header,
+};
+use super::identity::{EMPTY, copy};
+use super::index::{Index, KeyEntry, KeyId, Owner, Usage};
 use crate::key;
 use crate::token::claims::TokenInvalid;
-use axum::http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock as _, DefaultClock};
 use k8s_openapi::jiff::Timestamp;
 use std::sync::atomic::Ordering;
 
-pub const X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
-pub const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
-pub const X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"latchkey\"");
-
 /// What a route requires, from the query of the auth URL the proxy calls:
-/// `scope` (repeatable; every one is required) and `audience`.
+/// `scope` (repeatable; every one is required), `audience`, `namespace`
+/// (repeatable; any one of them) and `issuer` (repeatable; any one of them;
+/// an API key has no issuer, so only tokens pass a route that names one).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requirement {
     pub scopes: Vec<String>,
     pub audience: Option<String>,
+    pub namespaces: Vec<String>,
+    pub issuers: Vec<String>,
 }
 
 impl Requirement {
@@ -57,10 +75,62 @@ impl Requirement {
                     .scopes
                     .extend(value.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
                 "audience" if !value.is_empty() => req.audience = Some(value.into_owned()),
+                "namespace" if !value.is_empty() => req.namespaces.push(value.into_owned()),
+                "issuer" if !value.is_empty() => req.issuers.push(value.into_owned()),
                 _ => {}
             }
         }
         req
+    }
+
+    /// The first requirement that `offer`, a credential from an ApiKey in
+    /// `namespace`, fails, as the denial to answer.
+    pub fn check(&self, offer: &impl Offer, namespace: &str) -> Result<(), Decision> {
+        if let Some(audience) = &self.audience
+            && !offer.audience_ok(audience)
+        {
+            return Err(Decision::Invalid(Invalid::Audience));
+        }
+        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
+            return Err(Decision::Invalid(Invalid::Namespace));
+        }
+        if !self.issuers.is_empty()
+            && !offer
+                .issuer()
+                .is_some_and(|iss| self.issuers.iter().any(|i| i == iss))
+        {
+            return Err(Decision::Invalid(Invalid::Issuer));
+        }
+        if !self.scopes.iter().all(|s| offer.has_scope(s)) {
+            return Err(Decision::InsufficientScope {
+                required: self.scopes.join(" "),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a verified credential offers to a route's requirement: an API key
+/// (its ApiKey, [`Owner`]) or a token (its claims).
+pub trait Offer {
+    fn audience_ok(&self, audience: &str) -> bool;
+    fn has_scope(&self, scope: &str) -> bool;
+    /// A token's `iss`; `None` for an API key.
+    fn issuer(&self) -> Option<&str>;
+}
+
+impl Offer for Owner {
+    /// An ApiKey without audiences is valid anywhere.
+    fn audience_ok(&self, audience: &str) -> bool {
+        self.audiences.is_empty() || self.audiences.iter().any(|a| **a == *audience)
+    }
+
+    fn has_scope(&self, scope: &str) -> bool {
+        Owner::has_scope(self, scope)
+    }
+
+    fn issuer(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -76,6 +146,11 @@ pub enum Invalid {
     Expired,
     /// Valid, but not for the audience the route requires.
     Audience,
+    /// Valid, but from an ApiKey outside the namespaces the route requires.
+    Namespace,
+    /// Valid, but not a token of an issuer the route requires (an API key
+    /// has no issuer).
+    Issuer,
     /// A JWT access token that fails verification.
     Token(TokenInvalid),
     /// A valid JWT whose API key (`client_id`) is revoked, expired or gone.
@@ -89,6 +164,8 @@ impl Invalid {
             Invalid::Unknown => "the API key is unknown or revoked",
             Invalid::Expired => "the API key has expired",
             Invalid::Audience => "the credential is not valid for this audience",
+            Invalid::Namespace => "the credential comes from a namespace this route does not accept",
+            Invalid::Issuer => "the credential is not a token of an issuer this route accepts",
             Invalid::Token(t) => t.description(),
             Invalid::ClientRevoked => "the API key that obtained this token is revoked or expired",
         }
@@ -100,26 +177,12 @@ impl Invalid {
             Invalid::Unknown => "unknown",
             Invalid::Expired => "expired",
             Invalid::Audience => "audience",
+            Invalid::Namespace => "namespace",
+            Invalid::Issuer => "issuer",
             Invalid::Token(t) => t.label(),
             Invalid::ClientRevoked => "token_client_revoked",
         }
     }
-}
-
-/// The identity headers of an allow. Fresh copies, not clones of the
-/// index's values: a clone would bump a reference count that every request
-/// for that key shares across cores.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub subject: HeaderValue,
-    pub scopes: HeaderValue,
-    pub key_id: HeaderValue,
-    /// More identity headers (a token's role and custom claims).
-    pub extra: Vec<(HeaderName, HeaderValue)>,
-}
-
-pub(crate) fn copy(value: &HeaderValue) -> HeaderValue {
-    HeaderValue::from_bytes(value.as_bytes()).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// The outcome of one external-auth request.
@@ -131,6 +194,8 @@ pub enum Decision {
         max_age: u64,
     },
     NoCredential,
+    /// The request is malformed (RFC 6750 `invalid_request`, 400).
+    InvalidRequest(&'static str),
     Invalid(Invalid),
     InsufficientScope {
         required: String,
@@ -148,6 +213,7 @@ impl Decision {
         match self {
             Decision::Allow { .. } => "allow",
             Decision::NoCredential => "no_credential",
+            Decision::InvalidRequest(_) => "invalid_request",
             Decision::Invalid(i) => i.label(),
             Decision::InsufficientScope { .. } => "insufficient_scope",
             Decision::RateLimited { .. } => "rate_limited",
@@ -156,22 +222,54 @@ impl Decision {
     }
 }
 
-/// The credential a request presents: `Authorization: Bearer`, then
-/// `X-Api-Key`, then the configured header. An `Authorization` header with
-/// another scheme (Basic, say) is not a credential of ours.
-pub fn credential<'a>(headers: &'a HeaderMap, custom: Option<&HeaderName>) -> Option<&'a str> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    bearer
-        .or_else(|| header(&X_API_KEY))
-        .or_else(|| custom.and_then(header))
+/// The credential a request presents: `Authorization: Bearer`, `X-Api-Key`
+/// or the configured header. An `Authorization` header with another scheme
+/// (Basic, say) is not a credential of ours. Refused, never "first wins": a
+/// repeated `Authorization`, `X-Api-Key` or configured header, a value that is
+/// not visible ASCII, and two of the sources carrying different credentials
+/// (the same one twice is fine).
+pub fn credential<'a>(
+    headers: &'a HeaderMap,
+    custom: Option<&HeaderName>,
+) -> Result<Option<&'a str>, Decision> {
+    const REPEATED: &str = "the request carries more than one credential header";
+    const UNREADABLE: &str = "a credential header is not visible ASCII";
+    let only = |name: &HeaderName| -> Result<Option<&'a str>, Decision> {
+        let mut values = headers.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return match headers.contains_key(name) {
+                true => Err(Decision::InvalidRequest(REPEATED)),
+                false => Ok(None),
+            };
+        };
+        let value = value.to_str().map_err(|_| Decision::InvalidRequest(UNREADABLE))?;
+        Ok(Some(value.trim()))
+    };
+    let bearer = only(&AUTHORIZATION)?.and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let api_key = only(&X_API_KEY)?;
+    let custom = match custom {
+        Some(name) if *name != X_API_KEY && *name != AUTHORIZATION => only(name)?,
+        _ => None,
+    };
+    let mut found: Option<&str> = None;
+    for c in [bearer, api_key, custom]
+        .into_iter()
+        .flatten()
         .filter(|c| !c.is_empty())
+    {
+        match found {
+            Some(f) if f != c => {
+                return Err(Decision::InvalidRequest(
+                    "the request carries two different credentials; send one",
+                ));
+            }
+            _ => found = Some(c),
+        }
+    }
+    Ok(found)
 }
 
 /// Checks a presented key against the index: format, then lookup, then
@@ -188,7 +286,75 @@ pub fn verify(presented: &str, index: &Index, now: Timestamp) -> Result<(KeyEntr
     Ok((entry, key_id))
 }
 
-/// The whole decision for one external-auth request.
+/// Over an ApiKey's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// Whole seconds until the bucket has a request again (at least 1).
+    pub retry_after: u64,
+    /// The ApiKey's `requestsPerSecond`.
+    pub limit: u32,
+}
+
+/// One use of an ApiKey's key, whoever makes it: the key itself, a token
+/// minted with it, or `/token` with it. Takes one request from the ApiKey's
+/// bucket (when it has a rate limit) and records the use for
+/// `status.lastUsedAt`; the one metering path.
+pub fn use_key(usage: &Usage, now: Timestamp) -> Result<(), Limited> {
+    if let (Some(limiter), Some(limit)) = (&usage.limiter, &usage.rate_limit)
+        && let Err(not_until) = limiter.check()
+    {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return Err(Limited {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            limit: limit.requests_per_second,
+        });
+    }
+    // Written once a second at most: a store on every request would make
+    // the cores fight over the cache line.
+    let last_used = &usage.last_used;
+    if last_used.load(Ordering::Relaxed) != now.as_second() {
+        last_used.store(now.as_second(), Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The end of every external-auth path, for a credential from `owner`'s
+/// ApiKey (an API key, or a token its key minted) that verified: the route's
+/// requirement, then [`use_key`], then the allow with `identity` and
+/// `X-Auth-Namespace`, cacheable until `until` (the credential's end, unix
+/// seconds) and `--decision-cache-seconds` at most, and never under a rate
+/// limit.
+pub fn conclude(
+    requirement: &Requirement,
+    offer: &impl Offer,
+    owner: &Owner,
+    until: Option<i64>,
+    now: Timestamp,
+    cache_seconds: u64,
+    identity: impl FnOnce() -> Identity,
+) -> Decision {
+    if let Err(denied) = requirement.check(offer, owner.namespace()) {
+        return denied;
+    }
+    if let Err(Limited { retry_after, limit }) = use_key(&owner.usage, now) {
+        return Decision::RateLimited { retry_after, limit };
+    }
+    let max_age = if owner.usage.limiter.is_some() {
+        0
+    } else {
+        let left = until.map(|t| t.saturating_sub(now.as_second()).max(0) as u64);
+        left.map_or(cache_seconds, |l| l.min(cache_seconds))
+    };
+    let mut identity = identity();
+    identity.namespace = copy(&owner.namespace_header);
+    Decision::Allow {
+        identity: Box::new(identity),
+        max_age,
+    }
+}
+
+/// The whole decision for one external-auth request with an API key (or
+/// none; a JWT goes to [`super::tokens::decide_token`]).
 pub fn decide(
     presented: Option<&str>,
     requirement: &Requirement,
@@ -214,50 +380,11 @@ pub fn decide(
         if entry.valid_until.is_some_and(|t| t <= now) {
             return Decision::Invalid(Invalid::Expired);
         }
-        let owner = &entry.owner;
-        if let Some(audience) = &requirement.audience
-            && !owner.audiences.is_empty()
-            && !owner.audiences.iter().any(|a| **a == **audience)
-        {
-            return Decision::Invalid(Invalid::Audience);
-        }
-        if !requirement.scopes.iter().all(|s| owner.has_scope(s)) {
-            return Decision::InsufficientScope {
-                required: requirement.scopes.join(" "),
-            };
-        }
-        if let (Some(limiter), Some(limit)) = (&owner.usage.limiter, &owner.usage.rate_limit)
-            && let Err(not_until) = limiter.check()
-        {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Decision::RateLimited {
-                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
-                limit: limit.requests_per_second,
-            };
-        }
-        // Written once a second at most: a store on every request would
-        // make the cores fight over the cache line.
-        let last_used = &owner.usage.last_used;
-        if last_used.load(Ordering::Relaxed) != now.as_second() {
-            last_used.store(now.as_second(), Ordering::Relaxed);
-        }
-        let max_age = if owner.usage.limiter.is_some() {
-            0
-        } else {
-            let left = entry
-                .valid_until
-                .map(|t| t.as_second().saturating_sub(now.as_second()).max(0) as u64);
-            left.map_or(cache_seconds, |l| l.min(cache_seconds))
-        };
-        Decision::Allow {
-            identity: Box::new(Identity {
-                subject: copy(&owner.subject_header),
-                scopes: copy(&owner.scopes_header),
-                key_id: HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("")),
-                extra: Vec::new(),
-            }),
-            max_age,
-        }
+        let owner = &*entry.owner;
+        let until = entry.valid_until.map(|t| t.as_second());
+        conclude(requirement, owner, owner, until, now, cache_seconds, || {
+            Identity::of_key(owner, &id)
+        })
     });
     decided.unwrap_or(Decision::Invalid(Invalid::Unknown))
 }
@@ -268,8 +395,15 @@ fn quoted(value: &str) -> String {
     value.chars().filter(|c| *c != '"' && *c != '\\').collect()
 }
 
-impl IntoResponse for Decision {
-    fn into_response(self) -> Response {
+fn challenge(error: &str, rest: &str) -> HeaderValue {
+    let value = format!("Bearer realm=\"latchkey\", error=\"{error}\", {rest}");
+    HeaderValue::from_str(&value).unwrap_or(CHALLENGE)
+}
+
+impl Decision {
+    /// The HTTP answer, with a header of its own for each of the operator's
+    /// `claim_headers` on an allow (empty when the credential lacks it).
+    pub fn into_response_with(self, claim_headers: &[ClaimHeader]) -> Response {
         let mut headers = HeaderMap::new();
         let status = match self {
             Decision::Allow { identity, max_age } => {
@@ -277,14 +411,21 @@ impl IntoResponse for Decision {
                     subject,
                     scopes,
                     key_id,
-                    extra,
+                    namespace,
+                    role,
+                    claims,
+                    claim_values,
                 } = *identity;
-                for (name, value) in extra {
-                    headers.insert(name, value);
+                for ClaimHeader { claim, header } in claim_headers {
+                    let value = claim_values.iter().find(|(n, _)| **n == **claim);
+                    headers.insert(header.clone(), value.map_or(EMPTY, |(_, v)| v.clone()));
                 }
                 headers.insert(X_AUTH_SUBJECT, subject);
                 headers.insert(X_AUTH_SCOPES, scopes);
                 headers.insert(X_AUTH_KEY_ID, key_id);
+                headers.insert(X_AUTH_NAMESPACE, namespace);
+                headers.insert(X_AUTH_ROLE, role);
+                headers.insert(X_AUTH_CLAIMS, claims);
                 let cache = match max_age {
                     0 => NO_STORE,
                     1 => HeaderValue::from_static("private, max-age=1"),
@@ -297,26 +438,19 @@ impl IntoResponse for Decision {
                 headers.insert(WWW_AUTHENTICATE, CHALLENGE);
                 StatusCode::UNAUTHORIZED
             }
+            Decision::InvalidRequest(why) => {
+                let rest = format!("error_description=\"{}\"", quoted(why));
+                headers.insert(WWW_AUTHENTICATE, challenge("invalid_request", &rest));
+                StatusCode::BAD_REQUEST
+            }
             Decision::Invalid(invalid) => {
-                let value = format!(
-                    "Bearer realm=\"latchkey\", error=\"invalid_token\", error_description=\"{}\"",
-                    invalid.description()
-                );
-                headers.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_str(&value).unwrap_or(CHALLENGE),
-                );
+                let rest = format!("error_description=\"{}\"", invalid.description());
+                headers.insert(WWW_AUTHENTICATE, challenge("invalid_token", &rest));
                 StatusCode::UNAUTHORIZED
             }
             Decision::InsufficientScope { required } => {
-                let value = format!(
-                    "Bearer realm=\"latchkey\", error=\"insufficient_scope\", scope=\"{}\"",
-                    quoted(&required)
-                );
-                headers.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_str(&value).unwrap_or(CHALLENGE),
-                );
+                let rest = format!("scope=\"{}\"", quoted(&required));
+                headers.insert(WWW_AUTHENTICATE, challenge("insufficient_scope", &rest));
                 StatusCode::FORBIDDEN
             }
             Decision::RateLimited { retry_after, limit } => {
@@ -333,6 +467,12 @@ impl IntoResponse for Decision {
             headers.insert(CACHE_CONTROL, NO_STORE);
         }
         (status, headers).into_response()
+    }
+}
+
+impl IntoResponse for Decision {
+    fn into_response(self) -> Response {
+        self.into_response_with(&[])
     }
 }
 
@@ -405,9 +545,118 @@ mod tests {
         assert_eq!(header(&resp, X_AUTH_SUBJECT), "billing-service");
         assert_eq!(header(&resp, X_AUTH_SCOPES), "orders:read invoices:write");
         assert_eq!(header(&resp, X_AUTH_KEY_ID), key.key_id());
-        assert!(resp.headers().get("x-auth-namespace").is_none());
+        assert_eq!(header(&resp, X_AUTH_NAMESPACE), "shop");
         assert_eq!(header(&resp, CACHE_CONTROL), "private, max-age=1");
         assert!(resp.headers().get("set-cookie").is_none());
+    }
+
+    #[test]
+    fn every_allow_carries_every_identity_header_empty_when_unset() {
+        let key = ApiKeyValue::generate();
+        let index = index_of(&[api_key(&key, None)]);
+        let tenant: ClaimHeader = "tenant".parse().unwrap();
+        let resp = decide(Some(key.expose()), &req(""), &index, t(0), 1).into_response_with(&[tenant]);
+        assert_eq!(resp.status(), StatusCode::OK);
+        for name in IDENTITY_HEADERS {
+            assert!(resp.headers().contains_key(&name), "{name} missing");
+            assert_eq!(resp.headers().get_all(&name).iter().count(), 1, "{name}");
+        }
+        assert_eq!(header(&resp, X_AUTH_ROLE), "");
+        assert_eq!(header(&resp, X_AUTH_CLAIMS), "{}");
+        // The operator's claim header is there too, empty for an API key.
+        assert_eq!(header(&resp, "x-auth-claim-tenant"), "");
+        assert!(resp.headers().contains_key("x-auth-claim-tenant"));
+        // Denials carry none of them.
+        let resp = decide(None, &req(""), &index, t(0), 1).into_response_with(&["tenant".parse().unwrap()]);
+        for name in IDENTITY_HEADERS {
+            assert!(!resp.headers().contains_key(&name), "{name} on a denial");
+        }
+        assert!(!resp.headers().contains_key("x-auth-claim-tenant"));
+    }
+
+    #[test]
+    fn a_route_can_require_namespaces_and_issuers() {
+        let key = ApiKeyValue::generate();
+        let index = index_of(&[api_key(&key, None)]);
+        let k = Some(key.expose());
+        for ok in [
+            "namespace=shop",
+            "namespace=other&namespace=shop",
+            "namespace=shop&scope=orders:read",
+        ] {
+            let d = decide(k, &req(ok), &index, t(0), 1);
+            assert!(matches!(d, Decision::Allow { .. }), "{ok}: {d:?}");
+        }
+        let d = decide(k, &req("namespace=other&namespace=shop2"), &index, t(0), 1);
+        assert!(matches!(d, Decision::Invalid(Invalid::Namespace)), "{d:?}");
+        let resp = d.into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(header(&resp, WWW_AUTHENTICATE).contains("error=\"invalid_token\""));
+        assert!(header(&resp, WWW_AUTHENTICATE).contains("namespace this route does not accept"));
+        assert!(
+            !header(&resp, WWW_AUTHENTICATE).contains("shop2"),
+            "the requirement is not disclosed"
+        );
+        // An API key has no issuer: a route that names one refuses every key.
+        let d = decide(k, &req("issuer=https://auth.example.com/shop"), &index, t(0), 1);
+        assert!(matches!(d, Decision::Invalid(Invalid::Issuer)), "{d:?}");
+        assert_eq!(d.label(), "issuer");
+    }
+
+    #[test]
+    fn a_refused_requirement_takes_nothing_from_the_bucket() {
+        let key = ApiKeyValue::generate();
+        let mut ak = api_key(&key, None);
+        ak.spec.rate_limit = Some(RateLimit {
+            requests_per_second: 1,
+            burst: Some(1),
+        });
+        let index = index_of(&[ak]);
+        let k = Some(key.expose());
+        for q in ["namespace=other", "scope=admin", "issuer=x"] {
+            assert!(!matches!(
+                decide(k, &req(q), &index, t(0), 1),
+                Decision::Allow { .. }
+            ));
+        }
+        assert!(matches!(
+            decide(k, &req(""), &index, t(0), 1),
+            Decision::Allow { max_age: 0, .. }
+        ));
+        assert!(matches!(
+            decide(k, &req(""), &index, t(0), 1),
+            Decision::RateLimited { .. }
+        ));
+    }
+
+    #[test]
+    fn use_key_meters_and_records_the_use() {
+        let key = ApiKeyValue::generate();
+        let mut ak = api_key(&key, None);
+        ak.spec.rate_limit = Some(RateLimit {
+            requests_per_second: 1,
+            burst: Some(2),
+        });
+        let index = index_of(&[ak]);
+        let owner = index.owners().pop().unwrap();
+        assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), 0);
+        assert_eq!(use_key(&owner.usage, t(5)), Ok(()));
+        assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), t(5).as_second());
+        assert_eq!(use_key(&owner.usage, t(6)), Ok(()));
+        assert_eq!(
+            use_key(&owner.usage, t(7)),
+            Err(Limited {
+                retry_after: 1,
+                limit: 1
+            })
+        );
+        // A refused use is not a use.
+        assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), t(6).as_second());
+        // The key's own decision shares the bucket.
+        assert!(matches!(
+            decide(Some(key.expose()), &req(""), &index, t(7), 1),
+            Decision::RateLimited { .. }
+        ));
     }
 
     #[test]
@@ -530,19 +779,65 @@ mod tests {
     fn credential_sources_in_order() {
         let custom = HeaderName::from_static("x-my-key");
         let mut h = HeaderMap::new();
-        assert_eq!(credential(&h, Some(&custom)), None);
+        assert_eq!(credential(&h, Some(&custom)).unwrap(), None);
         h.insert("x-my-key", HeaderValue::from_static("c"));
-        assert_eq!(credential(&h, Some(&custom)), Some("c"));
-        assert_eq!(credential(&h, None), None);
-        h.insert("x-api-key", HeaderValue::from_static("b"));
-        assert_eq!(credential(&h, Some(&custom)), Some("b"));
+        assert_eq!(credential(&h, Some(&custom)).unwrap(), Some("c"));
+        assert_eq!(credential(&h, None).unwrap(), None);
+        h.insert("x-api-key", HeaderValue::from_static("c"));
+        assert_eq!(
+            credential(&h, Some(&custom)).unwrap(),
+            Some("c"),
+            "the same credential twice"
+        );
         h.insert("authorization", HeaderValue::from_static("Basic Zm9vOmJhcg=="));
-        assert_eq!(credential(&h, Some(&custom)), Some("b"));
-        h.insert("authorization", HeaderValue::from_static("bearer  a "));
-        assert_eq!(credential(&h, Some(&custom)), Some("a"));
+        assert_eq!(
+            credential(&h, Some(&custom)).unwrap(),
+            Some("c"),
+            "Basic is not ours"
+        );
+        h.insert("authorization", HeaderValue::from_static("bearer  c "));
+        assert_eq!(credential(&h, Some(&custom)).unwrap(), Some("c"));
         let mut empty = HeaderMap::new();
         empty.insert("x-api-key", HeaderValue::from_static(""));
-        assert_eq!(credential(&empty, None), None);
+        assert_eq!(credential(&empty, None).unwrap(), None);
+    }
+
+    #[test]
+    fn repeated_or_conflicting_credentials_are_invalid_requests() {
+        let custom = HeaderName::from_static("x-my-key");
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        for pairs in [
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")][..],
+            &[("authorization", "Bearer a"), ("authorization", "Bearer a")],
+            &[
+                ("authorization", "Basic Zm9vOmJhcg=="),
+                ("authorization", "Bearer a"),
+            ],
+            &[("x-api-key", "a"), ("x-api-key", "b")],
+            &[("x-my-key", "a"), ("x-my-key", "a")],
+            &[("authorization", "Bearer a"), ("x-api-key", "b")],
+            &[("x-api-key", "a"), ("x-my-key", "b")],
+        ] {
+            let h = with(pairs);
+            let d = credential(&h, Some(&custom)).expect_err(&format!("{pairs:?}"));
+            assert_eq!(d.label(), "invalid_request");
+            let resp = d.into_response();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{pairs:?}");
+            assert!(
+                header(&resp, WWW_AUTHENTICATE)
+                    .starts_with("Bearer realm=\"latchkey\", error=\"invalid_request\"")
+            );
+            assert_eq!(header(&resp, CACHE_CONTROL), "no-store");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_bytes(b"lk_\xff").unwrap());
+        assert!(credential(&h, None).is_err(), "not visible ASCII");
     }
 
     #[test]
@@ -551,7 +846,16 @@ mod tests {
             req("scope=a&scope=b%20c&audience=x&other=1"),
             Requirement {
                 scopes: vec!["a".into(), "b".into(), "c".into()],
-                audience: Some("x".into())
+                audience: Some("x".into()),
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            req("namespace=a&namespace=b&issuer=https%3A%2F%2Fauth.example.com%2Fx&namespace=&issuer="),
+            Requirement {
+                namespaces: vec!["a".into(), "b".into()],
+                issuers: vec!["https://auth.example.com/x".into()],
+                ..Default::default()
             }
         );
         assert_eq!(Requirement::from_query(None), Requirement::default());

@@ -225,6 +225,23 @@ impl Index {
         })
     }
 
+    /// `f` of a key listed under `key_id` that is valid at `now` (the key
+    /// that minted a token: its `client_id`), under the read lock. `None`
+    /// when no key under that id is valid.
+    pub fn find_valid_with<R>(
+        &self,
+        key_id: &KeyId,
+        now: Timestamp,
+        f: impl FnOnce(&KeyEntry) -> R,
+    ) -> Option<R> {
+        let inner = self.inner.read().expect("index lock");
+        let entries = inner.by_key_id.get(key_id)?;
+        entries
+            .iter()
+            .find(|e| e.valid_until.is_none_or(|t| t > now))
+            .map(f)
+    }
+
     /// Number of keys and of ApiKeys indexed.
     pub fn len(&self) -> (usize, usize) {
         let inner = self.inner.read().expect("index lock");

@@ -83,10 +83,13 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 pub async fn handle(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     // The caller: an API key with the introspect scope, as for any route.
-    let caller = decision::credential(&headers, None);
+    let caller = match decision::credential(&headers, None) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
     let required = Requirement {
         scopes: vec![INTROSPECT_SCOPE.into()],
-        audience: None,
+        ..Default::default()
     };
     match decision::decide(caller, &required, &state.index, state.clock.now(), 0) {
         Decision::Allow { .. } => {}
@@ -167,6 +170,7 @@ mod tests {
                 decision_cache_seconds: 1,
                 last_used_flush: Duration::from_secs(60),
                 issuer_base_url: "http://127.0.0.1:0".into(),
+                claim_headers: Vec::new(),
             },
             metrics: Metrics::new(),
         }

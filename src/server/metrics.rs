@@ -14,13 +14,16 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// Every `result` label value, in [`Decision::label`]'s words.
-const RESULTS: [&str; 19] = [
+const RESULTS: [&str; 22] = [
     "allow",
     "no_credential",
+    "invalid_request",
     "malformed",
     "unknown",
     "expired",
     "audience",
+    "namespace",
+    "issuer",
     "insufficient_scope",
     "rate_limited",
     "not_ready",
@@ -37,7 +40,7 @@ const RESULTS: [&str; 19] = [
 ];
 
 /// Every `result` of the token endpoint: issued, or an RFC 6749 error code.
-const TOKEN_RESULTS: [&str; 7] = [
+const TOKEN_RESULTS: [&str; 8] = [
     "issued",
     "invalid_request",
     "invalid_client",
@@ -45,6 +48,7 @@ const TOKEN_RESULTS: [&str; 7] = [
     "unsupported_grant_type",
     "invalid_scope",
     "temporarily_unavailable",
+    "rate_limited",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,5 +187,26 @@ mod tests {
         assert!(text.contains(r#"latchkey_auth_decisions_total{route="envoy",result="not_ready"} 1"#));
         assert!(text.contains("latchkey_index_keys 3"));
         assert!(text.contains(r#"latchkey_auth_decision_seconds_count{route="nginx"} 2"#));
+    }
+
+    #[test]
+    fn every_decision_and_token_result_has_a_counter() {
+        use crate::server::decision::Invalid;
+        for d in [
+            Decision::InvalidRequest("x"),
+            Decision::Invalid(Invalid::Namespace),
+            Decision::Invalid(Invalid::Issuer),
+            Decision::RateLimited {
+                retry_after: 1,
+                limit: 1,
+            },
+        ] {
+            assert!(RESULTS.contains(&d.label()), "{}", d.label());
+        }
+        let limited = crate::token::claims::TokenError::RateLimited {
+            retry_after: 1,
+            limit: 1,
+        };
+        assert!(TOKEN_RESULTS.contains(&limited.code()));
     }
 }

@@ -22,6 +22,7 @@
 //! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
 
 pub mod decision;
+pub mod identity;
 pub mod index;
 pub mod introspect;
 pub mod metrics;
@@ -62,6 +63,9 @@ pub struct Options {
     pub last_used_flush: Duration,
     /// The base of default TokenPolicy issuers (`<base>/issuers/<ns>/<name>`).
     pub issuer_base_url: String,
+    /// Custom claims that get a header of their own on every allow
+    /// (`--claim-header`), besides the fixed identity headers.
+    pub claim_headers: Vec<decision::ClaimHeader>,
 }
 
 /// What every handler shares.
@@ -149,30 +153,29 @@ async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Reque
         _ => Requirement::from_query(request.uri().query()),
     };
     let headers = request.headers();
-    let presented = decision::credential(headers, state.options.api_key_header.as_ref());
-    let decision = match presented {
-        Some(token) if crate::token::claims::looks_like_jwt(token) => tokens::decide_token(
+    let now = state.clock.now();
+    let cache_seconds = state.options.decision_cache_seconds;
+    let decision = match decision::credential(headers, state.options.api_key_header.as_ref()) {
+        Err(refused) => refused,
+        Ok(Some(token)) if crate::token::claims::looks_like_jwt(token) => tokens::decide_token(
             token,
             &requirement,
             &state.index,
             &state.tokens,
-            state.clock.now(),
-            state.options.decision_cache_seconds,
+            now,
+            cache_seconds,
         ),
-        _ => decision::decide(
-            presented,
-            &requirement,
-            &state.index,
-            state.clock.now(),
-            state.options.decision_cache_seconds,
-        ),
+        Ok(presented) => decision::decide(presented, &requirement, &state.index, now, cache_seconds),
     };
     if tracing::enabled!(tracing::Level::DEBUG) {
+        // The original URL may carry credentials (`?api_key=`, user info):
+        // redacted here, and again by the log writer.
         let (method, url) = family.original(headers, request.uri().path());
+        let url = crate::redact::redact(&url);
         tracing::debug!(route = family.label(), result = decision.label(), %method, %url, "auth decision");
     }
     state.metrics.observe(family, &decision, started.elapsed());
-    decision.into_response()
+    decision.into_response_with(&state.options.claim_headers)
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

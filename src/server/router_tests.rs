@@ -77,6 +77,7 @@ fn fixture() -> Fixture {
             decision_cache_seconds: 1,
             last_used_flush: Duration::from_secs(60),
             issuer_base_url: BASE.into(),
+            claim_headers: vec!["tenant".parse().unwrap()],
         },
         metrics: Metrics::new(),
     });
@@ -455,4 +456,71 @@ async fn token_endpoint_errors_follow_rfc_6749() {
         assert_eq!(header_of(&resp, "cache-control"), "no-store");
         assert_eq!(body_json(resp).await["error"], error, "{body}");
     }
+}
+
+#[tokio::test]
+async fn every_allow_carries_every_identity_header_and_the_claim_headers() {
+    let f = fixture();
+    let resp = send(
+        &f.state,
+        get("/auth/forward?namespace=shop")
+            .header("x-api-key", f.reader.expose())
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    for name in super::decision::IDENTITY_HEADERS {
+        assert!(resp.headers().contains_key(&name), "{name} missing");
+    }
+    assert_eq!(header_of(&resp, "x-auth-namespace"), "shop");
+    assert_eq!(header_of(&resp, "x-auth-role"), "");
+    assert_eq!(header_of(&resp, "x-auth-claims"), "{}");
+    assert!(
+        resp.headers().contains_key("x-auth-claim-tenant"),
+        "the --claim-header, empty"
+    );
+    // A route of another namespace refuses the same key.
+    let resp = send(
+        &f.state,
+        get("/auth/forward?namespace=billing")
+            .header("x-api-key", f.reader.expose())
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(header_of(&resp, "www-authenticate").contains("invalid_token"));
+}
+
+#[tokio::test]
+async fn two_credentials_are_a_bad_request_on_every_route() {
+    let f = fixture();
+    for route in ["/auth/nginx", "/auth/forward", "/auth/envoy/x", "/introspect"] {
+        let method = if route == "/introspect" { "POST" } else { "GET" };
+        let request = Request::builder()
+            .method(method)
+            .uri(route)
+            .header(header::AUTHORIZATION, bearer(f.introspector.expose()))
+            .header(header::AUTHORIZATION, bearer(f.reader.expose()))
+            .body(Body::empty())
+            .unwrap();
+        let resp = send(&f.state, request).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{route}");
+        assert!(
+            header_of(&resp, "www-authenticate").contains("error=\"invalid_request\""),
+            "{route}"
+        );
+    }
+    let resp = send(
+        &f.state,
+        form("/token")
+            .header(header::AUTHORIZATION, bearer(f.reader.expose()))
+            .header(header::AUTHORIZATION, bearer(f.reader.expose()))
+            .body(Body::from("grant_type=client_credentials"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_json(resp).await["error"], "invalid_request");
 }

@@ -49,7 +49,7 @@ use crate::token::{keys, schedule};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures::StreamExt;
@@ -154,12 +154,25 @@ pub struct CachedToken {
     pub claims: AccessClaims,
     pub kid: String,
     pub client_id: Option<KeyId>,
-    pub subject: HeaderValue,
-    pub scopes: HeaderValue,
-    pub key_id: HeaderValue,
-    pub extra: Vec<(HeaderName, HeaderValue)>,
+    /// The identity headers of its allows, but `X-Auth-Namespace` (that
+    /// comes from the index's entry for `client_id` on each use).
+    pub identity: Identity,
     /// The snapshot version in which `kid` was last seen published.
     checked_version: AtomicU64,
+}
+
+impl decision::Offer for CachedToken {
+    fn audience_ok(&self, audience: &str) -> bool {
+        self.claims.aud.iter().any(|a| a == audience)
+    }
+
+    fn has_scope(&self, scope: &str) -> bool {
+        self.claims.scopes().any(|s| s == scope)
+    }
+
+    fn issuer(&self) -> Option<&str> {
+        Some(&self.claims.iss)
+    }
 }
 
 /// The server's token state.
@@ -443,25 +456,23 @@ impl Tokens {
 }
 
 fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> CachedToken {
-    let mut extra = Vec::new();
-    if let Some(role) = &claims.role {
-        extra.push((HeaderName::from_static("x-auth-role"), super::index::header(role)));
-    }
-    for (name, value) in &claims.custom {
-        let (Ok(header), Some(value)) = (
-            HeaderName::from_bytes(format!("x-auth-claim-{}", name.to_ascii_lowercase()).as_bytes()),
-            value.as_str(),
-        ) else {
-            continue;
-        };
-        extra.push((header, super::index::header(value)));
-    }
+    let header = super::index::header;
+    let identity = Identity {
+        subject: header(&claims.sub),
+        scopes: header(&claims.scope),
+        key_id: header(&claims.client_id),
+        namespace: HeaderValue::from_static(""),
+        role: header(claims.role.as_deref().unwrap_or_default()),
+        claims: decision::claims_header(&claims.custom),
+        claim_values: claims
+            .custom
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().into(), header(value.as_str()?))))
+            .collect(),
+    };
     CachedToken {
         client_id: KeyId::try_from(claims.client_id.as_bytes()).ok(),
-        subject: super::index::header(&claims.sub),
-        scopes: super::index::header(&claims.scope),
-        key_id: super::index::header(&claims.client_id),
-        extra,
+        identity,
         claims,
         kid,
         checked_version: AtomicU64::new(version),
@@ -482,42 +493,35 @@ pub fn decide_token(
     }
     let now_s = now.as_second();
     let decided = tokens.with_verified(token, now_s, |t| {
-        let Some(client_id) = t.client_id.filter(|id| index.key_id_valid(id, now)) else {
+        let Some(client_id) = t.client_id else {
             return Decision::Invalid(Invalid::ClientRevoked);
         };
-        if !tokens.client_admitted(&t.kid, &client_id, index, now) {
-            return Decision::Invalid(Invalid::Token(claims::TokenInvalid::Client));
-        }
-        if let Some(audience) = &requirement.audience
-            && !t.claims.aud.iter().any(|a| a == audience)
-        {
-            return Decision::Invalid(Invalid::Audience);
-        }
-        if !requirement
-            .scopes
-            .iter()
-            .all(|s| t.claims.scopes().any(|h| h == s))
-        {
-            return Decision::InsufficientScope {
-                required: requirement.scopes.join(" "),
-            };
-        }
-        let left = (t.claims.exp - now_s).max(0) as u64;
-        Decision::Allow {
-            // Copies, not clones: a clone would bump a reference count that
-            // every request with this token shares across cores.
-            identity: Box::new(Identity {
-                subject: decision::copy(&t.subject),
-                scopes: decision::copy(&t.scopes),
-                key_id: decision::copy(&t.key_id),
-                extra: t
-                    .extra
-                    .iter()
-                    .map(|(n, v)| (n.clone(), decision::copy(v)))
-                    .collect(),
-            }),
-            max_age: left.min(cache_seconds),
-        }
+        // The key that minted it: revoked, expired or gone refuses the token,
+        // and so does a key the signing key's policy does not admit;
+        // otherwise its ApiKey meters this use like a use of the key and says
+        // where the credential comes from.
+        let snapshot = tokens.snapshot.read().expect("token snapshot lock");
+        let policy = snapshot.policy_by_kid.get(&t.kid);
+        index
+            .find_valid_with(&client_id, now, |entry| {
+                if !policy.is_some_and(|p| p.admits(&entry.owner)) {
+                    return Decision::Invalid(Invalid::Token(claims::TokenInvalid::Client));
+                }
+                let until = match entry.valid_until {
+                    Some(key_end) => t.claims.exp.min(key_end.as_second()),
+                    None => t.claims.exp,
+                };
+                decision::conclude(
+                    requirement,
+                    t,
+                    &entry.owner,
+                    Some(until),
+                    now,
+                    cache_seconds,
+                    || t.identity.copied(),
+                )
+            })
+            .unwrap_or(Decision::Invalid(Invalid::ClientRevoked))
     });
     decided.unwrap_or_else(|e| Decision::Invalid(Invalid::Token(e)))
 }
@@ -572,6 +576,7 @@ fn token_error(err: &TokenError) -> Response {
     let status = match err {
         TokenError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
         TokenError::TemporarilyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        TokenError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     };
     let mut resp = (
@@ -582,6 +587,10 @@ fn token_error(err: &TokenError) -> Response {
     let headers = resp.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    if let TokenError::RateLimited { retry_after, limit } = err {
+        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        headers.insert(decision::X_RATELIMIT_LIMIT, HeaderValue::from(*limit));
+    }
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(
             WWW_AUTHENTICATE,
@@ -593,28 +602,45 @@ fn token_error(err: &TokenError) -> Response {
 
 /// The API key a token request authenticates with: HTTP Basic (the key as
 /// the password; the user name is ignored), `Authorization: Bearer`, or the
-/// form's `client_secret`.
-fn client_key(headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let auth = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    if let Some((scheme, value)) = auth.and_then(|a| a.split_once(' ')) {
-        if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(value.trim())
-                .ok()?;
-            let text = String::from_utf8(decoded).ok()?;
-            let (_, password) = text.split_once(':')?;
-            return Some(password.to_owned());
-        }
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return Some(value.trim().to_owned());
-        }
+/// form's `client_secret`. More than one (a repeated `Authorization` header,
+/// a header and `client_secret` both) is `invalid_request` (RFC 6749 §2.3:
+/// one authentication method per request), never "first wins".
+fn client_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, TokenError> {
+    let more_than_one = || {
+        TokenError::InvalidRequest(
+            "authenticate once: one Authorization header or client_secret, not several".into(),
+        )
+    };
+    let mut auths = headers.get_all(AUTHORIZATION).iter();
+    let auth = auths.next();
+    if auths.next().is_some() {
+        return Err(more_than_one());
     }
-    form_urlencoded::parse(body)
-        .find(|(k, _)| k == "client_secret")
-        .map(|(_, v)| v.into_owned())
+    let auth = auth.and_then(|v| v.to_str().ok()).map(str::trim);
+    let mut secrets = form_urlencoded::parse(body).filter(|(k, _)| k == "client_secret");
+    let secret = secrets.next().map(|(_, v)| v.into_owned());
+    if secrets.next().is_some() {
+        return Err(more_than_one());
+    }
+    let from_header = match auth.and_then(|a| a.split_once(' ')) {
+        Some((scheme, value)) if scheme.eq_ignore_ascii_case("basic") => {
+            let password = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .and_then(|t| t.split_once(':').map(|(_, p)| p.to_owned()));
+            // A Basic header that does not decode is no credential at all.
+            Some(password.ok_or_else(|| {
+                TokenError::InvalidClient("the Basic credentials do not decode as user:password".into())
+            })?)
+        }
+        Some((scheme, value)) if scheme.eq_ignore_ascii_case("bearer") => Some(value.trim().to_owned()),
+        _ => None,
+    };
+    match (from_header, secret) {
+        (Some(_), Some(_)) => Err(more_than_one()),
+        (header, secret) => Ok(header.or(secret)),
+    }
 }
 
 /// Issues a token; `fixed` is the policy of an `<issuer>/token` URL.
@@ -630,7 +656,7 @@ pub fn issue(
             "send the request as application/x-www-form-urlencoded".into(),
         ));
     }
-    let presented = client_key(headers, body).ok_or_else(|| {
+    let presented = client_key(headers, body)?.ok_or_else(|| {
         TokenError::InvalidClient(
             "authenticate with the API key as HTTP Basic password or Bearer token".into(),
         )
@@ -645,6 +671,11 @@ pub fn issue(
     let (entry, key_id) = decision::verify(&presented, &state.index, now)
         .map_err(|_| TokenError::InvalidClient("the API key is unknown, revoked or expired".into()))?;
     let owner = &entry.owner;
+    // A use of the key like any other: its bucket, its lastUsedAt.
+    decision::use_key(&owner.usage, now).map_err(|l| TokenError::RateLimited {
+        retry_after: l.retry_after,
+        limit: l.limit,
+    })?;
     let snapshot = state.tokens.snapshot();
     let policy = match (fixed, &request.policy) {
         (Some(p), _) => Some(p),
@@ -987,8 +1018,13 @@ mod tests {
         .unwrap();
         let tokens = Tokens::default();
         tokens.replace(snapshot);
-        let seen = tokens.with_verified(&token, now, |t| t.extra.clone()).unwrap();
-        assert_eq!(seen[0].0.as_str(), "x-auth-claim-tenant");
+        let seen = tokens
+            .with_verified(&token, now, |t| t.identity.copied())
+            .unwrap();
+        assert_eq!(seen.claims, r#"{"tenant":"acme"}"#);
+        assert_eq!(&*seen.claim_values[0].0, "tenant");
+        assert_eq!(seen.claim_values[0].1, "acme");
+        assert_eq!(seen.role, "");
         // Cached now: still valid, then expired after exp + leeway.
         assert!(tokens.with_verified(&token, now + 10, |_| ()).is_ok());
         assert_eq!(
@@ -1241,6 +1277,255 @@ mod tests {
         }
         let info = introspect_token(&forge(&admitted_id), &index, &tokens, now).unwrap();
         assert_eq!(info["active"], json!(true));
+    }
+
+    /// A policy `shop/login` with its key, an ApiKey `shop/frontend` that
+    /// names it (rate-limited when `limit` is set), and the server's state.
+    fn token_state(
+        limit: Option<u32>,
+    ) -> (super::AppState, Arc<PolicyEntry>, String, crate::key::ApiKeyValue) {
+        use crate::crd::{
+            ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, RateLimit, SigningAlgorithm, TokenPolicyRef,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
+        let secrets = owned_secret(&policy, &key);
+        let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy)]);
+        let snapshot = build_snapshot(&policies, &secrets, "http://127.0.0.1:8080");
+        let entry = snapshot.by_name.values().next().unwrap().clone();
+        let issuer = entry.rules.issuer.clone();
+        let tokens = Tokens::default();
+        tokens.replace(snapshot);
+        tokens.mark_synced();
+        let api_key = crate::key::ApiKeyValue::generate();
+        let mut ak = ApiKey::new(
+            "frontend",
+            ApiKeySpec {
+                subject: Some("login-service".into()),
+                scopes: vec!["orders:read".into()],
+                token_policy_ref: Some(TokenPolicyRef { name: "login".into() }),
+                rate_limit: limit.map(|n| RateLimit {
+                    requests_per_second: n,
+                    burst: Some(n),
+                }),
+                ..Default::default()
+            },
+        );
+        ak.metadata.namespace = Some("shop".into());
+        ak.status = Some(ApiKeyStatus {
+            current_key: Some(KeyRecord {
+                id: api_key.key_id().into(),
+                sha256: api_key.sha256_hex(),
+                issued_at: Time(Timestamp::UNIX_EPOCH),
+                valid_until: None,
+            }),
+            ..Default::default()
+        });
+        let index = Index::default();
+        let mut rebuild = super::super::index::Rebuild::default();
+        rebuild.apply(&ak, None);
+        index.replace(rebuild);
+        let state = super::AppState {
+            index: Arc::new(index),
+            tokens: Arc::new(tokens),
+            clock: Arc::new(crate::clock::ManualClock::new(
+                Timestamp::from_second(NOW).unwrap(),
+            )),
+            options: super::super::Options {
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                namespace: None,
+                api_key_header: None,
+                decision_cache_seconds: 5,
+                last_used_flush: std::time::Duration::from_secs(60),
+                issuer_base_url: "http://127.0.0.1:8080".into(),
+                claim_headers: vec!["tenant".parse().unwrap()],
+            },
+            metrics: super::super::metrics::Metrics::new(),
+        };
+        (state, entry, issuer, api_key)
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn sign(policy: &PolicyEntry, issuer: &str, client_id: &str) -> String {
+        let signer = policy.signer(NOW).expect("the active key signs");
+        let claims = AccessClaims {
+            iss: issuer.into(),
+            sub: "login-service".into(),
+            aud: vec!["orders".into()],
+            exp: NOW + 60,
+            iat: NOW,
+            nbf: None,
+            jti: key::random_id(22),
+            client_id: client_id.into(),
+            scope: "orders:read".into(),
+            role: Some("reader".into()),
+            custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
+        };
+        jsonwebtoken::encode(
+            &claims::header(signer.algorithm, &signer.kid),
+            &claims,
+            &signer.key,
+        )
+        .unwrap()
+    }
+
+    fn decide_at(state: &super::AppState, token: &str, query: &str) -> Decision {
+        decide_token(
+            token,
+            &Requirement::from_query(Some(query)),
+            &state.index,
+            &state.tokens,
+            Timestamp::from_second(NOW).unwrap(),
+            state.options.decision_cache_seconds,
+        )
+    }
+
+    #[test]
+    fn a_token_allow_names_the_namespace_of_its_key_and_every_identity_header() {
+        let (state, signer, issuer, api_key) = token_state(None);
+        let token = sign(&signer, &issuer, api_key.key_id());
+        let d = decide_at(&state, &token, "scope=orders:read");
+        assert!(matches!(d, Decision::Allow { max_age: 5, .. }), "{d:?}");
+        let resp = d.into_response_with(&state.options.claim_headers);
+        let h = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(h("x-auth-subject").as_deref(), Some("login-service"));
+        assert_eq!(h("x-auth-namespace").as_deref(), Some("shop"));
+        assert_eq!(h("x-auth-key-id").as_deref(), Some(api_key.key_id()));
+        assert_eq!(h("x-auth-role").as_deref(), Some("reader"));
+        assert_eq!(h("x-auth-claims").as_deref(), Some(r#"{"tenant":"acme"}"#));
+        assert_eq!(h("x-auth-claim-tenant").as_deref(), Some("acme"));
+        // A use of the key: lastUsedAt moves.
+        let owner = state.index.owners().pop().unwrap();
+        assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), NOW);
+    }
+
+    #[test]
+    fn a_token_meets_namespace_and_issuer_requirements_by_its_key_and_iss() {
+        let (state, signer, issuer, api_key) = token_state(None);
+        let token = sign(&signer, &issuer, api_key.key_id());
+        let q = |s: &str| decide_at(&state, &token, s).label();
+        assert_eq!(q("namespace=shop"), "allow");
+        assert_eq!(q("namespace=other&namespace=shop"), "allow");
+        assert_eq!(q("namespace=other"), "namespace");
+        let issuer_q = format!(
+            "issuer={}",
+            form_urlencoded::byte_serialize(issuer.as_bytes()).collect::<String>()
+        );
+        assert_eq!(q(&issuer_q), "allow");
+        assert_eq!(q(&format!("{issuer_q}&namespace=shop")), "allow");
+        assert_eq!(q("issuer=https://elsewhere.example/x"), "issuer");
+        assert_eq!(q(&format!("{issuer_q}x")), "issuer", "exact iss only");
+    }
+
+    #[test]
+    fn a_rate_limited_keys_tokens_take_from_its_bucket_and_are_never_cached() {
+        let (state, signer, issuer, api_key) = token_state(Some(1));
+        let token = sign(&signer, &issuer, api_key.key_id());
+        let d = decide_at(&state, &token, "");
+        assert!(matches!(d, Decision::Allow { max_age: 0, .. }), "{d:?}");
+        assert_eq!(d.into_response().headers()["cache-control"], "no-store");
+        // Another token of the same key shares the bucket, and so does the key.
+        let other = sign(&signer, &issuer, api_key.key_id());
+        assert!(matches!(
+            decide_at(&state, &other, ""),
+            Decision::RateLimited { limit: 1, .. }
+        ));
+        let by_key = decision::decide(
+            Some(api_key.expose()),
+            &Requirement::default(),
+            &state.index,
+            Timestamp::from_second(NOW).unwrap(),
+            5,
+        );
+        assert!(matches!(by_key, Decision::RateLimited { .. }), "{by_key:?}");
+    }
+
+    fn token_request(
+        state: &super::AppState,
+        headers: &[(&'static str, String)],
+        body: &str,
+    ) -> Result<serde_json::Value, TokenError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        for (k, v) in headers {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        issue(state, &h, body.as_bytes(), None)
+    }
+
+    fn basic(key: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("client:{key}"))
+        )
+    }
+
+    #[test]
+    fn token_requests_take_from_the_keys_bucket_and_record_the_use() {
+        let (state, _, _, api_key) = token_state(Some(1));
+        let auth = [("authorization", basic(api_key.expose()))];
+        let owner = state.index.owners().pop().unwrap();
+        assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), 0);
+        let first = token_request(&state, &auth, "grant_type=client_credentials");
+        assert!(first.is_ok(), "{first:?}");
+        assert_eq!(
+            owner.usage.last_used.load(Ordering::Relaxed),
+            NOW,
+            "a token issued is a use"
+        );
+        let err = token_request(&state, &auth, "grant_type=client_credentials").unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::RateLimited {
+                retry_after: 1,
+                limit: 1
+            }
+        );
+        let resp = token_error(&err);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "1");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+    }
+
+    #[test]
+    fn a_token_request_authenticates_once() {
+        let (state, _, _, api_key) = token_state(None);
+        let key = api_key.expose().to_owned();
+        let ok = token_request(
+            &state,
+            &[("authorization", basic(&key))],
+            "grant_type=client_credentials",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        for (headers, body) in [
+            (
+                vec![("authorization", basic(&key)), ("authorization", basic(&key))],
+                "grant_type=client_credentials".to_owned(),
+            ),
+            (
+                vec![
+                    ("authorization", format!("Bearer {key}")),
+                    ("authorization", basic("x")),
+                ],
+                "grant_type=client_credentials".to_owned(),
+            ),
+            (
+                vec![("authorization", basic(&key))],
+                format!("grant_type=client_credentials&client_secret={key}"),
+            ),
+            (
+                vec![],
+                format!("grant_type=client_credentials&client_secret={key}&client_secret={key}"),
+            ),
+        ] {
+            let err = token_request(&state, &headers, &body).unwrap_err();
+            assert_eq!(err.code(), "invalid_request", "{headers:?} {body}");
+        }
     }
 
     #[test]

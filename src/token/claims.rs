@@ -94,6 +94,12 @@ pub enum TokenError {
     InvalidScope(String),
     /// The policy has no key that can sign right now (503).
     TemporarilyUnavailable(String),
+    /// The API key is over its ApiKey's rate limit (429 with `Retry-After`):
+    /// `/token` takes from the same bucket as the key's other uses.
+    RateLimited {
+        retry_after: u64,
+        limit: u32,
+    },
 }
 
 impl TokenError {
@@ -105,6 +111,7 @@ impl TokenError {
             TokenError::UnsupportedGrantType => "unsupported_grant_type",
             TokenError::InvalidScope(_) => "invalid_scope",
             TokenError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            TokenError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -116,6 +123,9 @@ impl TokenError {
             | TokenError::InvalidScope(d)
             | TokenError::TemporarilyUnavailable(d) => d,
             TokenError::UnsupportedGrantType => "only grant_type=client_credentials is supported",
+            TokenError::RateLimited { .. } => {
+                "the API key is over its rate limit; retry after Retry-After seconds"
+            }
         }
     }
 }

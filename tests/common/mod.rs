@@ -282,11 +282,22 @@ impl ControllerProcess {
     /// `latchkey <mode>` (`run` or `serve`) on a free loopback port; returns
     /// the process and the server's base URL once it listens.
     pub fn start_http(mode: &str, namespace: &str, extra: &[&str]) -> (Self, String) {
+        Self::start_http_env(mode, namespace, extra, &[])
+    }
+
+    /// [`start_http`](Self::start_http) with more environment variables
+    /// (`RUST_LOG` among them overrides the default `info,latchkey=debug`).
+    pub fn start_http_env(
+        mode: &str,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Self, String) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec![mode, "--http-addr", &addr];
         args.extend_from_slice(extra);
-        let mut process = Self::start_with(namespace, &args);
+        let mut process = Self::start_with_env(namespace, &args, env);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
             if let Some(status) = process.child.try_wait().unwrap() {
@@ -305,13 +316,28 @@ impl ControllerProcess {
     /// ServiceAccount>`; `controller` and `run` elect themselves on a Lease
     /// of their own (`e2e-<NS>-<n>` in [`LATCHKEY_NS`]).
     pub fn start_with(namespace: &str, args: &[&str]) -> Self {
+        Self::start_with_env(namespace, args, &[])
+    }
+
+    fn start_with_env(namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let lease = format!("{LEASE_PREFIX}{namespace}-{}", rand_suffix());
-        Self::start_elected(namespace, args, &lease, &[])
+        Self::start_elected_env(namespace, args, &lease, &[], env)
     }
 
     /// Like [`start_with`](Self::start_with), on Lease `lease` with
     /// `lease_args` (identity, timing) for `controller` and `run`.
     pub fn start_elected(namespace: &str, args: &[&str], lease: &str, lease_args: &[&str]) -> Self {
+        Self::start_elected_env(namespace, args, lease, lease_args, &[])
+    }
+
+    /// [`start_elected`](Self::start_elected) with more environment variables.
+    fn start_elected_env(
+        namespace: &str,
+        args: &[&str],
+        lease: &str,
+        lease_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log =
             std::env::temp_dir().join(format!("latchkey-{}-{namespace}-{}.log", args[0], rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
@@ -329,6 +355,7 @@ impl ControllerProcess {
             .args(["--watch-namespace", namespace, "--kubeconfig"])
             .arg(latchkey_kubeconfig())
             .env("RUST_LOG", "info,latchkey=debug")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
