@@ -204,6 +204,33 @@ struct ServerArgs {
     /// the proxy's header list.
     #[arg(long = "claim-header", value_name = "NAME")]
     claim_headers: Vec<crate::server::decision::ClaimHeader>,
+    /// The most memory the verified-token cache accounts for (bytes).
+    #[arg(long, default_value_t = crate::server::token_cache::DEFAULT_CACHE_BYTES)]
+    token_cache_bytes: usize,
+    /// The most of it one client_id may hold (bytes); default an eighth of --token-cache-bytes.
+    #[arg(long)]
+    token_cache_client_bytes: Option<usize>,
+    /// A connection must deliver a whole request head within this many seconds of its first byte.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_read_timeout_seconds: u64,
+    /// A keep-alive connection without a request for this long is closed.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    http_idle_timeout_seconds: u64,
+    /// Connections served at once; never more than the open-file limit allows (less a reserve).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    http_max_connections: u64,
+    /// The largest body /token, <issuer>/token and /introspect accept (bytes).
+    #[arg(long, default_value_t = crate::server::guard::MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Failed client authentications per source address per window before 429 (/token, /introspect; 0: off).
+    #[arg(long, default_value_t = 20)]
+    auth_failures_per_source: u32,
+    /// Failed authentications per API key id per window before 429 (every route; 0: off).
+    #[arg(long, default_value_t = 10)]
+    auth_failures_per_key_id: u32,
+    /// The window of the two limits above.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    auth_failure_window_seconds: u64,
 }
 
 impl ServerArgs {
@@ -225,6 +252,41 @@ impl ServerArgs {
             decision_cache_seconds: self.decision_cache_seconds,
             last_used_flush: std::time::Duration::from_secs(self.last_used_flush_seconds),
             claim_headers: self.claim_headers.clone(),
+            limits: self.limits(),
+        }
+    }
+
+    fn limits(&self) -> crate::server::Limits {
+        use crate::server::listener;
+        let soft = listener::raise_open_files_limit();
+        let requested = usize::try_from(self.http_max_connections).unwrap_or(usize::MAX);
+        let max_connections = listener::connection_cap(requested, soft, crate::webhook::MAX_CONNECTIONS);
+        if max_connections < requested {
+            tracing::warn!(
+                requested,
+                max_connections,
+                open_files = soft,
+                "the open-file limit lowers the connection cap"
+            );
+        }
+        let mut token_cache = crate::server::token_cache::Limits::new(self.token_cache_bytes);
+        if let Some(per_client) = self.token_cache_client_bytes {
+            token_cache.per_client_bytes = per_client;
+        }
+        let secs = std::time::Duration::from_secs;
+        crate::server::Limits {
+            hygiene: listener::Hygiene {
+                header_read_timeout: secs(self.http_header_read_timeout_seconds),
+                idle_timeout: secs(self.http_idle_timeout_seconds),
+                max_connections,
+            },
+            max_body_bytes: self.max_body_bytes,
+            throttle: crate::server::throttle::Config {
+                per_source: self.auth_failures_per_source,
+                per_key_id: self.auth_failures_per_key_id,
+                window: secs(self.auth_failure_window_seconds),
+            },
+            token_cache,
         }
     }
 }

@@ -65,6 +65,12 @@ impl ApiKeyValue {
         Self::assemble(&key_id, &secret)
     }
 
+    /// A well-formed key under `key_id` with a fresh random secret: what a
+    /// brute force presents (tests of the throttle). Not a valid key.
+    pub fn with_random_secret(key_id: &str) -> Self {
+        Self::assemble(key_id, &Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN))
+    }
+
     fn assemble(key_id: &str, secret: &str) -> Self {
         let body = format!("{PREFIX}_{key_id}_{secret}");
         let checksum = checksum(&body);

@@ -171,6 +171,7 @@ mod tests {
                 last_used_flush: Duration::from_secs(60),
                 issuer_base_url: "http://127.0.0.1:0".into(),
                 claim_headers: Vec::new(),
+                limits: Default::default(),
             },
             metrics: Metrics::new(),
         }

@@ -5,6 +5,7 @@
 
 use super::Family;
 use super::decision::Decision;
+use super::throttle::By;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family as MetricFamily;
@@ -63,6 +64,11 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabels {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -74,6 +80,11 @@ pub struct Metrics {
     keys: Gauge,
     api_keys: Gauge,
     tokens: [Counter; TOKEN_RESULTS.len()],
+    /// By [`By::index`]: source, key id.
+    throttled: [Counter; 2],
+    token_cache_entries: Gauge,
+    token_cache_bytes: Gauge,
+    http_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -133,13 +144,46 @@ impl Metrics {
         );
         let tokens =
             TOKEN_RESULTS.map(|result| tokens_family.get_or_create(&ResultLabels { result }).clone());
+        let throttled_family = MetricFamily::<ByLabels, Counter>::default();
+        registry.register(
+            "auth_throttled",
+            "Requests refused with 429 after too many failed client authentications, by what was throttled",
+            throttled_family.clone(),
+        );
+        let throttled = [By::Source, By::KeyId].map(|by| {
+            throttled_family
+                .get_or_create(&ByLabels { by: by.label() })
+                .clone()
+        });
+        let token_cache_entries = Gauge::default();
+        let token_cache_bytes = Gauge::default();
+        registry.register(
+            "token_cache_entries",
+            "Verified tokens in the cache",
+            token_cache_entries.clone(),
+        );
+        registry.register(
+            "token_cache_bytes",
+            "Bytes the verified-token cache accounts for",
+            token_cache_bytes.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Connections the HTTP server holds open",
+            http_connections.clone(),
+        );
         Self {
+            http_connections,
             registry,
             decisions,
             latency,
             keys,
             api_keys,
             tokens,
+            throttled,
+            token_cache_entries,
+            token_cache_bytes,
         }
     }
 
@@ -157,6 +201,22 @@ impl Metrics {
         if let Some(i) = TOKEN_RESULTS.iter().position(|r| *r == result) {
             self.tokens[i].inc();
         }
+    }
+
+    /// The gauge of open HTTP connections (the listener keeps it).
+    pub fn http_connections(&self) -> Gauge {
+        self.http_connections.clone()
+    }
+
+    /// One request refused by the throttle.
+    pub fn observe_throttled(&self, by: By) {
+        self.throttled[by.index()].inc();
+    }
+
+    /// The verified-token cache's size, for the next [`encode`](Self::encode).
+    pub fn set_token_cache(&self, entries: usize, bytes: usize) {
+        self.token_cache_entries.set(entries as i64);
+        self.token_cache_bytes.set(bytes as i64);
     }
 
     /// The OpenMetrics text, with the index sizes as of now.
@@ -187,6 +247,13 @@ mod tests {
         assert!(text.contains(r#"latchkey_auth_decisions_total{route="envoy",result="not_ready"} 1"#));
         assert!(text.contains("latchkey_index_keys 3"));
         assert!(text.contains(r#"latchkey_auth_decision_seconds_count{route="nginx"} 2"#));
+        m.observe_throttled(By::KeyId);
+        let text = m.encode(3, 2).unwrap();
+        assert!(
+            text.contains(r#"latchkey_auth_throttled_total{by="key_id"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"latchkey_auth_throttled_total{by="source"} 0"#));
     }
 
     #[test]

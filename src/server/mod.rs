@@ -22,10 +22,14 @@
 //! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
 
 pub mod decision;
+pub mod guard;
 pub mod identity;
 pub mod index;
 pub mod introspect;
+pub mod listener;
 pub mod metrics;
+pub mod throttle;
+pub mod token_cache;
 pub mod tokens;
 pub mod usage;
 
@@ -66,6 +70,29 @@ pub struct Options {
     /// Custom claims that get a header of their own on every allow
     /// (`--claim-header`), besides the fixed identity headers.
     pub claim_headers: Vec<decision::ClaimHeader>,
+    /// Connection, body, throttle and cache limits.
+    pub limits: Limits,
+}
+
+/// What the server lets one client cost it (see [`listener`], [`guard`],
+/// [`throttle`], [`token_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub hygiene: listener::Hygiene,
+    pub max_body_bytes: usize,
+    pub throttle: throttle::Config,
+    pub token_cache: token_cache::Limits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            hygiene: listener::Hygiene::default(),
+            max_body_bytes: guard::MAX_BODY_BYTES,
+            throttle: throttle::Config::default(),
+            token_cache: token_cache::Limits::default(),
+        }
+    }
 }
 
 /// What every handler shares.
@@ -192,6 +219,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let (keys, api_keys) = state.index.len();
+    let (entries, bytes) = state.tokens.cache().usage();
+    state.metrics.set_token_cache(entries, bytes);
     match state.metrics.encode(keys, api_keys) {
         Ok(text) => (
             [(
@@ -256,7 +285,7 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let index = Arc::new(Index::default());
-    let tokens = Arc::new(tokens::Tokens::default());
+    let tokens = Arc::new(tokens::Tokens::with_cache(options.limits.token_cache));
     let feeder = tokio::spawn(feed_index(api_keys, index.clone()));
     let token_feeder = tokio::spawn(tokens::feed(
         policies,
@@ -265,10 +294,26 @@ pub async fn run(
         options.issuer_base_url.clone(),
     ));
     let flusher = tokio::spawn(usage::run(client, index.clone(), options.last_used_flush));
-    let listener = tokio::net::TcpListener::bind(options.http_addr)
-        .await
+    let sweeper = {
+        let (tokens, clock) = (tokens.clone(), clock.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokens.cache().sweep_expired(clock.now().as_second());
+            }
+        })
+    };
+    let listener = listener::bind(options.http_addr)
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", options.http_addr)))?;
-    tracing::info!(addr = %options.http_addr, "auth server listening");
+    let limits = options.limits;
+    tracing::info!(
+        addr = %options.http_addr,
+        max_connections = limits.hygiene.max_connections,
+        header_read_timeout_s = limits.hygiene.header_read_timeout.as_secs_f64(),
+        idle_timeout_s = limits.hygiene.idle_timeout.as_secs_f64(),
+        token_cache_bytes = limits.token_cache.total_bytes,
+        "auth server listening"
+    );
     let state = Arc::new(AppState {
         index,
         tokens,
@@ -276,15 +321,22 @@ pub async fn run(
         metrics: metrics::Metrics::new(),
         options,
     });
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Server(e.to_string()));
+    let guard = Arc::new(guard::Guard {
+        state: state.clone(),
+        throttle: throttle::Throttle::new(limits.throttle),
+        max_body_bytes: limits.max_body_bytes,
+        body_timeout: limits.hygiene.header_read_timeout,
+    });
+    let open = state.metrics.http_connections();
+    let app = router(state).layer(axum::middleware::from_fn_with_state(guard, guard::guard));
+    let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
+    listener::serve(listener, limits.hygiene, open, plain, app, shutdown, "http").await;
     feeder.abort();
     token_feeder.abort();
     flusher.abort();
+    sweeper.abort();
     tracing::info!("auth server stopped");
-    served
+    Ok(())
 }
 
 pub use crate::shutdown::shutdown_signal;

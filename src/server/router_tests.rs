@@ -78,6 +78,7 @@ fn fixture() -> Fixture {
             last_used_flush: Duration::from_secs(60),
             issuer_base_url: BASE.into(),
             claim_headers: vec!["tenant".parse().unwrap()],
+            limits: Default::default(),
         },
         metrics: Metrics::new(),
     });

@@ -31,14 +31,16 @@
 //!   so any host that routes that path to latchkey serves them. The JWKS may
 //!   be cached for half of `prePublish`, so a verifier's cache always holds
 //!   a key before it signs.
-//! - A verified token is cached by its SHA-256 until it expires (at most
-//!   [`TOKEN_CACHE_CAPACITY`] tokens); each use still checks that its key is
-//!   published and that the API key that obtained it (`client_id`) is valid,
-//!   so revoking that key refuses its tokens within a second.
+//! - A verified token is cached by its SHA-256 until it expires, in a cache
+//!   bounded in bytes with a share per `client_id` ([`super::token_cache`]);
+//!   each use still checks that its key is published and that the API key
+//!   that obtained it (`client_id`) is valid, so revoking that key refuses
+//!   its tokens within a second.
 
 use super::AppState;
 use super::decision::{self, Decision, Identity, Invalid, Requirement};
 use super::index::{Index, KeyId, Owner};
+use super::token_cache::{self, ByteCache, Lookup};
 use crate::crd::{SigningKeyRecord, TokenPolicy};
 use crate::key;
 use crate::meta::{PEM_SUFFIX, TOKEN_POLICY_LABEL};
@@ -65,7 +67,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub const SIGN_OVERLAP_SECONDS: i64 = 5;
-pub const TOKEN_CACHE_CAPACITY: usize = 100_000;
 const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
 const JWKS_SUFFIX: &str = "/.well-known/jwks.json";
 const TOKEN_SUFFIX: &str = "/token";
@@ -176,14 +177,20 @@ impl decision::Offer for CachedToken {
 }
 
 /// The server's token state.
-#[derive(Default)]
 pub struct Tokens {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Bumped on every new snapshot: a cached token re-checks its `kid` only
     /// after a change, not on every request (a lock the cores would share).
     version: AtomicU64,
-    cache: RwLock<HashMap<[u8; 32], CachedToken>>,
+    /// Verified tokens by SHA-256, accounted per `client_id`.
+    cache: ByteCache<Option<KeyId>, CachedToken>,
     synced: AtomicBool,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::with_cache(token_cache::Limits::default())
+    }
 }
 
 pub use crate::crd::issuer_path;
@@ -371,6 +378,21 @@ pub fn build_snapshot(
 }
 
 impl Tokens {
+    /// Token state whose verified-token cache holds at most `limits`.
+    pub fn with_cache(limits: token_cache::Limits) -> Self {
+        Tokens {
+            snapshot: RwLock::default(),
+            version: AtomicU64::new(0),
+            cache: ByteCache::new(limits),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// The verified-token cache (sizes and counters, the sweeper).
+    pub fn cache(&self) -> &ByteCache<Option<KeyId>, CachedToken> {
+        &self.cache
+    }
+
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -409,7 +431,7 @@ impl Tokens {
     }
 
     /// Verifies `token` (from the cache when seen before) and runs `f` on it
-    /// under the cache's read lock.
+    /// (under the cache shard's read lock when cached).
     pub fn with_verified<R>(
         &self,
         token: &str,
@@ -417,41 +439,108 @@ impl Tokens {
         f: impl FnOnce(&CachedToken) -> R,
     ) -> Result<R, claims::TokenInvalid> {
         let hash = key::sha256(token.as_bytes());
-        {
-            let cache = self.cache.read().expect("token cache lock");
-            if let Some(cached) = cache.get(&hash) {
-                let version = self.version.load(Ordering::Acquire);
-                if cached.checked_version.load(Ordering::Relaxed) != version {
-                    let published = self
-                        .snapshot
-                        .read()
-                        .expect("token snapshot lock")
-                        .by_kid
-                        .contains_key(&cached.kid);
-                    if !published {
-                        return Err(claims::TokenInvalid::UnknownKey);
-                    }
-                    cached.checked_version.store(version, Ordering::Relaxed);
+        let mut f = Some(f);
+        let cached = self.cache.get(&hash, now, |cached| {
+            let version = self.version.load(Ordering::Acquire);
+            if cached.checked_version.load(Ordering::Relaxed) != version {
+                let published = self
+                    .snapshot
+                    .read()
+                    .expect("token snapshot lock")
+                    .by_kid
+                    .contains_key(&cached.kid);
+                if !published {
+                    return Err(claims::TokenInvalid::UnknownKey);
                 }
-                if now > cached.claims.exp + claims::CLOCK_LEEWAY {
-                    return Err(claims::TokenInvalid::Expired);
-                }
-                return Ok(f(cached));
+                cached.checked_version.store(version, Ordering::Relaxed);
             }
-        }
+            let f = f.take().expect("called once");
+            Ok(f(cached))
+        });
+        let f = match cached {
+            Lookup::Hit(result) => return result,
+            // The cache's expiry is `exp + CLOCK_LEEWAY`, verification's too.
+            Lookup::Expired => return Err(claims::TokenInvalid::Expired),
+            Lookup::Miss => f.take().expect("not called on a miss"),
+        };
         let version = self.version.load(Ordering::Acquire);
         let snapshot = self.snapshot();
         let (claims, kid) = claims::verify(token, |kid| snapshot.by_kid.get(kid), now)?;
         let cached = cache_entry(claims, kid, version);
         let result = f(&cached);
-        let mut cache = self.cache.write().expect("token cache lock");
-        if cache.len() >= TOKEN_CACHE_CAPACITY {
-            cache.retain(|_, c| now <= c.claims.exp + claims::CLOCK_LEEWAY);
-        }
-        if cache.len() < TOKEN_CACHE_CAPACITY {
-            cache.insert(hash, cached);
-        }
+        let expires_at = cached.claims.exp + claims::CLOCK_LEEWAY;
+        let weight = cache_weight(&cached);
+        // Not cached (over the client's share, or too big) is fine: the
+        // token was verified, the next use verifies it again.
+        let _ = self
+            .cache
+            .insert(hash, cached.client_id, cached, expires_at, weight, now);
         Ok(result)
+    }
+}
+
+/// What a cached token costs in memory: its inline size, its slot and map
+/// bucket, and every heap allocation it owns (claims, header values,
+/// extras), each with an allocator's overhead.
+pub fn cache_weight(t: &CachedToken) -> usize {
+    use token_cache::alloc;
+    let string = |s: &String| alloc(s.capacity());
+    let c = &t.claims;
+    let mut heap = string(&c.iss)
+        + string(&c.sub)
+        + string(&c.jti)
+        + string(&c.client_id)
+        + string(&c.scope)
+        + c.role.as_ref().map_or(0, string)
+        + alloc(c.aud.capacity() * std::mem::size_of::<String>())
+        + c.aud.iter().map(string).sum::<usize>()
+        + string(&t.kid)
+        + identity_bytes(&t.identity);
+    heap += btree_bytes(c.custom.iter());
+    heap + token_cache::entry_overhead::<Option<KeyId>, CachedToken>()
+}
+
+/// The heap of an allow's identity headers (one copy of each value, and
+/// the `X-Auth-Claim-*` values' names and list).
+fn identity_bytes(i: &Identity) -> usize {
+    use token_cache::alloc;
+    let header = |v: &HeaderValue| alloc(v.len());
+    header(&i.subject)
+        + header(&i.scopes)
+        + header(&i.key_id)
+        + header(&i.namespace)
+        + header(&i.role)
+        + header(&i.claims)
+        + alloc(i.claim_values.capacity() * std::mem::size_of::<(Box<str>, HeaderValue)>())
+        + i.claim_values
+            .iter()
+            .map(|(name, value)| alloc(name.len()) + header(value))
+            .sum::<usize>()
+}
+
+/// The heap of a `BTreeMap<String, Value>` (about one node per 11 entries,
+/// accounted per entry) and of what its entries own.
+fn btree_bytes<'a>(entries: impl Iterator<Item = (&'a String, &'a serde_json::Value)>) -> usize {
+    entries
+        .map(|(k, v)| {
+            std::mem::size_of::<(String, serde_json::Value)>()
+                + 16
+                + token_cache::alloc(k.capacity())
+                + json_bytes(v)
+        })
+        .sum()
+}
+
+fn json_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => token_cache::alloc(s.capacity()),
+        Value::Array(a) => {
+            token_cache::alloc(a.capacity() * std::mem::size_of::<Value>())
+                + a.iter().map(json_bytes).sum::<usize>()
+        }
+        Value::Object(m) => btree_bytes(m.iter()),
     }
 }
 
@@ -1339,6 +1428,7 @@ mod tests {
                 last_used_flush: std::time::Duration::from_secs(60),
                 issuer_base_url: "http://127.0.0.1:8080".into(),
                 claim_headers: vec!["tenant".parse().unwrap()],
+                limits: Default::default(),
             },
             metrics: super::super::metrics::Metrics::new(),
         };
@@ -1525,6 +1615,82 @@ mod tests {
         ] {
             let err = token_request(&state, &headers, &body).unwrap_err();
             assert_eq!(err.code(), "invalid_request", "{headers:?} {body}");
+        }
+    }
+
+    #[test]
+    fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_others() {
+        use crate::crd::SigningAlgorithm;
+        let (policy, key) = policy_with_key(SigningAlgorithm::ES256);
+        let secrets = owned_secret(&policy, &key);
+        let policies = BTreeMap::from([(("shop".to_string(), "login".to_string()), policy)]);
+        let snapshot = build_snapshot(&policies, &secrets, "http://127.0.0.1:8080");
+        let entry = snapshot.by_name.values().next().unwrap().clone();
+        let signer = entry.signer(0).unwrap();
+        let now = 1_800_000_000;
+        let sign = |client: &str, jti: String, big: bool| {
+            let mut custom = BTreeMap::new();
+            if big {
+                for i in 0..20 {
+                    custom.insert(format!("c{i}"), serde_json::json!("x".repeat(250)));
+                }
+            }
+            let claims = AccessClaims {
+                iss: entry.rules.issuer.clone(),
+                sub: format!("svc-{client}"),
+                aud: vec!["orders".into()],
+                exp: now + 600,
+                iat: now,
+                nbf: None,
+                jti,
+                client_id: client.into(),
+                scope: "orders:read".into(),
+                role: None,
+                custom,
+            };
+            jsonwebtoken::encode(
+                &claims::header(signer.algorithm, &signer.kid),
+                &claims,
+                &signer.key,
+            )
+            .unwrap()
+        };
+        let limits = token_cache::Limits::new(1 << 20);
+        let tokens = Tokens::with_cache(limits);
+        tokens.replace(snapshot);
+        let victim: Vec<String> = (0..20)
+            .map(|i| sign("VictimVictim", format!("v{i}"), false))
+            .collect();
+        for t in &victim {
+            assert!(tokens.with_verified(t, now, |_| ()).is_ok());
+        }
+        let (victim_entries, _) = tokens.cache().usage();
+        assert_eq!(victim_entries, 20);
+        // 2,000 distinct big tokens of one client: every one verifies and
+        // decides correctly, the cache holds at most that client's share.
+        for i in 0..2_000 {
+            let t = sign("FlooderFlood", format!("f{i}"), true);
+            assert!(t.len() > 5_000);
+            let sub = tokens.with_verified(&t, now, |c| c.claims.sub.clone()).unwrap();
+            assert_eq!(sub, "svc-FlooderFlood");
+        }
+        let flooder = KeyId::try_from(&b"FlooderFlood"[..]).ok();
+        assert!(tokens.cache().client_bytes(&flooder) <= limits.per_client_bytes);
+        assert!(tokens.cache().client_bytes(&flooder) > limits.per_client_bytes / 2);
+        let (entries, bytes) = tokens.cache().usage();
+        assert!(bytes <= limits.per_client_bytes + 20 * 2_000, "{bytes}");
+        // A big token weighs what it holds: more than its 5,000 claim bytes.
+        let per_entry = tokens.cache().client_bytes(&flooder) / (entries - 20);
+        assert!(per_entry > 5_000, "{per_entry}");
+        // The other client's tokens are all still cached (hits, no verification:
+        // with the key removed a cached token answers UnknownKey only after a
+        // new snapshot, so check by the cache's own lookup).
+        for t in &victim {
+            let hash = crate::key::sha256(t.as_bytes());
+            assert!(matches!(
+                tokens.cache().get(&hash, now, |c| c.claims.sub.clone()),
+                Lookup::Hit(s) if s == "svc-VictimVictim"
+            ));
         }
     }
 

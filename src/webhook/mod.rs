@@ -586,9 +586,8 @@ async fn listen_and_serve(
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebhookError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebhookError::Listen { addr, source })?;
+    let listener =
+        crate::server::listener::bind(addr).map_err(|source| WebhookError::Listen { addr, source })?;
     tracing::info!(%addr, "admission webhook listening (TLS)");
     let app = router(Arc::new(WebhookState {
         client,
@@ -651,48 +650,39 @@ async fn sync_round(client: &Client, options: &Options, serving: &Serving) {
     }
 }
 
+/// Connections the webhook listener serves at once (only API servers call
+/// it); the auth server's cap leaves room for these.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Accepts TLS connections and serves `app` on each (HTTP/1.1) until
-/// `shutdown`; connections already open finish on their own.
+/// `shutdown`, under the same connection hygiene as the auth server
+/// (header-read and idle timeouts, a connection cap, a drain on shutdown;
+/// see `server::listener`). The TLS handshake must finish within the
+/// header-read timeout.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not exit.
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+    let hygiene = crate::server::listener::Hygiene {
+        max_connections: MAX_CONNECTIONS,
+        ..Default::default()
+    };
+    let handshake = move |tcp: tokio::net::TcpStream, peer: SocketAddr| {
         let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+        async move {
+            match acceptor.accept(tcp).await {
+                Ok(tls) => Some(tls),
+                Err(e) => {
                     tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                    return;
+                    None
                 }
-                Err(_) => return,
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
             }
-        });
-    }
+        }
+    };
+    let open = prometheus_client::metrics::gauge::Gauge::default();
+    crate::server::listener::serve(listener, hygiene, open, handshake, app, shutdown, "webhook").await;
 }
 
 #[cfg(test)]

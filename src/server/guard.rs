@@ -1,0 +1,243 @@
+//! The guard in front of every route: the per-source and per-key-id
+//! throttle of failed client authentication ([`super::throttle`]) and the
+//! body limit, both applied before a handler sees the request.
+//!
+//! **Body limit** (`--max-body-bytes`, 16 KiB): `/token`, `<issuer>/token`
+//! and `/introspect` take a form with a key and a few parameters. A declared
+//! `Content-Length` over the limit is refused with `413` before anything is
+//! read; a body without one is read up to the limit (`413` beyond) and must
+//! arrive within the header-read timeout (`408` otherwise). The token
+//! endpoints answer in RFC 6749 §5.2 JSON (`invalid_request`) with that
+//! status, `/introspect` too. The auth routes never read a body, and no
+//! other route reads one.
+
+use super::AppState;
+use super::decision;
+use super::index::KeyId;
+use super::throttle::{By, Throttle, source_key};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default body limit of the routes that read one.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What the guard needs.
+pub struct Guard {
+    pub state: Arc<AppState>,
+    pub throttle: Throttle,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+/// The routes the guard tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `/auth/nginx`, `/auth/forward`, `/auth/envoy[/…]`: called by proxies.
+    Auth,
+    /// `/token`, `<issuer>/token`, `/introspect`: called by clients directly.
+    Client,
+    Other,
+}
+
+pub fn classify(path: &str) -> Class {
+    match path {
+        "/auth/nginx" | "/auth/forward" | "/auth/envoy" => Class::Auth,
+        p if p.starts_with("/auth/envoy/") => Class::Auth,
+        "/token" | "/introspect" => Class::Client,
+        p if p.ends_with("/token") => Class::Client,
+        _ => Class::Other,
+    }
+}
+
+/// The credential a client presents to `/token` or `/introspect` in its
+/// headers: the HTTP Basic password, a Bearer token, or `X-Api-Key`. (A
+/// `client_secret` in the body counts by source only.)
+fn client_credential(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some((scheme, value)) = auth.and_then(|a| a.trim().split_once(' '))
+        && scheme.eq_ignore_ascii_case("basic")
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        return text.split_once(':').map(|(_, p)| p.to_owned());
+    }
+    decision::credential(headers, None)
+        .ok()
+        .flatten()
+        .map(str::to_owned)
+}
+
+/// The key id inside a well-formed API key (format and checksum pass).
+fn key_id_of(credential: &str) -> Option<KeyId> {
+    let id = crate::key::check(credential).ok()?;
+    KeyId::try_from(id.as_bytes()).ok()
+}
+
+fn error(class: Class, status: StatusCode, code: &str, description: String) -> Response {
+    let mut resp = match class {
+        Class::Auth => status.into_response(),
+        _ => (
+            status,
+            axum::Json(json!({"error": code, "error_description": description})),
+        )
+            .into_response(),
+    };
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn throttled(class: Class, wait: u64) -> Response {
+    let mut resp = error(
+        class,
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+        format!("too many failed client authentications; retry after {wait} s"),
+    );
+    resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(wait));
+    resp
+}
+
+/// The middleware: throttle, body limit, the route, then the failure count.
+pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let class = classify(request.uri().path());
+    if class == Class::Other {
+        return next.run(request).await;
+    }
+    let source: Option<IpAddr> = match class {
+        Class::Client => request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| source_key(c.0.ip())),
+        _ => None,
+    };
+    let credential = match class {
+        Class::Auth => decision::credential(request.headers(), guard.state.options.api_key_header.as_ref())
+            .ok()
+            .flatten()
+            .filter(|c| !crate::token::claims::looks_like_jwt(c))
+            .map(str::to_owned),
+        _ => client_credential(request.headers()),
+    };
+    let key_id = credential.as_deref().and_then(key_id_of);
+    let throttle = &guard.throttle;
+    if let Some((by, wait)) = throttle.blocked(source.as_ref(), key_id.as_ref(), throttle.now_ms()) {
+        guard.state.metrics.observe_throttled(by);
+        return throttled(class, wait);
+    }
+    let request = match class {
+        Class::Client => match limit_body(&guard, request).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        },
+        _ => request,
+    };
+    let response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let now = throttle.now_ms();
+        if let (Some(l), Some(s)) = (&throttle.by_source, &source) {
+            l.failed(s, now);
+        }
+        // A 401 for a key that does authenticate (a wrong audience) is not
+        // a failed authentication.
+        if let (Some(l), Some(id), Some(c)) = (&throttle.by_key_id, &key_id, &credential)
+            && decision::verify(c, &guard.state.index, guard.state.clock.now()).is_err()
+        {
+            l.failed(id, now);
+        }
+    }
+    response
+}
+
+/// The request with its body read (at most `max_body_bytes`, within
+/// `body_timeout`), or the refusal.
+async fn limit_body(guard: &Guard, request: Request) -> Result<Request, Response> {
+    let max = guard.max_body_bytes;
+    let too_large = || {
+        error(
+            Class::Client,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            format!("the request body is larger than {max} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(guard.body_timeout, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(error(
+            Class::Client,
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "the request body did not arrive in time".into(),
+        )),
+    }
+}
+
+impl By {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            By::Source => 0,
+            By::KeyId => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_classified() {
+        assert_eq!(classify("/auth/nginx"), Class::Auth);
+        assert_eq!(classify("/auth/envoy/anything/token"), Class::Auth);
+        assert_eq!(classify("/token"), Class::Client);
+        assert_eq!(classify("/issuers/shop/login/token"), Class::Client);
+        assert_eq!(classify("/introspect"), Class::Client);
+        assert_eq!(classify("/livez"), Class::Other);
+        assert_eq!(
+            classify("/issuers/shop/login/.well-known/jwks.json"),
+            Class::Other
+        );
+    }
+
+    #[test]
+    fn the_key_id_comes_from_basic_bearer_or_x_api_key() {
+        let key = crate::key::ApiKeyValue::generate();
+        let id = key.key_id().as_bytes().to_vec();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("login:{}", key.expose()));
+        for (name, value) in [
+            ("authorization", format!("Basic {basic}")),
+            ("authorization", format!("Bearer {}", key.expose())),
+            ("x-api-key", key.expose().to_owned()),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::HeaderName::from_static(name),
+                HeaderValue::from_str(&value).unwrap(),
+            );
+            let c = client_credential(&h).unwrap();
+            assert_eq!(key_id_of(&c).unwrap().to_vec(), id);
+        }
+        assert_eq!(key_id_of("lk_garbage"), None);
+    }
+}
