@@ -1104,6 +1104,42 @@ fn index_synthetic(n: usize) {
         (after - before) as f64 / 1024.0,
         (after - before) as f64 * 1024.0 / keys as f64
     );
+    // A CredentialGrant change re-computes every ApiKey's identity (never
+    // per request): how long that takes for all of them.
+    let spec = latchkey::crd::CredentialGrantSpec {
+        namespaces: vec!["team-*".into()],
+        scopes: vec!["orders:*".into()],
+        ..Default::default()
+    };
+    let grants = std::sync::Arc::new(latchkey::grants::Grants::new(vec![("g".into(), spec)], false));
+    // Meanwhile a reader looks a key up in a loop: the longest lookup is
+    // how long requests wait for the swap (the write lock).
+    let index = std::sync::Arc::new(index);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (index, stop) = (index.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (id, hash) = ([b'x'; latchkey::key::KEY_ID_LEN], [0u8; 32]);
+            let mut longest = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                let _ = index.find(&id, &hash);
+                longest = longest.max(t.elapsed());
+            }
+            longest
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    index.set_grants(grants);
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let longest = reader.join().unwrap();
+    println!(
+        "a CredentialGrant change re-computes {api_keys} ApiKeys in {:.1} ms; the longest lookup meanwhile: {:.1} ms",
+        took.as_secs_f64() * 1000.0,
+        longest.as_secs_f64() * 1000.0
+    );
 }
 
 async fn index_real(n: usize) {

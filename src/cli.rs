@@ -136,6 +136,7 @@ impl WebhookArgs {
         &self,
         client: &kube::Client,
         namespace: Option<String>,
+        require_grants: bool,
     ) -> Result<Option<crate::webhook::Options>, Error> {
         let Some(addr) = self.webhook_addr else {
             return Ok(None);
@@ -172,6 +173,7 @@ impl WebhookArgs {
             inject_ca: self.webhook_cert_dir.is_none(),
             cert_dir: self.webhook_cert_dir.clone(),
             leading: None,
+            require_grants,
         }))
     }
 }
@@ -231,6 +233,11 @@ struct ServerArgs {
     /// The window of the two limits above.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     auth_failure_window_seconds: u64,
+    /// Strict mode: a namespace that no CredentialGrant selects may claim no
+    /// scope, audience or custom subject (the server honours none, the
+    /// webhook refuses them). Default: such a namespace is unrestricted.
+    #[arg(long, env = "LATCHKEY_REQUIRE_GRANTS")]
+    require_grants: bool,
 }
 
 impl ServerArgs {
@@ -252,6 +259,7 @@ impl ServerArgs {
             decision_cache_seconds: self.decision_cache_seconds,
             last_used_flush: std::time::Duration::from_secs(self.last_used_flush_seconds),
             claim_headers: self.claim_headers.clone(),
+            require_grants: self.require_grants,
             limits: self.limits(),
         }
     }
@@ -398,7 +406,11 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let webhook = args.webhook.options(&client, args.kube.watch_namespace.clone())?;
+    let webhook = args.webhook.options(
+        &client,
+        args.kube.watch_namespace.clone(),
+        args.server.require_grants,
+    )?;
     let options = args
         .server
         .options(args.kube.watch_namespace, args.kube.issuer_base_url);
@@ -417,7 +429,11 @@ async fn run_server(args: ServeArgs) -> Result<(), Error> {
 async fn run_both(args: RunArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let webhook = args.webhook.options(&client, args.kube.watch_namespace.clone())?;
+    let webhook = args.webhook.options(
+        &client,
+        args.kube.watch_namespace.clone(),
+        args.server.require_grants,
+    )?;
     let options = args
         .server
         .options(args.kube.watch_namespace.clone(), args.kube.issuer_base_url);

@@ -16,6 +16,7 @@ pub mod crd;
 pub mod error;
 #[cfg(test)]
 pub mod fixtures;
+pub mod grants;
 pub mod key;
 pub mod meta;
 pub mod redact;

@@ -391,6 +391,8 @@ fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
         "ClusterRoleBinding/latchkey",
         "ClusterRole/latchkey-webhook",
         "ClusterRoleBinding/latchkey-webhook",
+        "ClusterRole/latchkey-grants",
+        "ClusterRoleBinding/latchkey-grants",
         "Role/latchkey-self",
         "RoleBinding/latchkey-self",
         "Deployment/latchkey",
@@ -545,6 +547,21 @@ fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
         ["get", "create", "patch"]
     );
     assert_eq!(verbs(this, "", "secrets"), write);
+    let grants = find(&docs, "ClusterRole", "latchkey-grants");
+    assert_eq!(
+        rules(grants),
+        [(
+            "latchkey.dev".to_owned(),
+            "credentialgrants".to_owned(),
+            vec![],
+            vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()]
+        )],
+        "CredentialGrants: read only"
+    );
+    assert!(
+        !args.contains(&"--require-grants".to_owned()),
+        "open mode by default"
+    );
     let webhook = find(&docs, "ClusterRole", "latchkey-webhook");
     assert_eq!(
         rules(webhook),
@@ -651,6 +668,37 @@ fn values_turn_parts_off_and_on() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("webhook.failurePolicy must be Fail or Ignore"));
 
+    // Strict mode: --require-grants, and NOTES say which mode is on.
+    let args = args_of(&template(&["grants.strict=true"]));
+    assert!(args.contains(&"--require-grants".to_owned()), "{args:?}");
+    let notes = |values: &[&str]| {
+        // NOTES only come out of install; a release of its own, without the
+        // CRDs and the webhook configuration, so that nothing conflicts with
+        // the install test's objects in the same cluster.
+        let mut args = vec![
+            "install",
+            "notes-check",
+            CHART,
+            "--dry-run=client",
+            "--namespace",
+            "notes-check",
+            "--set",
+            "crds.install=false",
+            "--set",
+            "webhook.enabled=false",
+        ];
+        args.extend(sets(values));
+        helm_ok(&args)
+    };
+    let open = notes(&[]);
+    assert!(
+        open.contains("Open mode")
+            && open.contains("ANY subject")
+            && open.contains("--set grants.strict=true"),
+        "{open}"
+    );
+    assert!(notes(&["grants.strict=true"]).contains("Strict mode is ON"));
+
     // NetworkPolicy and ServiceMonitor.
     let docs = template(&["networkPolicy.enabled=true", "serviceMonitor.enabled=true"]);
     let np = find(&docs, "NetworkPolicy", "latchkey");
@@ -669,6 +717,10 @@ fn values_turn_parts_off_and_on() {
     let have = kinds(&docs);
     assert!(!have.contains("ClusterRole/latchkey"), "{have:?}");
     assert!(!have.contains("ClusterRoleBinding/latchkey"), "{have:?}");
+    assert!(
+        have.contains("ClusterRole/latchkey-grants") && have.contains("ClusterRoleBinding/latchkey-grants"),
+        "CredentialGrants are cluster-scoped: read cluster-wide in one-namespace mode too: {have:?}"
+    );
     let role = find(&docs, "Role", "latchkey");
     assert_eq!(namespace(role), "team-a");
     assert_eq!(
@@ -1132,6 +1184,11 @@ fn helm_install_grants_exactly_the_intended_rights() {
             ("create", "leases.coordination.k8s.io", a, false),
             ("get", "validatingwebhookconfigurations/latchkey", None, true),
             ("patch", "validatingwebhookconfigurations/latchkey", None, true),
+            ("list", "credentialgrants.latchkey.dev", None, true),
+            ("watch", "credentialgrants.latchkey.dev", None, true),
+            ("create", "credentialgrants.latchkey.dev", None, false),
+            ("patch", "credentialgrants.latchkey.dev", None, false),
+            ("delete", "credentialgrants.latchkey.dev", None, false),
             (
                 "patch",
                 "validatingwebhookconfigurations/someone-else",
@@ -1190,6 +1247,9 @@ fn helm_install_grants_exactly_the_intended_rights() {
             ("get", "secrets", r, true),
             ("patch", "leases.coordination.k8s.io", r, true),
             ("patch", "validatingwebhookconfigurations/latchkey", None, true),
+            ("list", "credentialgrants.latchkey.dev", None, true),
+            ("watch", "credentialgrants.latchkey.dev", None, true),
+            ("update", "credentialgrants.latchkey.dev", None, false),
             ("get", "secrets", o, false),
             ("list", "secrets", o, false),
             ("patch", "secrets", o, false),

@@ -41,18 +41,27 @@
 //!   credentials); anyone else is told to rotate through the ApiKey.
 //!   CREATE is allowed (a restore from backup recreates them).
 //!
+//! - **CredentialGrants** ([`grants`]): an ApiKey (scopes, audiences,
+//!   subject) or TokenPolicy (allowedScopes, role scopes, audiences), on
+//!   CREATE and for what an UPDATE adds, claims nothing its namespace's
+//!   grants do not give; the message names each ungranted claim and what to
+//!   ask the platform team for.
+//!
 //! A lookup that failed (API server unreachable, no right) allows with a
 //! warning: the controller reports the same problems in status, and the
 //! webhook must not turn an API hiccup into refused applies.
 
+pub mod grants;
 pub mod review;
 
 use crate::crd::{ApiKey, TokenPolicy};
+use crate::grants::Grants;
 use crate::meta::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use review::{AdmissionRequest, Verdict};
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Users that may always change or delete latchkey's Secrets besides
 /// latchkey itself: Kubernetes' own cleanup. The namespace controller
@@ -89,6 +98,8 @@ pub struct Lookups {
     pub token_policy: Option<(String, String)>,
     /// Every TokenPolicy's issuer (for a TokenPolicy being created).
     pub issuers: bool,
+    /// The CredentialGrants (for an ApiKey or TokenPolicy).
+    pub grants: bool,
 }
 
 /// What a lookup found.
@@ -109,6 +120,8 @@ pub struct Facts {
     pub token_policy: Option<Found<Vec<String>>>,
     /// Every TokenPolicy the webhook could list, with its `spec.issuer`.
     pub issuers: Option<Found<Vec<PolicyIssuer>>>,
+    /// The CredentialGrants in force (the webhook's cache of them).
+    pub grants: Option<Found<Arc<Grants>>>,
 }
 
 /// A TokenPolicy's explicit issuer (`None`: the default).
@@ -130,16 +143,26 @@ fn parse_object<T: serde::de::DeserializeOwned>(value: Option<&Value>) -> Option
 /// What [`decide`] will need to know about `request`.
 pub fn lookups(request: &AdmissionRequest) -> Lookups {
     let mut needs = Lookups::default();
+    if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
+        return needs;
+    }
+    // The grants (a cache read) only when something is claimed.
+    if is(request, "latchkey.dev", "TokenPolicy")
+        && let Some(policy) = parse_object::<TokenPolicy>(request.object.as_ref())
+    {
+        needs.grants = !grants::token_policy_claims(request, &policy).is_empty();
+    }
     if is(request, "latchkey.dev", "TokenPolicy") && request.operation == "CREATE" {
         needs.issuers = true;
         return needs;
     }
-    if !is(request, "latchkey.dev", "ApiKey") || !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
+    if !is(request, "latchkey.dev", "ApiKey") {
         return needs;
     }
     let Some(api_key) = parse_object::<ApiKey>(request.object.as_ref()) else {
         return needs;
     };
+    needs.grants = !grants::api_key_claims(request, &api_key).is_empty();
     let Some(namespace) = request.namespace.clone().filter(|n| !n.is_empty()) else {
         return needs;
     };
@@ -286,7 +309,11 @@ fn decide_api_key(request: &AdmissionRequest, facts: &Facts) -> Verdict {
             None => {}
         }
     }
-    verdict
+
+    // 3. Nothing its namespace's CredentialGrants do not give.
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let claims = grants::api_key_claims(request, &api_key);
+    grants::check(verdict, namespace, &claims, facts.grants.as_ref())
 }
 
 /// Whether a Secret with `owners` belongs to `api_key`: its controller
@@ -382,10 +409,7 @@ fn decide_new_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict
 }
 
 fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
-    if request.operation == "CREATE" {
-        return decide_new_token_policy(request, facts);
-    }
-    if request.operation != "UPDATE" {
+    if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
         return Verdict::allow(format!(
             "latchkey does not check TokenPolicy {}",
             request.operation
@@ -394,6 +418,25 @@ fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
     let Some(policy) = parse_object::<TokenPolicy>(request.object.as_ref()) else {
         return unreadable("TokenPolicy", "object");
     };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let claims = grants::token_policy_claims(request, &policy);
+    let verdict = grants::check(
+        Verdict::allow("the TokenPolicy passes latchkey's checks"),
+        namespace,
+        &claims,
+        facts.grants.as_ref(),
+    );
+    if !verdict.allowed {
+        return verdict;
+    }
+    if request.operation == "CREATE" {
+        let issuer = decide_new_token_policy(request, facts);
+        return if issuer.allowed {
+            issuer.warnings.into_iter().fold(verdict, Verdict::with_warning)
+        } else {
+            issuer
+        };
+    }
     let Some(old) = parse_object::<TokenPolicy>(request.old_object.as_ref()) else {
         return unreadable("TokenPolicy", "oldObject");
     };
@@ -410,7 +453,7 @@ fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
             show(&policy.spec.issuer)
         ));
     }
-    Verdict::allow("the TokenPolicy passes latchkey's checks")
+    verdict
 }
 
 fn labels_say_managed(object: &Value) -> bool {

@@ -2,11 +2,13 @@
 //! `crds/` are that output, and `tests/crd_drift.rs` fails when they differ.
 
 mod api_key;
+mod credential_grant;
 mod token_policy;
 
 pub use api_key::{
     ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, RateLimit, Rotation, SecretTemplate, TokenPolicyRef,
 };
+pub use credential_grant::{CredentialGrant, CredentialGrantSpec};
 pub use token_policy::{
     CustomClaim, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
     TokenPolicyStatus, default_path_owner, issuer_path,
@@ -23,6 +25,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("apikeys.latchkey.dev.yaml", ApiKey::crd()),
         ("tokenpolicies.latchkey.dev.yaml", TokenPolicy::crd()),
+        ("credentialgrants.latchkey.dev.yaml", CredentialGrant::crd()),
     ]
 }
 

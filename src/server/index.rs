@@ -8,7 +8,9 @@
 //! revoked ApiKey contributes no key; grace ends and expiry are compared with
 //! the clock on each request, so they take effect without any write.
 
+use super::grants::{Claimed, granted, regranted};
 use crate::crd::{ApiKey, RateLimit};
+use crate::grants::Grants;
 use crate::key::KEY_ID_LEN;
 use crate::validity;
 use axum::http::HeaderValue;
@@ -57,6 +59,9 @@ pub struct Owner {
     pub token_policy: Option<Box<str>>,
     /// The ApiKey's labels (for TokenPolicy `apiKeySelector`s).
     pub labels: Box<[(Box<str>, Box<str>)]>,
+    /// What the spec claims; subject, scopes and audiences above are what
+    /// the CredentialGrants let it have ([`super::grants`]).
+    pub claimed: Claimed,
 }
 
 impl Owner {
@@ -118,6 +123,8 @@ struct Inner {
     /// practically impossible) case of two keys with the same id.
     by_key_id: HashMap<KeyId, Vec<KeyEntry>>,
     by_object: HashMap<ObjectKey, (Arc<Owner>, Box<[KeyId]>)>,
+    /// The CredentialGrants every Owner was computed with.
+    grants: Arc<Grants>,
 }
 
 /// The index, shared by every request handler.
@@ -125,6 +132,9 @@ struct Inner {
 pub struct Index {
     inner: RwLock<Inner>,
     synced: AtomicBool,
+    /// Set until the first list of CredentialGrants is in (when the server
+    /// feeds grants): not synced before, so nothing is honoured ungranted.
+    grants_pending: AtomicBool,
 }
 
 /// Builds an index from a full list (the watch's initial list, or a re-list).
@@ -135,6 +145,9 @@ pub struct Rebuild {
 
 impl Rebuild {
     pub fn apply(&mut self, api_key: &ApiKey, previous: Option<&Index>) {
+        if let Some(p) = previous {
+            self.inner.grants = p.grants();
+        }
         let usage = previous.and_then(|p| p.usage_of(api_key));
         upsert(&mut self.inner, api_key, usage);
     }
@@ -143,13 +156,63 @@ impl Rebuild {
 impl Index {
     /// Whether the first full list has been loaded.
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.synced.load(Ordering::Acquire) && !self.grants_pending.load(Ordering::Acquire)
     }
 
-    /// Replaces the whole index with a finished rebuild.
-    pub fn replace(&self, rebuild: Rebuild) {
-        *self.inner.write().expect("index lock") = rebuild.inner;
+    /// Replaces the whole index with a finished rebuild (re-computed under
+    /// the grants in force if they changed meanwhile).
+    pub fn replace(&self, mut rebuild: Rebuild) {
+        let mut inner = self.inner.write().expect("index lock");
+        if !Arc::ptr_eq(&rebuild.inner.grants, &inner.grants) {
+            rebuild.inner.grants = inner.grants.clone();
+            regrant_all(&mut rebuild.inner);
+        }
+        *inner = rebuild.inner;
         self.synced.store(true, Ordering::Release);
+    }
+
+    /// The index will not be ready until [`set_grants`](Self::set_grants)
+    /// is first called.
+    pub fn await_grants(&self) {
+        self.grants_pending.store(true, Ordering::Release);
+    }
+
+    /// New CredentialGrants: every ApiKey's identity is re-computed, under
+    /// the read lock (requests go on meanwhile), then swapped in under the
+    /// write lock; an ApiKey that changed in between is re-computed there.
+    pub fn set_grants(&self, grants: Arc<Grants>) {
+        // In the map's iteration order, which stays the same unless an
+        // ApiKey is added or removed in between (then the rest is
+        // re-computed under the write lock: correct, only slower).
+        let fresh: Vec<(Arc<Owner>, Arc<Owner>)> = {
+            let inner = self.inner.read().expect("index lock");
+            inner
+                .by_object
+                .values()
+                .map(|(owner, _)| (owner.clone(), Arc::new(regranted(owner, &grants))))
+                .collect()
+        };
+        let mut inner = self.inner.write().expect("index lock");
+        inner.grants = grants.clone();
+        let mut fresh = fresh.iter();
+        swap_owners(&mut inner, |owner| match fresh.next() {
+            Some((old, new)) if Arc::ptr_eq(old, owner) => new.clone(),
+            _ => Arc::new(regranted(owner, &grants)),
+        });
+        self.grants_pending.store(false, Ordering::Release);
+    }
+
+    /// The CredentialGrants in force.
+    pub fn grants(&self) -> Arc<Grants> {
+        self.inner.read().expect("index lock").grants.clone()
+    }
+
+    /// The namespace of the ApiKey that lists `key_id` (for `/introspect`
+    /// of a token by its `client_id`).
+    pub fn namespace_of(&self, key_id: &KeyId) -> Option<String> {
+        let inner = self.inner.read().expect("index lock");
+        let entries = inner.by_key_id.get(key_id)?;
+        entries.first().map(|e| e.owner.namespace().to_owned())
     }
 
     /// A new or changed ApiKey.
@@ -293,6 +356,31 @@ pub(crate) fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Re-computes every Owner under `inner.grants`.
+fn regrant_all(inner: &mut Inner) {
+    let grants = inner.grants.clone();
+    swap_owners(inner, |owner| Arc::new(regranted(owner, &grants)));
+}
+
+/// Replaces every Owner by `fresh(owner)` (called in the map's iteration
+/// order), in both maps.
+fn swap_owners(inner: &mut Inner, mut fresh: impl FnMut(&Arc<Owner>) -> Arc<Owner>) {
+    let Inner {
+        by_key_id, by_object, ..
+    } = inner;
+    for (owner, ids) in by_object.values_mut() {
+        let fresh = fresh(owner);
+        for id in ids.iter() {
+            for entry in by_key_id.get_mut(id).into_iter().flatten() {
+                if Arc::ptr_eq(&entry.owner, owner) {
+                    entry.owner = fresh.clone();
+                }
+            }
+        }
+        *owner = fresh;
+    }
+}
+
 fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
     let key = object_key(api_key);
     remove(inner, &key);
@@ -309,12 +397,18 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
         None => Arc::new(Usage::new(rate_limit)),
     };
     let status = api_key.status.as_ref();
+    let (namespace, name) = (
+        api_key.metadata.namespace.as_deref().unwrap_or_default(),
+        api_key.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let claimed = Claimed::of(api_key);
+    let granted = granted(&inner.grants, namespace, name, &claimed);
     let owner = Arc::new(Owner {
-        subject_header: header(&api_key.subject()),
-        scopes_header: header(&api_key.spec.scopes.join(" ")),
-        namespace_header: header(api_key.metadata.namespace.as_deref().unwrap_or_default()),
-        name_header: header(api_key.metadata.name.as_deref().unwrap_or_default()),
-        audiences: api_key.spec.audiences.iter().map(|s| s.as_str().into()).collect(),
+        subject_header: granted.subject_header,
+        scopes_header: granted.scopes_header,
+        namespace_header: header(namespace),
+        name_header: header(name),
+        audiences: granted.audiences,
         usage,
         resource_version: api_key
             .metadata
@@ -335,6 +429,7 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
             .flatten()
             .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
             .collect(),
+        claimed,
     });
     let mut ids = Vec::new();
     for (record, valid_until) in validity::all_keys(api_key) {
@@ -426,6 +521,63 @@ mod tests {
         index.apply(&api_key_with("billing", &[(&b, None)]));
         index.delete(&api_key_with("billing", &[]));
         assert_eq!(index.len(), (0, 0));
+    }
+
+    fn grant(namespaces: &[&str], scopes: &[&str]) -> Arc<Grants> {
+        let spec = crate::crd::CredentialGrantSpec {
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        Arc::new(Grants::new(vec![("g".into(), spec)], false))
+    }
+
+    #[test]
+    fn grants_narrow_what_an_api_key_is_honoured_with_and_changes_recompute_it() {
+        let index = Index::default();
+        index.await_grants();
+        let a = ApiKeyValue::generate();
+        let mut ak = api_key_with("billing", &[(&a, None)]);
+        ak.spec.subject = Some("orders-svc".into());
+        ak.spec.audiences = vec!["orders.example.com".into()];
+        let mut rebuild = Rebuild::default();
+        rebuild.apply(&ak, Some(&index));
+        index.replace(rebuild);
+        assert!(!index.is_synced(), "not ready before the first list of grants");
+        let lookup = || index.find(&id(&a), &hash(&a)).unwrap().owner;
+        // A grant for shop: orders:read only, no subject, no audience.
+        lookup().usage.last_used.store(7, Ordering::Relaxed);
+        index.set_grants(grant(&["shop"], &["orders:read"]));
+        assert!(index.is_synced());
+        let owner = lookup();
+        assert_eq!(owner.scopes_header, "orders:read");
+        assert_eq!(
+            owner.subject(),
+            "shop/billing",
+            "the ungranted subject falls back"
+        );
+        assert!(
+            !owner.audiences.is_empty() && owner.audiences.iter().all(|a| a.is_empty()),
+            "valid for no audience, never for every one: {:?}",
+            owner.audiences
+        );
+        assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), 7, "usage survives");
+        assert!(index.owners().iter().all(|o| Arc::ptr_eq(o, &owner)));
+        // A grant for another namespace only: shop is open again.
+        index.set_grants(grant(&["other"], &[]));
+        let owner = lookup();
+        assert_eq!(owner.scopes_header, "orders:read orders:write");
+        assert_eq!(owner.subject(), "orders-svc");
+        assert_eq!(&*owner.audiences, [Box::<str>::from("orders.example.com")]);
+        // An apply under grants uses them; a rebuild made under old grants is re-computed.
+        let mut stale = Rebuild::default();
+        stale.apply(&ak, None);
+        index.set_grants(grant(&["shop"], &["orders:write"]));
+        index.replace(stale);
+        assert_eq!(lookup().scopes_header, "orders:write");
+        index.apply(&ak);
+        assert_eq!(lookup().scopes_header, "orders:write");
+        assert_eq!(index.namespace_of(&id(&a)).as_deref(), Some("shop"));
     }
 
     #[test]

@@ -7,9 +7,17 @@
 //! anything unknown, malformed, expired or revoked is `200 {"active":false}`
 //! (RFC 7662 §2.2: only the caller's failure is an error). Introspection
 //! neither consumes the inspected key's rate limit nor counts as its use.
+//!
+//! The scope is the caller's *effective* scope (granted by a
+//! CredentialGrant where grants restrict its namespace), and the answer
+//! covers only credentials whose namespace the caller's grants cover
+//! ([`crate::grants::Grants::may_introspect`]): anything else is
+//! `{"active":false}`, as if unknown, so a caller learns nothing about
+//! another team's credentials.
 
 use super::AppState;
 use super::decision::{self, Decision, Requirement};
+use super::index::KeyId;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -25,8 +33,27 @@ pub const INTROSPECT_SCOPE: &str = "latchkey:introspect";
 #[derive(Debug, PartialEq, Eq)]
 pub struct MissingToken;
 
-/// The answer for the form body `body`, once the caller is authenticated.
-pub fn answer(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
+/// The answer for the form body `body`, once the caller (an API key of
+/// namespace `caller_ns`) is authenticated.
+pub fn answer(state: &AppState, body: &[u8], caller_ns: &str) -> Result<Value, MissingToken> {
+    let value = describe(state, body)?;
+    let target_ns = match value["namespace"].as_str() {
+        Some(ns) => Some(ns.to_owned()),
+        // A token: the namespace of the API key that obtained it.
+        None => value["client_id"]
+            .as_str()
+            .and_then(|id| KeyId::try_from(id.as_bytes()).ok())
+            .and_then(|id| state.index.namespace_of(&id)),
+    };
+    let covered = target_ns.is_some_and(|ns| state.index.grants().may_introspect(caller_ns, &ns));
+    if value["active"] == json!(true) && !covered {
+        return Ok(json!({"active": false}));
+    }
+    Ok(value)
+}
+
+/// The answer about the form body's `token`, for any caller.
+fn describe(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
     let token = form_urlencoded::parse(body)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
@@ -53,7 +80,8 @@ pub fn answer(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
         "name": owner.name(),
     });
     if !owner.audiences.is_empty() {
-        out["aud"] = json!(owner.audiences);
+        // Valid for no audience (restricted without a granted one): `[]`.
+        out["aud"] = json!(super::grants::shown_audiences(owner));
     }
     if let Some(until) = entry.valid_until {
         out["exp"] = json!(until.as_second());
@@ -91,10 +119,18 @@ pub async fn handle(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         scopes: vec![INTROSPECT_SCOPE.into()],
         ..Default::default()
     };
-    match decision::decide(caller, &required, &state.index, state.clock.now(), 0) {
+    let now = state.clock.now();
+    match decision::decide(caller, &required, &state.index, now, 0) {
         Decision::Allow { .. } => {}
         denied => return denied.into_response(),
     }
+    let Some(caller_ns) = caller
+        .and_then(|c| decision::verify(c, &state.index, now).ok())
+        .map(|(entry, _)| entry.owner.namespace().to_owned())
+    else {
+        // Gone between the two lookups (a revocation right now).
+        return Decision::Invalid(decision::Invalid::Unknown).into_response();
+    };
     let form = is_form(&headers);
     if !form {
         return oauth_error(
@@ -103,7 +139,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, headers: HeaderMap, body
             "send the token as application/x-www-form-urlencoded",
         );
     }
-    match answer(&state, &body) {
+    match answer(&state, &body, &caller_ns) {
         Ok(value) => {
             let mut resp = axum::Json(value).into_response();
             resp.headers_mut()
@@ -172,6 +208,7 @@ mod tests {
                 issuer_base_url: "http://127.0.0.1:0".into(),
                 claim_headers: Vec::new(),
                 limits: Default::default(),
+                require_grants: false,
             },
             metrics: Metrics::new(),
         }
@@ -188,7 +225,7 @@ mod tests {
     fn an_active_key_is_described_and_anything_else_is_inactive() {
         let key = ApiKeyValue::generate();
         let state = state(&[("billing", &key, vec!["orders:read"], Some(100))]);
-        let v = answer(&state, &form(key.expose())).unwrap();
+        let v = answer(&state, &form(key.expose()), "ns").unwrap();
         assert_eq!(v["active"], true);
         assert_eq!(v["client_id"], key.key_id());
         assert_eq!(v["sub"], "ns/billing");
@@ -197,7 +234,47 @@ mod tests {
         assert_eq!(v["exp"], t(100).as_second());
         assert!(!v.to_string().contains(key.expose()));
         for token in ["garbage", ApiKeyValue::generate().expose()] {
-            assert_eq!(answer(&state, &form(token)).unwrap(), json!({"active": false}));
+            assert_eq!(
+                answer(&state, &form(token), "ns").unwrap(),
+                json!({"active": false})
+            );
+        }
+    }
+
+    #[test]
+    fn a_caller_learns_only_about_credentials_its_grants_cover() {
+        let key = ApiKeyValue::generate();
+        let state = state(&[("billing", &key, vec!["orders:read"], Some(100))]);
+        // Without grants: any caller, as before.
+        assert_eq!(
+            answer(&state, &form(key.expose()), "elsewhere").unwrap()["active"],
+            true
+        );
+        let grant = |namespaces: &[&str], introspect: Option<Vec<String>>| crate::crd::CredentialGrantSpec {
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            scopes: vec![INTROSPECT_SCOPE.into(), "orders:read".into()],
+            introspect_namespaces: introspect,
+            ..Default::default()
+        };
+        state.index.set_grants(Arc::new(crate::grants::Grants::new(
+            vec![
+                ("ns".into(), grant(&["ns"], None)),
+                ("gw".into(), grant(&["gateway"], Some(vec!["ns".into()]))),
+                ("other".into(), grant(&["other"], None)),
+            ],
+            false,
+        )));
+        assert_eq!(answer(&state, &form(key.expose()), "ns").unwrap()["active"], true);
+        assert_eq!(
+            answer(&state, &form(key.expose()), "gateway").unwrap()["active"],
+            true
+        );
+        for caller in ["other", "open"] {
+            assert_eq!(
+                answer(&state, &form(key.expose()), caller).unwrap(),
+                json!({"active": false}),
+                "{caller} is not covered"
+            );
         }
     }
 
@@ -206,9 +283,12 @@ mod tests {
         let key = ApiKeyValue::generate();
         let state = state(&[("old", &key, vec![], Some(-1))]);
         assert_eq!(
-            answer(&state, &form(key.expose())).unwrap(),
+            answer(&state, &form(key.expose()), "ns").unwrap(),
             json!({"active": false})
         );
-        assert_eq!(answer(&state, b"token_type_hint=api_key"), Err(MissingToken));
+        assert_eq!(
+            answer(&state, b"token_type_hint=api_key", "ns"),
+            Err(MissingToken)
+        );
     }
 }

@@ -22,6 +22,7 @@
 //! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
 
 pub mod decision;
+pub mod grants;
 pub mod guard;
 pub mod identity;
 pub mod index;
@@ -70,6 +71,9 @@ pub struct Options {
     /// Custom claims that get a header of their own on every allow
     /// (`--claim-header`), besides the fixed identity headers.
     pub claim_headers: Vec<decision::ClaimHeader>,
+    /// `--require-grants`: a namespace no CredentialGrant selects may claim
+    /// nothing (strict mode).
+    pub require_grants: bool,
     /// Connection, body, throttle and cache limits.
     pub limits: Limits,
 }
@@ -211,7 +215,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "ApiKeys and TokenPolicies not loaded yet",
+            "ApiKeys, CredentialGrants and TokenPolicies not loaded yet",
         )
             .into_response()
     }
@@ -286,6 +290,13 @@ pub async fn run(
     };
     let index = Arc::new(Index::default());
     let tokens = Arc::new(tokens::Tokens::with_cache(options.limits.token_cache));
+    // Grants are cluster-scoped, whatever namespace the server watches.
+    index.await_grants();
+    let grant_feeder = tokio::spawn(grants::feed(
+        Api::all(client.clone()),
+        index.clone(),
+        options.require_grants,
+    ));
     let feeder = tokio::spawn(feed_index(api_keys, index.clone()));
     let token_feeder = tokio::spawn(tokens::feed(
         policies,
@@ -332,6 +343,7 @@ pub async fn run(
     let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
     listener::serve(listener, limits.hygiene, open, plain, app, shutdown, "http").await;
     feeder.abort();
+    grant_feeder.abort();
     token_feeder.abort();
     flusher.abort();
     sweeper.abort();

@@ -79,6 +79,7 @@ fn fixture() -> Fixture {
             issuer_base_url: BASE.into(),
             claim_headers: vec!["tenant".parse().unwrap()],
             limits: Default::default(),
+            require_grants: false,
         },
         metrics: Metrics::new(),
     });

@@ -1429,6 +1429,7 @@ mod tests {
                 issuer_base_url: "http://127.0.0.1:8080".into(),
                 claim_headers: vec!["tenant".parse().unwrap()],
                 limits: Default::default(),
+                require_grants: false,
             },
             metrics: super::super::metrics::Metrics::new(),
         };

@@ -137,6 +137,8 @@ pub struct Options {
     /// With leader election (`latchkey run`): true while this replica leads;
     /// only the leader writes the configuration. `None`: always write.
     pub leading: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// `--require-grants`: namespaces no CredentialGrant selects claim nothing.
+    pub require_grants: bool,
 }
 
 /// Reads `tls.crt` and `tls.key` from a mounted certificate directory.
@@ -206,6 +208,8 @@ struct WebhookState {
     config: admission::Config,
     /// The watched namespace, if any (where TokenPolicies can always be listed).
     namespace: Option<String>,
+    /// The CredentialGrants, from a watch (`None` until the first list).
+    grants: Arc<RwLock<Option<Arc<crate::grants::Grants>>>>,
 }
 
 /// latchkey's username as the API server sees it.
@@ -349,6 +353,13 @@ impl WebhookState {
                     Err(_) => Found::Unknown("timed out".into()),
                 },
             );
+        }
+        if needs.grants {
+            let cached = self.grants.read().unwrap_or_else(|e| e.into_inner()).clone();
+            facts.grants = Some(match cached {
+                Some(grants) => Found::Present(grants),
+                None => Found::Unknown("not loaded yet".into()),
+            });
         }
         if let Some((ns, name)) = &needs.token_policy {
             let policies: Api<TokenPolicy> = Api::namespaced(self.client.clone(), ns);
@@ -500,6 +511,7 @@ pub async fn run(
             client,
             allowed_users,
             options.namespace.clone(),
+            options.require_grants,
             shutdown,
         )
         .await;
@@ -569,6 +581,7 @@ pub async fn run(
         client,
         allowed_users,
         options.namespace.clone(),
+        options.require_grants,
         shutdown,
     )
     .await;
@@ -584,15 +597,27 @@ async fn listen_and_serve(
     client: Client,
     allowed_users: BTreeSet<String>,
     namespace: Option<String>,
+    require_grants: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebhookError> {
     let listener =
         crate::server::listener::bind(addr).map_err(|source| WebhookError::Listen { addr, source })?;
     tracing::info!(%addr, "admission webhook listening (TLS)");
+    // The CredentialGrants, cached from a watch: no API call per review.
+    let grants = Arc::new(RwLock::new(None));
+    let grant_watch = {
+        let cache = grants.clone();
+        tokio::spawn(crate::grants::watch(
+            Api::all(client.clone()),
+            require_grants,
+            move |g| *cache.write().unwrap_or_else(|e| e.into_inner()) = Some(g),
+        ))
+    };
     let app = router(Arc::new(WebhookState {
         client,
         config: admission::Config { allowed_users },
         namespace,
+        grants,
     }));
     serve_tls(
         listener,
@@ -601,6 +626,7 @@ async fn listen_and_serve(
         shutdown,
     )
     .await;
+    grant_watch.abort();
     tracing::info!("admission webhook stopped");
     Ok(())
 }

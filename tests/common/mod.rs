@@ -61,6 +61,7 @@ pub fn kubeconfig() -> &'static Path {
             "--for=condition=Established",
             "crd/apikeys.latchkey.dev",
             "crd/tokenpolicies.latchkey.dev",
+            "crd/credentialgrants.latchkey.dev",
             "--timeout=60s",
         ]);
         path

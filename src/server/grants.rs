@@ -1,0 +1,108 @@
+//! CredentialGrants in the auth server: the index keeps each ApiKey's
+//! claims and answers with what the grants in force let it have
+//! ([`crate::grants::Grants::effective`]), computed when the ApiKey or a
+//! grant changes, never per request. A claim forced past the webhook (or
+//! made before a grant narrowed) is therefore never honoured.
+//!
+//! The feed watches CredentialGrants (cluster-scoped, even when the server
+//! watches one namespace) and swaps the whole set into the index on every
+//! change. Until the first full list is in, the index is not ready (the
+//! server answers 503): it never honours a claim on the assumption that
+//! no grant exists.
+
+use super::index::{Index, Owner, header};
+use crate::crd::{ApiKey, CredentialGrant};
+use crate::grants::{Audiences, Grants};
+use axum::http::HeaderValue;
+use kube::Api;
+use std::sync::Arc;
+
+/// The audience list of an ApiKey valid for no audience (a restricted
+/// namespace without granted audiences): the empty string, which no route
+/// requirement (`audience=` is ignored when empty) and no TokenPolicy
+/// audience (at least one character) can equal. An empty list still means
+/// every audience.
+pub const NO_AUDIENCE: &str = "";
+
+/// What an ApiKey's spec claims (kept to re-compute its identity when the
+/// grants change).
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub subject: Option<Box<str>>,
+    pub scopes: Box<[Box<str>]>,
+    pub audiences: Box<[Box<str>]>,
+}
+
+impl Claimed {
+    pub fn of(api_key: &ApiKey) -> Self {
+        let boxed = |v: &[String]| v.iter().map(|s| s.as_str().into()).collect();
+        Self {
+            subject: api_key.spec.subject.as_deref().map(Into::into),
+            scopes: boxed(&api_key.spec.scopes),
+            audiences: boxed(&api_key.spec.audiences),
+        }
+    }
+}
+
+/// The identity an ApiKey is honoured with, as the index stores it.
+pub struct Granted {
+    pub subject_header: HeaderValue,
+    pub scopes_header: HeaderValue,
+    pub audiences: Box<[Box<str>]>,
+}
+
+/// The identity of ApiKey `namespace/name` with `claimed` under `grants`.
+pub fn granted(grants: &Grants, namespace: &str, name: &str, claimed: &Claimed) -> Granted {
+    let effective = grants.effective(
+        namespace,
+        name,
+        claimed.subject.as_deref(),
+        &claimed.scopes,
+        &claimed.audiences,
+    );
+    let audiences = match effective.audiences {
+        Audiences::Any => Box::default(),
+        Audiences::Only(list) if list.is_empty() => [NO_AUDIENCE.into()].into(),
+        Audiences::Only(list) => list.into_iter().map(Into::into).collect(),
+    };
+    Granted {
+        subject_header: header(&effective.subject),
+        scopes_header: header(&effective.scopes.join(" ")),
+        audiences,
+    }
+}
+
+/// `owner` re-computed under `grants` (everything else, its rate-limit
+/// bucket and last use included, carried over).
+pub fn regranted(owner: &Owner, grants: &Grants) -> Owner {
+    let g = granted(grants, owner.namespace(), owner.name(), &owner.claimed);
+    Owner {
+        subject_header: g.subject_header,
+        scopes_header: g.scopes_header,
+        namespace_header: owner.namespace_header.clone(),
+        name_header: owner.name_header.clone(),
+        audiences: g.audiences,
+        usage: owner.usage.clone(),
+        resource_version: owner.resource_version.clone(),
+        status_last_used: owner.status_last_used,
+        token_policy: owner.token_policy.clone(),
+        labels: owner.labels.clone(),
+        claimed: owner.claimed.clone(),
+    }
+}
+
+/// The audiences to show (in `/introspect`): without the [`NO_AUDIENCE`] marker.
+pub fn shown_audiences(owner: &Owner) -> Vec<&str> {
+    owner
+        .audiences
+        .iter()
+        .map(|a| &**a)
+        .filter(|a| *a != NO_AUDIENCE)
+        .collect()
+}
+
+/// Keeps the index's grants up to date from a watch of CredentialGrants
+/// until the stream ends. `strict`: `--require-grants`.
+pub async fn feed(api: Api<CredentialGrant>, index: Arc<Index>, strict: bool) {
+    crate::grants::watch(api, strict, move |grants| index.set_grants(grants)).await
+}
