@@ -526,3 +526,47 @@ async fn two_credentials_are_a_bad_request_on_every_route() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body_json(resp).await["error"], "invalid_request");
 }
+
+#[tokio::test]
+async fn tokens_get_at_most_the_effective_scopes_and_audiences_of_their_key() {
+    let f = fixture();
+    let grant = |scopes: &[&str], audiences: &[&str]| {
+        let spec = crate::crd::CredentialGrantSpec {
+            namespaces: vec!["shop".into()],
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            audiences: audiences.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        Arc::new(crate::grants::Grants::new(vec![("shop".into(), spec)], false))
+    };
+    let mint = |body: &'static str| {
+        let state = f.state.clone();
+        let key = bearer(f.reader.expose());
+        async move {
+            let resp = send(
+                &state,
+                form("/token")
+                    .header(header::AUTHORIZATION, key)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+            (resp.status(), body_json(resp).await)
+        }
+    };
+    // The key claims orders:read and orders:write; shop is granted orders:write only.
+    f.state.index.set_grants(grant(&["orders:write"], &["orders"]));
+    let (status, answer) = mint("grant_type=client_credentials&scope=orders:read").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"], "invalid_scope");
+    // Granted orders:read but no audience: no token for the policy's audience.
+    f.state.index.set_grants(grant(&["orders:read"], &[]));
+    let (status, answer) = mint("grant_type=client_credentials&scope=orders:read").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"], "invalid_scope");
+    // Granted both: the token carries the granted scope only, and the default subject.
+    f.state.index.set_grants(grant(&["orders:read"], &["orders"]));
+    let (status, answer) = mint("grant_type=client_credentials").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["scope"], "orders:read");
+}
