@@ -13,7 +13,8 @@
 //!   stay distinguishable (X-Auth-Namespace, `/introspect`'s namespace);
 //!   `/introspect` from a namespace
 //!   the grants do not cover answers `active:false`; `--require-grants`
-//!   (strict mode) honours nothing a namespace without a grant claims.
+//!   (strict mode) honours nothing a namespace without a grant claims, and
+//!   its webhook refuses every such claim.
 //!
 //! Every grant a test creates selects only that test's namespaces (named
 //! with the process id), so parallel tests in the same cluster never see
@@ -91,26 +92,29 @@ struct Webhook {
 
 impl Webhook {
     fn start(ns: &str) -> Self {
+        Self::start_with(ns, &[])
+    }
+
+    fn start_with(ns: &str, extra: &[&str]) -> Self {
         grant_development_webhook_rights();
         let addr = format!("127.0.0.1:{}", free_port());
         let url = format!("https://{addr}/validate");
         let configuration = format!("latchkey-test-{ns}");
         let ca = format!("{ns}/webhook-ca");
-        let (process, _) = ControllerProcess::start_run(
-            ns,
-            &[
-                "--webhook-addr",
-                &addr,
-                "--webhook-url",
-                &url,
-                "--webhook-configuration-name",
-                &configuration,
-                "--webhook-ca-secret",
-                &ca,
-                "--webhook-sync-seconds",
-                "2",
-            ],
-        );
+        let mut args = vec![
+            "--webhook-addr",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--webhook-configuration-name",
+            &configuration,
+            "--webhook-ca-secret",
+            &ca,
+            "--webhook-sync-seconds",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let (process, _) = ControllerProcess::start_run(ns, &args);
         let webhook = Self {
             process,
             configuration,
@@ -508,4 +512,22 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
         auth(&strict.url, "scope=orders:read", &key_e2).await.0,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_mode_refuses_every_claim_of_a_namespace_without_a_grant() {
+    let ns = TestNamespace::new("lk-grant-strict").await;
+    let n = ns.name.as_str();
+    let _webhook = Webhook::start_with(n, &["--require-grants"]);
+    let why = format!(
+        "namespace {n} is selected by no CredentialGrant and latchkey requires grants (--require-grants)"
+    );
+    assert_refused(&apikey(n, "scoped", "  scopes: [\"orders:read\"]\n"), &why);
+    assert_refused(&apikey(n, "named", "  subject: billing-service\n"), &why);
+    // No claim, or its own namespace's subject: allowed.
+    let (ok, out, err) = kubectl_stdin(
+        &["apply", "--dry-run=server", "-f", "-"],
+        &apikey(n, "plain", &format!("  subject: {n}/plain\n")),
+    );
+    assert!(ok, "an ApiKey without claims was refused:\n{out}{err}");
 }
