@@ -265,7 +265,7 @@ impl ServerArgs {
     }
 
     fn limits(&self) -> crate::server::Limits {
-        use crate::server::listener;
+        use crate::listener;
         let soft = listener::raise_open_files_limit();
         let requested = usize::try_from(self.http_max_connections).unwrap_or(usize::MAX);
         let max_connections = listener::connection_cap(requested, soft, crate::webhook::MAX_CONNECTIONS);

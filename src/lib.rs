@@ -18,6 +18,7 @@ pub mod error;
 pub mod fixtures;
 pub mod grants;
 pub mod key;
+pub mod listener;
 pub mod meta;
 pub mod redact;
 pub mod server;

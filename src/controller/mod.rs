@@ -94,7 +94,7 @@ impl Context {
             return Vec::new();
         };
         let all = store.state();
-        crate::server::tokens::issuer_conflicts(policy, all.iter().map(|p| &**p), &self.issuer_base_url)
+        crate::token::issuer::issuer_conflicts(policy, all.iter().map(|p| &**p), &self.issuer_base_url)
     }
 
     fn record_success(&self, obj: &ObjectRef<DynamicObject>) {

@@ -27,7 +27,7 @@ pub mod guard;
 pub mod identity;
 pub mod index;
 pub mod introspect;
-pub mod listener;
+pub use crate::listener;
 pub mod metrics;
 pub mod throttle;
 pub mod token_cache;

@@ -3,6 +3,7 @@
 //! claims and verification ([`claims`]). No client; callers pass the time.
 
 pub mod claims;
+pub mod issuer;
 pub mod jwks;
 pub mod keys;
 pub mod schedule;

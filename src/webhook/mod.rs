@@ -600,8 +600,7 @@ async fn listen_and_serve(
     require_grants: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebhookError> {
-    let listener =
-        crate::server::listener::bind(addr).map_err(|source| WebhookError::Listen { addr, source })?;
+    let listener = crate::listener::bind(addr).map_err(|source| WebhookError::Listen { addr, source })?;
     tracing::info!(%addr, "admission webhook listening (TLS)");
     // The CredentialGrants, cached from a watch: no API call per review.
     let grants = Arc::new(RwLock::new(None));
@@ -691,7 +690,7 @@ async fn serve_tls(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let hygiene = crate::server::listener::Hygiene {
+    let hygiene = crate::listener::Hygiene {
         max_connections: MAX_CONNECTIONS,
         ..Default::default()
     };
@@ -708,7 +707,7 @@ async fn serve_tls(
         }
     };
     let open = prometheus_client::metrics::gauge::Gauge::default();
-    crate::server::listener::serve(listener, hygiene, open, handshake, app, shutdown, "webhook").await;
+    crate::listener::serve(listener, hygiene, open, handshake, app, shutdown, "webhook").await;
 }
 
 #[cfg(test)]
