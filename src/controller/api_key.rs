@@ -4,7 +4,7 @@
 use super::apply::apply_object;
 use super::failure::Reconciled;
 use super::plan::{self, DeliveryCause, PlannedEvent, SecretStamp};
-use super::schedule::{self, Schedule};
+use super::rotation::{self, Schedule};
 use super::{Context, FIELD_MANAGER, RESYNC};
 use crate::conditions::Phase;
 use crate::crd::{ApiKey, ApiKeyStatus, TokenPolicy};
@@ -51,7 +51,7 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
             .then(|| r.name.clone()),
         None => None,
     };
-    let now = schedule::whole_second(ctx.clock.now());
+    let now = rotation::whole_second(ctx.clock.now());
     let writer = ApiKeyWrites {
         ctx: &ctx,
         api_keys: &api_keys,
@@ -65,7 +65,7 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
             // The CRD's pattern refuses these; an older CRD might not have.
             let status = api_key.status.clone().unwrap_or_default();
             let phase = Phase::stalled("InvalidRotation", err.to_string());
-            let status = plan::settle(&api_key, status, &Schedule::default(), &phase, now);
+            let status = plan::complete_status(&api_key, status, &Schedule::default(), &phase, now);
             writer.write_status(&api_key, status).await?;
             return Ok(Action::requeue(RESYNC));
         }
@@ -96,8 +96,8 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
             (api_key, status)
         }
     };
-    let deadline = schedule::next_deadline(&api_key, &status, &schedule, now);
-    Ok(Action::requeue(schedule::requeue_after(deadline, now)))
+    let deadline = rotation::next_deadline(&api_key, &status, &schedule, now);
+    Ok(Action::requeue(rotation::requeue_after(deadline, now)))
 }
 
 /// The writes of one reconcile: Server-Side Apply under [`FIELD_MANAGER`].

@@ -15,7 +15,7 @@ pub mod failure;
 pub mod leader;
 pub mod plan;
 pub mod policy_ref;
-pub mod schedule;
+pub mod rotation;
 pub mod token_policy;
 
 pub use api_key::reconcile;

@@ -38,7 +38,7 @@ pub use super::identity::{
     X_AUTH_NAMESPACE, X_AUTH_ROLE, X_AUTH_SCOPES, X_AUTH_SUBJECT, claims_header,
 };
 use super::identity::{EMPTY, copy};
-use super::index::{Index, KeyEntry, KeyId, Owner, Usage};
+use super::index::{Index, IndexedApiKey, KeyEntry, KeyId, Usage};
 use crate::key;
 use crate::token::claims::TokenInvalid;
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -111,7 +111,7 @@ impl Requirement {
 }
 
 /// What a verified credential offers to a route's requirement: an API key
-/// (its ApiKey, [`Owner`]) or a token (its claims).
+/// (its ApiKey, [`IndexedApiKey`]) or a token (its claims).
 pub trait Offer {
     fn audience_ok(&self, audience: &str) -> bool;
     fn has_scope(&self, scope: &str) -> bool;
@@ -119,14 +119,14 @@ pub trait Offer {
     fn issuer(&self) -> Option<&str>;
 }
 
-impl Offer for Owner {
+impl Offer for IndexedApiKey {
     /// An ApiKey without audiences is valid anywhere.
     fn audience_ok(&self, audience: &str) -> bool {
         self.audiences.is_empty() || self.audiences.iter().any(|a| **a == *audience)
     }
 
     fn has_scope(&self, scope: &str) -> bool {
-        Owner::has_scope(self, scope)
+        IndexedApiKey::has_scope(self, scope)
     }
 
     fn issuer(&self) -> Option<&str> {
@@ -327,7 +327,7 @@ pub fn use_key(usage: &Usage, now: Timestamp) -> Result<(), Limited> {
 pub fn conclude(
     requirement: &Requirement,
     offer: &impl Offer,
-    owner: &Owner,
+    owner: &IndexedApiKey,
     until: Option<i64>,
     now: Timestamp,
     cache_seconds: u64,
@@ -355,7 +355,7 @@ pub fn conclude(
 
 /// The whole decision for one external-auth request with an API key (or
 /// none; a JWT goes to [`super::tokens::decide_token`]).
-pub fn decide(
+pub fn decide_key_request(
     presented: Option<&str>,
     requirement: &Requirement,
     index: &Index,
@@ -538,7 +538,7 @@ mod tests {
     fn a_valid_key_is_allowed_with_identity_headers_and_a_short_cache() {
         let key = ApiKeyValue::generate();
         let index = index_of(&[api_key(&key, None)]);
-        let d = decide(Some(key.expose()), &req("scope=orders:read"), &index, t(0), 1);
+        let d = decide_key_request(Some(key.expose()), &req("scope=orders:read"), &index, t(0), 1);
         assert_eq!(d.label(), "allow");
         let resp = d.into_response();
         assert_eq!(resp.status(), StatusCode::OK);
@@ -555,7 +555,8 @@ mod tests {
         let key = ApiKeyValue::generate();
         let index = index_of(&[api_key(&key, None)]);
         let tenant: ClaimHeader = "tenant".parse().unwrap();
-        let resp = decide(Some(key.expose()), &req(""), &index, t(0), 1).into_response_with(&[tenant]);
+        let resp =
+            decide_key_request(Some(key.expose()), &req(""), &index, t(0), 1).into_response_with(&[tenant]);
         assert_eq!(resp.status(), StatusCode::OK);
         for name in IDENTITY_HEADERS {
             assert!(resp.headers().contains_key(&name), "{name} missing");
@@ -567,7 +568,8 @@ mod tests {
         assert_eq!(header(&resp, "x-auth-claim-tenant"), "");
         assert!(resp.headers().contains_key("x-auth-claim-tenant"));
         // Denials carry none of them.
-        let resp = decide(None, &req(""), &index, t(0), 1).into_response_with(&["tenant".parse().unwrap()]);
+        let resp = decide_key_request(None, &req(""), &index, t(0), 1)
+            .into_response_with(&["tenant".parse().unwrap()]);
         for name in IDENTITY_HEADERS {
             assert!(!resp.headers().contains_key(&name), "{name} on a denial");
         }
@@ -584,10 +586,10 @@ mod tests {
             "namespace=other&namespace=shop",
             "namespace=shop&scope=orders:read",
         ] {
-            let d = decide(k, &req(ok), &index, t(0), 1);
+            let d = decide_key_request(k, &req(ok), &index, t(0), 1);
             assert!(matches!(d, Decision::Allow { .. }), "{ok}: {d:?}");
         }
-        let d = decide(k, &req("namespace=other&namespace=shop2"), &index, t(0), 1);
+        let d = decide_key_request(k, &req("namespace=other&namespace=shop2"), &index, t(0), 1);
         assert!(matches!(d, Decision::Invalid(Invalid::Namespace)), "{d:?}");
         let resp = d.into_response();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -598,7 +600,7 @@ mod tests {
             "the requirement is not disclosed"
         );
         // An API key has no issuer: a route that names one refuses every key.
-        let d = decide(k, &req("issuer=https://auth.example.com/shop"), &index, t(0), 1);
+        let d = decide_key_request(k, &req("issuer=https://auth.example.com/shop"), &index, t(0), 1);
         assert!(matches!(d, Decision::Invalid(Invalid::Issuer)), "{d:?}");
         assert_eq!(d.label(), "issuer");
     }
@@ -615,16 +617,16 @@ mod tests {
         let k = Some(key.expose());
         for q in ["namespace=other", "scope=admin", "issuer=x"] {
             assert!(!matches!(
-                decide(k, &req(q), &index, t(0), 1),
+                decide_key_request(k, &req(q), &index, t(0), 1),
                 Decision::Allow { .. }
             ));
         }
         assert!(matches!(
-            decide(k, &req(""), &index, t(0), 1),
+            decide_key_request(k, &req(""), &index, t(0), 1),
             Decision::Allow { max_age: 0, .. }
         ));
         assert!(matches!(
-            decide(k, &req(""), &index, t(0), 1),
+            decide_key_request(k, &req(""), &index, t(0), 1),
             Decision::RateLimited { .. }
         ));
     }
@@ -654,7 +656,7 @@ mod tests {
         assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), t(6).as_second());
         // The key's own decision shares the bucket.
         assert!(matches!(
-            decide(Some(key.expose()), &req(""), &index, t(7), 1),
+            decide_key_request(Some(key.expose()), &req(""), &index, t(7), 1),
             Decision::RateLimited { .. }
         ));
     }
@@ -662,7 +664,7 @@ mod tests {
     #[test]
     fn no_credential_gets_a_challenge_without_an_error() {
         let index = index_of(&[]);
-        let resp = decide(None, &req(""), &index, t(0), 1).into_response();
+        let resp = decide_key_request(None, &req(""), &index, t(0), 1).into_response();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(header(&resp, WWW_AUTHENTICATE), "Bearer realm=\"latchkey\"");
         assert_eq!(header(&resp, CACHE_CONTROL), "no-store");
@@ -680,7 +682,7 @@ mod tests {
             (bad_sum.as_str(), Invalid::Malformed),
             (ApiKeyValue::generate().expose(), Invalid::Unknown),
         ] {
-            let d = decide(Some(presented), &req(""), &index, t(0), 1);
+            let d = decide_key_request(Some(presented), &req(""), &index, t(0), 1);
             assert!(
                 matches!(d, Decision::Invalid(i) if i == why),
                 "{presented:?}: {d:?}"
@@ -696,11 +698,11 @@ mod tests {
     fn a_key_in_grace_is_valid_until_its_end_and_caches_no_longer() {
         let (current, old) = (ApiKeyValue::generate(), ApiKeyValue::generate());
         let index = index_of(&[api_key(&current, Some((&old, 30)))]);
-        let d = decide(Some(old.expose()), &req(""), &index, t(29), 5);
+        let d = decide_key_request(Some(old.expose()), &req(""), &index, t(29), 5);
         assert!(matches!(d, Decision::Allow { max_age: 1, .. }), "{d:?}");
-        let d = decide(Some(old.expose()), &req(""), &index, t(30), 5);
+        let d = decide_key_request(Some(old.expose()), &req(""), &index, t(30), 5);
         assert!(matches!(d, Decision::Invalid(Invalid::Expired)), "{d:?}");
-        let d = decide(Some(current.expose()), &req(""), &index, t(30), 5);
+        let d = decide_key_request(Some(current.expose()), &req(""), &index, t(30), 5);
         assert!(matches!(d, Decision::Allow { max_age: 5, .. }));
     }
 
@@ -711,18 +713,18 @@ mod tests {
         expiring.spec.expires_at = Some(Time(t(10)));
         let index = index_of(&[expiring.clone()]);
         assert!(matches!(
-            decide(Some(key.expose()), &req(""), &index, t(9), 1),
+            decide_key_request(Some(key.expose()), &req(""), &index, t(9), 1),
             Decision::Allow { .. }
         ));
         assert!(matches!(
-            decide(Some(key.expose()), &req(""), &index, t(10), 1),
+            decide_key_request(Some(key.expose()), &req(""), &index, t(10), 1),
             Decision::Invalid(Invalid::Expired)
         ));
         let mut revoked = expiring;
         revoked.spec.revoked = Some(true);
         index.apply(&revoked);
         assert!(matches!(
-            decide(Some(key.expose()), &req(""), &index, t(0), 1),
+            decide_key_request(Some(key.expose()), &req(""), &index, t(0), 1),
             Decision::Invalid(Invalid::Unknown)
         ));
     }
@@ -732,18 +734,18 @@ mod tests {
         let key = ApiKeyValue::generate();
         let index = index_of(&[api_key(&key, None)]);
         let k = Some(key.expose());
-        let d = decide(k, &req("scope=orders:read&scope=invoices:write"), &index, t(0), 1);
+        let d = decide_key_request(k, &req("scope=orders:read&scope=invoices:write"), &index, t(0), 1);
         assert!(matches!(d, Decision::Allow { .. }));
-        let d = decide(k, &req("scope=orders:read+admin"), &index, t(0), 1);
+        let d = decide_key_request(k, &req("scope=orders:read+admin"), &index, t(0), 1);
         let resp = d.into_response();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(
             header(&resp, WWW_AUTHENTICATE),
             "Bearer realm=\"latchkey\", error=\"insufficient_scope\", scope=\"orders:read admin\""
         );
-        let d = decide(k, &req("audience=api.example.com"), &index, t(0), 1);
+        let d = decide_key_request(k, &req("audience=api.example.com"), &index, t(0), 1);
         assert!(matches!(d, Decision::Allow { .. }));
-        let d = decide(k, &req("audience=other.example.com"), &index, t(0), 1);
+        let d = decide_key_request(k, &req("audience=other.example.com"), &index, t(0), 1);
         assert!(matches!(d, Decision::Invalid(Invalid::Audience)));
     }
 
@@ -758,10 +760,10 @@ mod tests {
         let index = index_of(&[ak]);
         let k = Some(key.expose());
         for _ in 0..2 {
-            let d = decide(k, &req(""), &index, t(0), 1);
+            let d = decide_key_request(k, &req(""), &index, t(0), 1);
             assert!(matches!(d, Decision::Allow { max_age: 0, .. }), "{d:?}");
         }
-        let resp = decide(k, &req(""), &index, t(0), 1).into_response();
+        let resp = decide_key_request(k, &req(""), &index, t(0), 1).into_response();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(header(&resp, RETRY_AFTER), "1");
         assert_eq!(header(&resp, X_RATELIMIT_LIMIT), "1");
@@ -771,7 +773,7 @@ mod tests {
     #[test]
     fn before_the_first_sync_every_request_is_503() {
         let index = Index::default();
-        let resp = decide(Some("x"), &req(""), &index, t(0), 1).into_response();
+        let resp = decide_key_request(Some("x"), &req(""), &index, t(0), 1).into_response();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 

@@ -10,7 +10,7 @@
 //! server answers 503): it never honours a claim on the assumption that
 //! no grant exists.
 
-use super::index::{Index, Owner, header};
+use super::index::{Index, IndexedApiKey, header};
 use crate::crd::{ApiKey, CredentialGrant};
 use crate::grants::{Audiences, Grants};
 use axum::http::HeaderValue;
@@ -74,9 +74,9 @@ pub fn granted(grants: &Grants, namespace: &str, name: &str, claimed: &Claimed) 
 
 /// `owner` re-computed under `grants` (everything else, its rate-limit
 /// bucket and last use included, carried over).
-pub fn regranted(owner: &Owner, grants: &Grants) -> Owner {
+pub fn regranted(owner: &IndexedApiKey, grants: &Grants) -> IndexedApiKey {
     let g = granted(grants, owner.namespace(), owner.name(), &owner.claimed);
-    Owner {
+    IndexedApiKey {
         subject_header: g.subject_header,
         scopes_header: g.scopes_header,
         namespace_header: owner.namespace_header.clone(),
@@ -92,7 +92,7 @@ pub fn regranted(owner: &Owner, grants: &Grants) -> Owner {
 }
 
 /// The audiences to show (in `/introspect`): without the [`NO_AUDIENCE`] marker.
-pub fn shown_audiences(owner: &Owner) -> Vec<&str> {
+pub fn shown_audiences(owner: &IndexedApiKey) -> Vec<&str> {
     owner
         .audiences
         .iter()

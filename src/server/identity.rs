@@ -8,7 +8,7 @@
 //! prefix), so they travel in one fixed header, `X-Auth-Claims` (JSON), and
 //! get a header of their own only when the operator names them.
 
-use super::index::{KeyId, Owner};
+use super::index::{IndexedApiKey, KeyId};
 use axum::http::{HeaderName, HeaderValue};
 
 /// The ApiKey's `spec.subject` (default `<namespace>/<name>`), or a token's `sub`.
@@ -94,7 +94,7 @@ pub struct Identity {
 impl Identity {
     /// The identity of an API key: its ApiKey's subject and scopes, no role,
     /// no claims.
-    pub fn of_key(owner: &Owner, key_id: &KeyId) -> Self {
+    pub fn of_key(owner: &IndexedApiKey, key_id: &KeyId) -> Self {
         Self {
             subject: copy(&owner.subject_header),
             scopes: copy(&owner.scopes_header),

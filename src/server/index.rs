@@ -32,14 +32,14 @@ pub struct KeyEntry {
     /// When the key stops being valid (`None`: not before a rotation,
     /// revocation or expiry is written).
     pub valid_until: Option<Timestamp>,
-    pub owner: Arc<Owner>,
+    pub owner: Arc<IndexedApiKey>,
 }
 
 /// What a decision needs to know about the ApiKey a key belongs to. Kept
 /// small (the index's budget is 1 KiB per key): strings live once, as the
 /// header values the answers carry.
 #[derive(Debug)]
-pub struct Owner {
+pub struct IndexedApiKey {
     /// Identity headers, built once per ApiKey version; namespace, name,
     /// subject and scopes are read back from them.
     pub subject_header: HeaderValue,
@@ -64,7 +64,7 @@ pub struct Owner {
     pub claimed: Claimed,
 }
 
-impl Owner {
+impl IndexedApiKey {
     pub fn subject(&self) -> &str {
         self.subject_header.to_str().unwrap_or_default()
     }
@@ -122,8 +122,8 @@ struct Inner {
     /// Usually one entry per id; a Vec only for the (71-bit random, so
     /// practically impossible) case of two keys with the same id.
     by_key_id: HashMap<KeyId, Vec<KeyEntry>>,
-    by_object: HashMap<ObjectKey, (Arc<Owner>, Box<[KeyId]>)>,
-    /// The CredentialGrants every Owner was computed with.
+    by_object: HashMap<ObjectKey, (Arc<IndexedApiKey>, Box<[KeyId]>)>,
+    /// The CredentialGrants every IndexedApiKey was computed with.
     grants: Arc<Grants>,
 }
 
@@ -184,7 +184,7 @@ impl Index {
         // In the map's iteration order, which stays the same unless an
         // ApiKey is added or removed in between (then the rest is
         // re-computed under the write lock: correct, only slower).
-        let fresh: Vec<(Arc<Owner>, Arc<Owner>)> = {
+        let fresh: Vec<(Arc<IndexedApiKey>, Arc<IndexedApiKey>)> = {
             let inner = self.inner.read().expect("index lock");
             inner
                 .by_object
@@ -278,7 +278,7 @@ impl Index {
         &self,
         key_id: &KeyId,
         now: Timestamp,
-        admitted: impl Fn(&Owner) -> bool,
+        admitted: impl Fn(&IndexedApiKey) -> bool,
     ) -> bool {
         let inner = self.inner.read().expect("index lock");
         inner.by_key_id.get(key_id).is_some_and(|entries| {
@@ -315,7 +315,7 @@ impl Index {
     }
 
     /// Every indexed ApiKey (for the lastUsedAt writer).
-    pub fn owners(&self) -> Vec<Arc<Owner>> {
+    pub fn owners(&self) -> Vec<Arc<IndexedApiKey>> {
         let inner = self.inner.read().expect("index lock");
         inner.by_object.values().map(|(o, _)| o.clone()).collect()
     }
@@ -356,15 +356,15 @@ pub(crate) fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Re-computes every Owner under `inner.grants`.
+/// Re-computes every IndexedApiKey under `inner.grants`.
 fn regrant_all(inner: &mut Inner) {
     let grants = inner.grants.clone();
     swap_owners(inner, |owner| Arc::new(regranted(owner, &grants)));
 }
 
-/// Replaces every Owner by `fresh(owner)` (called in the map's iteration
+/// Replaces every IndexedApiKey by `fresh(owner)` (called in the map's iteration
 /// order), in both maps.
-fn swap_owners(inner: &mut Inner, mut fresh: impl FnMut(&Arc<Owner>) -> Arc<Owner>) {
+fn swap_owners(inner: &mut Inner, mut fresh: impl FnMut(&Arc<IndexedApiKey>) -> Arc<IndexedApiKey>) {
     let Inner {
         by_key_id, by_object, ..
     } = inner;
@@ -403,7 +403,7 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
     );
     let claimed = Claimed::of(api_key);
     let granted = granted(&inner.grants, namespace, name, &claimed);
-    let owner = Arc::new(Owner {
+    let owner = Arc::new(IndexedApiKey {
         subject_header: granted.subject_header,
         scopes_header: granted.scopes_header,
         namespace_header: header(namespace),

@@ -120,7 +120,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         ..Default::default()
     };
     let now = state.clock.now();
-    match decision::decide(caller, &required, &state.index, now, 0) {
+    match decision::decide_key_request(caller, &required, &state.index, now, 0) {
         Decision::Allow { .. } => {}
         denied => return denied.into_response(),
     }

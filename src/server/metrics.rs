@@ -3,7 +3,7 @@
 //! fixed however many keys there are). Every series is created at start-up
 //! and its handle kept, so the request path does no label lookup.
 
-use super::Family;
+use super::Proxy;
 use super::decision::Decision;
 use super::throttle::By;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -115,7 +115,7 @@ impl Metrics {
         let api_keys = Gauge::default();
         registry.register("index_keys", "Keys in the auth index", keys.clone());
         registry.register("index_api_keys", "ApiKeys in the auth index", api_keys.clone());
-        let decisions = Family::ALL
+        let decisions = Proxy::ALL
             .iter()
             .map(|f| {
                 RESULTS.map(|result| {
@@ -128,7 +128,7 @@ impl Metrics {
                 })
             })
             .collect();
-        let latency = Family::ALL
+        let latency = Proxy::ALL
             .iter()
             .map(|f| {
                 latency_family
@@ -187,7 +187,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe(&self, family: Family, decision: &Decision, elapsed: Duration) {
+    pub fn observe(&self, family: Proxy, decision: &Decision, elapsed: Duration) {
         let route = family as usize;
         if let Some(i) = RESULTS.iter().position(|r| *r == decision.label()) {
             self.decisions[route][i].inc();
@@ -236,9 +236,9 @@ mod tests {
     #[test]
     fn decisions_are_counted_by_route_and_result() {
         let m = Metrics::new();
-        m.observe(Family::Nginx, &Decision::NoCredential, Duration::from_micros(20));
-        m.observe(Family::Nginx, &Decision::NoCredential, Duration::from_micros(20));
-        m.observe(Family::Envoy, &Decision::NotReady, Duration::from_micros(20));
+        m.observe(Proxy::Nginx, &Decision::NoCredential, Duration::from_micros(20));
+        m.observe(Proxy::Nginx, &Decision::NoCredential, Duration::from_micros(20));
+        m.observe(Proxy::Envoy, &Decision::NotReady, Duration::from_micros(20));
         let text = m.encode(3, 2).unwrap();
         assert!(
             text.contains(r#"latchkey_auth_decisions_total{route="nginx",result="no_credential"} 2"#),

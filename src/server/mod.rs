@@ -110,20 +110,20 @@ pub struct AppState {
 
 /// Which proxy family a route serves (for metrics and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub enum Proxy {
     Nginx,
     Forward,
     Envoy,
 }
 
-impl Family {
-    pub const ALL: [Family; 3] = [Family::Nginx, Family::Forward, Family::Envoy];
+impl Proxy {
+    pub const ALL: [Proxy; 3] = [Proxy::Nginx, Proxy::Forward, Proxy::Envoy];
 
     pub fn label(self) -> &'static str {
         match self {
-            Family::Nginx => "nginx",
-            Family::Forward => "forward",
-            Family::Envoy => "envoy",
+            Proxy::Nginx => "nginx",
+            Proxy::Forward => "forward",
+            Proxy::Envoy => "envoy",
         }
     }
 
@@ -138,8 +138,8 @@ impl Family {
                 .to_owned()
         };
         match self {
-            Family::Nginx => (get("x-original-method"), get("x-original-url")),
-            Family::Forward => (
+            Proxy::Nginx => (get("x-original-method"), get("x-original-url")),
+            Proxy::Forward => (
                 get("x-forwarded-method"),
                 format!(
                     "{}://{}{}",
@@ -148,7 +148,7 @@ impl Family {
                     get("x-forwarded-uri")
                 ),
             ),
-            Family::Envoy => (
+            Proxy::Envoy => (
                 String::new(),
                 request_path
                     .strip_prefix("/auth/envoy")
@@ -165,22 +165,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/auth/nginx", any(|s, r| auth(s, Family::Nginx, r)))
-        .route("/auth/forward", any(|s, r| auth(s, Family::Forward, r)))
-        .route("/auth/envoy", any(|s, r| auth(s, Family::Envoy, r)))
-        .route("/auth/envoy/{*path}", any(|s, r| auth(s, Family::Envoy, r)))
+        .route("/auth/nginx", any(|s, r| auth(s, Proxy::Nginx, r)))
+        .route("/auth/forward", any(|s, r| auth(s, Proxy::Forward, r)))
+        .route("/auth/envoy", any(|s, r| auth(s, Proxy::Envoy, r)))
+        .route("/auth/envoy/{*path}", any(|s, r| auth(s, Proxy::Envoy, r)))
         .route("/introspect", post(introspect::handle))
         .route("/token", post(tokens::token))
         .fallback(tokens::by_issuer)
         .with_state(state)
 }
 
-async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Request) -> Response {
+async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Request) -> Response {
     let started = Instant::now();
     // Envoy appends the client's own path and query to the prefix: a query
     // there is the client's, not a requirement of the route.
     let requirement = match family {
-        Family::Envoy => Requirement::default(),
+        Proxy::Envoy => Requirement::default(),
         _ => Requirement::from_query(request.uri().query()),
     };
     let headers = request.headers();
@@ -196,7 +196,9 @@ async fn auth(State(state): State<Arc<AppState>>, family: Family, request: Reque
             now,
             cache_seconds,
         ),
-        Ok(presented) => decision::decide(presented, &requirement, &state.index, now, cache_seconds),
+        Ok(presented) => {
+            decision::decide_key_request(presented, &requirement, &state.index, now, cache_seconds)
+        }
     };
     if tracing::enabled!(tracing::Level::DEBUG) {
         // The original URL may carry credentials (`?api_key=`, user info):

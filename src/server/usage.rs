@@ -13,7 +13,7 @@
 //! round: `lastUsedAt` never goes backwards and is written about once a
 //! minute per ApiKey at most, whatever the number of replicas.
 
-use super::index::{Index, Owner};
+use super::index::{Index, IndexedApiKey};
 use crate::crd::ApiKey;
 use crate::meta::FIELD_MANAGER;
 use k8s_openapi::jiff::Timestamp;
@@ -27,7 +27,7 @@ use std::time::Duration;
 pub const MIN_STEP: i64 = 60;
 
 /// The lastUsedAt to write for `owner`, if any.
-pub fn due(owner: &Owner, min_step: i64) -> Option<Timestamp> {
+pub fn due(owner: &IndexedApiKey, min_step: i64) -> Option<Timestamp> {
     let used = owner.usage.last_used.load(Ordering::Relaxed);
     if used == 0 {
         return None;
@@ -92,7 +92,7 @@ mod tests {
     use crate::key::ApiKeyValue;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn owner(index: &Index, last_used_at: Option<i64>) -> Arc<Owner> {
+    fn owner(index: &Index, last_used_at: Option<i64>) -> Arc<IndexedApiKey> {
         let key = ApiKeyValue::generate();
         let mut ak = ApiKey::new("k", ApiKeySpec::default());
         ak.metadata.namespace = Some("ns".into());

@@ -28,7 +28,7 @@ pub fn promote(status: &ApiKeyStatus, schedule: &Schedule, now: Timestamp) -> Ap
     let stamp = stamp_for(status, &pending.sha256).expect("pending key has a stamp");
     if let Some(old) = next.current_key.take().filter(|old| old.sha256 != pending.sha256) {
         let until = now.checked_add(schedule.grace).unwrap_or(now);
-        schedule::retire(&mut next.previous_keys, old, until);
+        rotation::retire(&mut next.previous_keys, old, until);
     }
     next.current_key = Some(pending);
     next.revision = Some(stamp.revision);
@@ -47,14 +47,14 @@ pub fn delivered_status(
     now: Timestamp,
 ) -> ApiKeyStatus {
     let promoted = promote(pending, schedule, now);
-    settle(api_key, promoted, schedule, &ready_phase(api_key), now)
+    complete_status(api_key, promoted, schedule, &ready_phase(api_key), now)
 }
 
 /// Fills the fields every status write carries: generation, Secret name,
 /// revision and rotation time defaults, the schedule, `previousKeys` without
 /// ended grace periods, the conditions for `phase`; never `lastUsedAt` (the
 /// auth server owns it).
-pub fn settle(
+pub fn complete_status(
     api_key: &ApiKey,
     mut status: ApiKeyStatus,
     schedule: &Schedule,
@@ -66,13 +66,13 @@ pub fn settle(
     status.secret_name = Some(api_key.secret_name());
     if status.current_key.is_some() {
         status.revision = Some(delivered_count(&status));
-        status.last_rotated_at = schedule::last_rotated_at(&status).map(Time);
+        status.last_rotated_at = rotation::last_rotated_at(&status).map(Time);
     }
-    status.next_rotation_at = match schedule::terminal(api_key, now) {
+    status.next_rotation_at = match rotation::terminal(api_key, now) {
         Some(_) => None,
-        None => schedule::next_rotation_at(&status, schedule).map(Time),
+        None => rotation::next_rotation_at(&status, schedule).map(Time),
     };
-    status.previous_keys = schedule::prune_ended(&status.previous_keys, now);
+    status.previous_keys = rotation::prune_ended(&status.previous_keys, now);
     status.last_used_at = None;
     conditions::apply_phase(&mut status.conditions, phase, generation, now);
     status

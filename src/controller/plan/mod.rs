@@ -39,7 +39,7 @@ pub use observe::*;
 pub use phases::*;
 pub use secret::*;
 
-use super::schedule::{self, RotationCause, Schedule, Terminal};
+use super::rotation::{self, RotationCause, Schedule, Terminal};
 use crate::conditions::{self, Phase};
 use crate::crd::{ApiKey, ApiKeyStatus, KeyRecord};
 use crate::key::ApiKeyValue;
@@ -90,7 +90,7 @@ pub struct Plan {
 /// `observation`, at `now`.
 pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedule, now: Timestamp) -> Plan {
     let before = api_key.status.clone().unwrap_or_default();
-    let decision = decide(Some(&before), observation);
+    let decision = key_decision(Some(&before), observation);
     let mut status = before.clone();
     let mut event = None;
     let held = match &decision {
@@ -135,7 +135,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
     };
     let secret_holds_a_known_key = matches!(decision, KeyDecision::Keep { .. } | KeyDecision::Promote { .. });
 
-    if let Some(terminal) = schedule::terminal(api_key, now) {
+    if let Some(terminal) = rotation::terminal(api_key, now) {
         // No new key, no Secret write. The key the Secret holds stays
         // recorded (invalid anyway: validity ignores a revoked or expired
         // ApiKey's keys); a pending key that never reached it is dropped.
@@ -145,7 +145,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
         }
         status.previous_keys.clear();
         let phase = terminal_phase(api_key, terminal);
-        let status = settle(api_key, status, schedule, &phase, now);
+        let status = complete_status(api_key, status, schedule, &phase, now);
         let newly = !stalled_with(&before, terminal_reason(terminal));
         let event = newly.then(|| terminal_event(&before, terminal));
         return Plan {
@@ -165,7 +165,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 message: message_of(&phase),
             });
             Plan {
-                status: settle(api_key, status, schedule, &phase, now),
+                status: complete_status(api_key, status, schedule, &phase, now),
                 refresh_secret: None,
                 deliver: None,
                 event,
@@ -174,18 +174,18 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
         KeyDecision::Issue(reason) => {
             let cause = DeliveryCause::Issue(reason);
             Plan {
-                status: settle(api_key, status, schedule, &delivering_phase(api_key, &cause), now),
+                status: complete_status(api_key, status, schedule, &delivering_phase(api_key, &cause), now),
                 refresh_secret: None,
                 deliver: Some(cause),
                 event: None,
             }
         }
         KeyDecision::Keep { .. } | KeyDecision::Promote { .. } => {
-            status.previous_keys = schedule::prune_ended(&status.previous_keys, now);
-            let due = schedule::rotation_due(api_key, &status, schedule, now);
+            status.previous_keys = rotation::prune_ended(&status.previous_keys, now);
+            let due = rotation::rotation_due(api_key, &status, schedule, now);
             let deferred = due
                 .as_ref()
-                .and_then(|_| schedule::rotation_deferred_until(&status.previous_keys));
+                .and_then(|_| rotation::rotation_deferred_until(&status.previous_keys));
             let (phase, deliver) = match (due, deferred) {
                 (Some(_), Some(until)) => (deferred_phase(status.previous_keys.len(), until), None),
                 (Some(cause), None) => {
@@ -194,7 +194,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 }
                 (None, _) => (ready_phase(api_key), None),
             };
-            let status = settle(api_key, status, schedule, &phase, now);
+            let status = complete_status(api_key, status, schedule, &phase, now);
             // A delivery rewrites the whole Secret anyway.
             let refresh_secret = match (&deliver, held) {
                 (None, Some(key)) => stamp_for(&status, &key.sha256_hex()).map(|s| (key.clone(), s)),

@@ -74,7 +74,7 @@ pub fn stamp_for(status: &ApiKeyStatus, sha256: &str) -> Option<SecretStamp> {
     status.current_key.as_ref().filter(|c| c.sha256 == sha256)?;
     Some(SecretStamp {
         revision: delivered_count(status),
-        rotated_at: schedule::last_rotated_at(status)?,
+        rotated_at: rotation::last_rotated_at(status)?,
     })
 }
 
@@ -111,7 +111,7 @@ pub fn observe_secret(api_key: &ApiKey, secret: Option<&Secret>, field_manager: 
 }
 
 /// Decides what to do, from the status and the Secret.
-pub fn decide(status: Option<&ApiKeyStatus>, observation: &SecretObservation) -> KeyDecision {
+pub fn key_decision(status: Option<&ApiKeyStatus>, observation: &SecretObservation) -> KeyDecision {
     let current = status.and_then(|s| s.current_key.as_ref());
     let pending = status.and_then(|s| s.pending_key.as_ref());
     match observation {

@@ -46,7 +46,7 @@ pub fn deferred_phase(in_grace: usize, until: Timestamp) -> Phase {
         format!(
             "a rotation is due, but {in_grace} replaced keys are still in their grace period \
              (latchkey keeps at most {}); it runs when the first of them ends, at {}",
-            schedule::MAX_PREVIOUS_KEYS,
+            rotation::MAX_PREVIOUS_KEYS,
             rfc3339(until)
         ),
     )

@@ -121,7 +121,7 @@ fn first_reconcile_issues_a_key() {
     let obs = observe_secret(&ak, None, MANAGER);
     assert_eq!(obs, SecretObservation::Missing);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Issue(IssueReason::FirstKey)
     );
 }
@@ -133,7 +133,7 @@ fn a_synced_secret_with_the_current_key_is_kept_untouched() {
     let secret = applied(&ak, &key);
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Keep {
             key,
             refresh_metadata: false
@@ -151,7 +151,7 @@ fn a_changed_template_refreshes_metadata_but_keeps_the_key() {
     changed.spec.secret_template.as_mut().unwrap().labels.clear();
     let obs = observe_secret(&changed, Some(&secret), MANAGER);
     assert_eq!(
-        decide(changed.status.as_ref(), &obs),
+        key_decision(changed.status.as_ref(), &obs),
         KeyDecision::Keep {
             key: key.clone(),
             refresh_metadata: true
@@ -167,7 +167,7 @@ fn a_changed_template_refreshes_metadata_but_keeps_the_key() {
         .insert("team".into(), "other".into());
     let obs = observe_secret(&ak, Some(&edited), MANAGER);
     assert!(matches!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Keep {
             refresh_metadata: true,
             ..
@@ -183,7 +183,7 @@ fn a_changed_template_refreshes_metadata_but_keeps_the_key() {
         .insert("other".into(), "x".into());
     let obs = observe_secret(&ak, Some(&extra), MANAGER);
     assert!(matches!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Keep {
             refresh_metadata: false,
             ..
@@ -197,7 +197,7 @@ fn a_deleted_secret_gets_a_new_key() {
     let ak = with_status(api_key(), Some(&key), None);
     let obs = observe_secret(&ak, None, MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Issue(IssueReason::SecretMissing)
     );
 }
@@ -214,7 +214,7 @@ fn a_key_changed_by_someone_else_is_replaced() {
     );
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Issue(IssueReason::KeyMismatch)
     );
     // Garbage instead of a key: same.
@@ -225,7 +225,7 @@ fn a_key_changed_by_someone_else_is_replaced() {
         .insert(SECRET_DATA_KEY.into(), ByteString(b"hunter2".to_vec()));
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Issue(IssueReason::KeyMismatch)
     );
 }
@@ -237,7 +237,7 @@ fn a_foreign_secret_is_a_conflict() {
     secret.metadata.owner_references = None;
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert_eq!(obs, SecretObservation::Foreign);
-    assert_eq!(decide(None, &obs), KeyDecision::Conflict);
+    assert_eq!(key_decision(None, &obs), KeyDecision::Conflict);
     // Owned by another ApiKey of the same name (a deleted and re-created one).
     let mut other = applied(&ak, &ApiKeyValue::generate());
     other.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-old".into();
@@ -256,7 +256,7 @@ fn crash_after_status_before_secret_drops_the_pending_key() {
     let secret = applied(&ak, &current);
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Keep {
             key: current,
             refresh_metadata: false
@@ -272,7 +272,7 @@ fn crash_after_secret_before_status_promotes_the_pending_key() {
     let secret = applied(&ak, &pending);
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Promote {
             key: pending,
             refresh_metadata: false
@@ -287,13 +287,13 @@ fn first_key_crash_between_writes_is_promoted_too() {
     let secret = applied(&ak, &pending);
     let obs = observe_secret(&ak, Some(&secret), MANAGER);
     assert!(matches!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Promote { .. }
     ));
     // And if the Secret never got it, a new first key is issued.
     let obs = observe_secret(&ak, None, MANAGER);
     assert_eq!(
-        decide(ak.status.as_ref(), &obs),
+        key_decision(ak.status.as_ref(), &obs),
         KeyDecision::Issue(IssueReason::FirstKey)
     );
 }
@@ -377,7 +377,7 @@ impl World {
 
     /// The invariant: the Secret's key is valid per status (unless revoked/expired).
     fn check(&self, now: Timestamp) {
-        if schedule::terminal(&self.ak, now).is_some() {
+        if rotation::terminal(&self.ak, now).is_some() {
             return;
         }
         if let Some(key) = self.secret_key() {
@@ -438,7 +438,7 @@ impl World {
 
     fn request(&mut self, value: &str) {
         self.ak.metadata.annotations =
-            Some([(schedule::ROTATE_ANNOTATION.to_owned(), value.to_owned())].into());
+            Some([(rotation::ROTATE_ANNOTATION.to_owned(), value.to_owned())].into());
     }
 
     fn previous_ids(&self) -> Vec<String> {
@@ -491,8 +491,8 @@ fn scheduled_rotation_keeps_the_old_key_in_grace_then_drops_it() {
     // During grace the old key is valid; at validUntil it is not, and it is pruned.
     assert!(crate::validity::is_valid_hash(&w.ak, &first.sha256, t(H + 599)));
     assert!(!crate::validity::is_valid_hash(&w.ak, &first.sha256, t(H + 600)));
-    let wait = schedule::requeue_after(
-        schedule::next_deadline(&w.ak, w.status(), &Schedule::of(&w.ak.spec).unwrap(), t(H)),
+    let wait = rotation::requeue_after(
+        rotation::next_deadline(&w.ak, w.status(), &Schedule::of(&w.ak.spec).unwrap(), t(H)),
         t(H),
     );
     assert_eq!(
@@ -633,8 +633,8 @@ fn a_clock_going_backwards_causes_no_rotation_and_no_write() {
     for back in [t(H - 1), t(0), t(-100 * H)] {
         assert!(!w.reconcile(back, Crash::Never), "wrote at {back}");
         let s = Schedule::of(&w.ak.spec).unwrap();
-        let wait = schedule::requeue_after(schedule::next_deadline(&w.ak, w.status(), &s, back), back);
-        assert!(wait >= schedule::MIN_REQUEUE && wait <= super::super::RESYNC);
+        let wait = rotation::requeue_after(rotation::next_deadline(&w.ak, w.status(), &s, back), back);
+        assert!(wait >= rotation::MIN_REQUEUE && wait <= super::super::RESYNC);
     }
     assert_eq!(w.status().revision, Some(2));
 }
@@ -643,11 +643,11 @@ fn a_clock_going_backwards_causes_no_rotation_and_no_write() {
 fn a_full_previous_list_defers_the_rotation_until_a_grace_ends() {
     let mut w = World::new(Some(("24h", Some("1h"))));
     w.reconcile(t(0), Crash::Never);
-    for i in 0..schedule::MAX_PREVIOUS_KEYS as i64 {
+    for i in 0..rotation::MAX_PREVIOUS_KEYS as i64 {
         w.request(&format!("r{i}"));
         assert!(w.reconcile(t(10 + i), Crash::Never));
     }
-    assert_eq!(w.status().previous_keys.len(), schedule::MAX_PREVIOUS_KEYS);
+    assert_eq!(w.status().previous_keys.len(), rotation::MAX_PREVIOUS_KEYS);
     let revision = w.status().revision;
     w.request("one-too-many");
     assert!(w.reconcile(t(100), Crash::Never));
@@ -668,7 +668,7 @@ fn a_full_previous_list_defers_the_rotation_until_a_grace_ends() {
     assert!(w.reconcile(t(10 + H), Crash::Never));
     assert_eq!(w.status().revision, revision.map(|r| r + 1));
     assert_eq!(w.status().last_rotate_request.as_deref(), Some("one-too-many"));
-    assert_eq!(w.status().previous_keys.len(), schedule::MAX_PREVIOUS_KEYS);
+    assert_eq!(w.status().previous_keys.len(), rotation::MAX_PREVIOUS_KEYS);
 }
 
 #[test]

@@ -271,7 +271,7 @@ pub fn plan(
         phase,
         jwks,
         events,
-        requeue: crate::controller::schedule::requeue_after(deadline, now),
+        requeue: crate::controller::rotation::requeue_after(deadline, now),
     })
 }
 

@@ -61,7 +61,7 @@ use {crate::token::issuer::issuer_conflicts, feed::secret_keys};
 
 use super::AppState;
 use super::decision::{self, Decision, Identity, Invalid, Requirement};
-use super::index::{Index, KeyId, Owner};
+use super::index::{Index, IndexedApiKey, KeyId};
 use super::token_cache::{self, ByteCache, Lookup};
 use crate::crd::{SigningKeyRecord, TokenPolicy};
 use crate::key;
@@ -129,7 +129,7 @@ impl PolicyEntry {
     }
 
     /// Whether the ApiKey of `owner` may exchange its key under this policy.
-    pub fn admits(&self, owner: &Owner) -> bool {
+    pub fn admits(&self, owner: &IndexedApiKey) -> bool {
         owner.namespace() == self.namespace
             && (owner.token_policy.as_deref() == Some(self.name.as_str())
                 || self

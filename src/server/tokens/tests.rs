@@ -488,7 +488,7 @@ fn a_rate_limited_keys_tokens_take_from_its_bucket_and_are_never_cached() {
         decide_at(&state, &other, ""),
         Decision::RateLimited { limit: 1, .. }
     ));
-    let by_key = decision::decide(
+    let by_key = decision::decide_key_request(
         Some(api_key.expose()),
         &Requirement::default(),
         &state.index,
