@@ -146,7 +146,15 @@ pub struct Rebuild {
 impl Rebuild {
     pub fn apply(&mut self, api_key: &ApiKey, previous: Option<&Index>) {
         if let Some(p) = previous {
-            self.inner.grants = p.grants();
+            let grants = p.grants();
+            // Grants that changed in the middle of a list re-compute what
+            // this rebuild holds already: [`Index::replace`] compares only
+            // the last grants, so an ApiKey computed under older ones would
+            // otherwise keep claims the grants in force do not give.
+            if !Arc::ptr_eq(&grants, &self.inner.grants) {
+                self.inner.grants = grants;
+                regrant_all(&mut self.inner);
+            }
         }
         let usage = previous.and_then(|p| p.usage_of(api_key));
         upsert(&mut self.inner, api_key, usage);
@@ -456,32 +464,8 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ApiKeySpec, ApiKeyStatus, KeyRecord};
+    use crate::fixtures::api_key_with;
     use crate::key::ApiKeyValue;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    pub fn api_key_with(name: &str, keys: &[(&ApiKeyValue, Option<Timestamp>)]) -> ApiKey {
-        let mut ak = ApiKey::new(
-            name,
-            ApiKeySpec {
-                scopes: vec!["orders:read".into(), "orders:write".into()],
-                ..Default::default()
-            },
-        );
-        ak.metadata.namespace = Some("shop".into());
-        let mut records = keys.iter().map(|(k, until)| KeyRecord {
-            id: k.key_id().into(),
-            sha256: k.sha256_hex(),
-            issued_at: Time(Timestamp::UNIX_EPOCH),
-            valid_until: until.map(Time),
-        });
-        ak.status = Some(ApiKeyStatus {
-            current_key: records.next(),
-            previous_keys: records.collect(),
-            ..Default::default()
-        });
-        ak
-    }
 
     fn id(k: &ApiKeyValue) -> KeyId {
         KeyId::try_from(k.key_id().as_bytes()).unwrap()
@@ -578,6 +562,29 @@ mod tests {
         index.apply(&ak);
         assert_eq!(lookup().scopes_header, "orders:write");
         assert_eq!(index.namespace_of(&id(&a)).as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn grants_that_arrive_in_the_middle_of_a_list_reach_the_api_keys_listed_before_them() {
+        // The CI failure of stop 21: a strict server whose first list of
+        // grants arrived while the ApiKeys were being listed honoured the
+        // keys listed before it with every claim of their spec.
+        let index = Index::default();
+        index.await_grants();
+        let (a, b) = (ApiKeyValue::generate(), ApiKeyValue::generate());
+        let mut rebuild = Rebuild::default();
+        rebuild.apply(&api_key_with("before", &[(&a, None)]), Some(&index));
+        index.set_grants(Arc::new(Grants::new(Vec::new(), true)));
+        rebuild.apply(&api_key_with("after", &[(&b, None)]), Some(&index));
+        index.replace(rebuild);
+        assert!(index.is_synced());
+        for k in [&a, &b] {
+            assert_eq!(
+                index.find(&id(k), &hash(k)).unwrap().owner.scopes_header,
+                "",
+                "strict mode without a grant: no scope"
+            );
+        }
     }
 
     #[test]

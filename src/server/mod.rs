@@ -319,8 +319,12 @@ pub async fn run(
     let listener = listener::bind(options.http_addr)
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", options.http_addr)))?;
     let limits = options.limits;
+    // The bound address (the requested one, or the port the kernel chose for
+    // port 0); logged only once bound, so a supervisor that waits for this
+    // line knows the port is this process's.
+    let bound = listener.local_addr().unwrap_or(options.http_addr);
     tracing::info!(
-        addr = %options.http_addr,
+        addr = %bound,
         max_connections = limits.hygiene.max_connections,
         header_read_timeout_s = limits.hygiene.header_read_timeout.as_secs_f64(),
         idle_timeout_s = limits.hygiene.idle_timeout.as_secs_f64(),
