@@ -403,49 +403,61 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
     controller::run_elected(ctx, options, lease).await
 }
 
+/// What `serve` and `run` both start: the client, the auth server's and
+/// the webhook's options.
+struct Serving {
+    client: kube::Client,
+    server: server::Options,
+    webhook: Option<crate::webhook::Options>,
+}
+
+impl Serving {
+    async fn new(kube: &KubeArgs, server_args: &ServerArgs, webhook: &WebhookArgs) -> Result<Self, Error> {
+        telemetry::init(kube.log_json);
+        let client = crate::client::from_kubeconfig(kube.kubeconfig.as_deref()).await?;
+        let webhook = webhook.options(&client, kube.watch_namespace.clone(), server_args.require_grants)?;
+        let server = server_args.options(kube.watch_namespace.clone(), kube.issuer_base_url.clone());
+        Ok(Self {
+            client,
+            server,
+            webhook,
+        })
+    }
+
+    /// The auth server and the webhook until SIGTERM/SIGINT; either failing
+    /// stops both.
+    async fn run(self) -> Result<(), Error> {
+        tokio::try_join!(
+            server::run(
+                self.client.clone(),
+                Arc::new(SystemClock),
+                self.server,
+                server::shutdown_signal()
+            ),
+            run_webhook(self.client, self.webhook),
+        )?;
+        Ok(())
+    }
+}
+
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
-    telemetry::init(args.kube.log_json);
-    let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let webhook = args.webhook.options(
-        &client,
-        args.kube.watch_namespace.clone(),
-        args.server.require_grants,
-    )?;
-    let options = args
-        .server
-        .options(args.kube.watch_namespace, args.kube.issuer_base_url);
-    tokio::try_join!(
-        server::run(
-            client.clone(),
-            Arc::new(SystemClock),
-            options,
-            server::shutdown_signal()
-        ),
-        run_webhook(client, webhook),
-    )?;
-    Ok(())
+    Serving::new(&args.kube, &args.server, &args.webhook)
+        .await?
+        .run()
+        .await
 }
 
 async fn run_both(args: RunArgs) -> Result<(), Error> {
-    telemetry::init(args.kube.log_json);
-    let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
-    let webhook = args.webhook.options(
-        &client,
-        args.kube.watch_namespace.clone(),
-        args.server.require_grants,
-    )?;
-    let options = args
-        .server
-        .options(args.kube.watch_namespace.clone(), args.kube.issuer_base_url);
+    let mut serving = Serving::new(&args.kube, &args.server, &args.webhook).await?;
     let (ctx, controller_options) = args.reconcile.context(
-        client.clone(),
+        serving.client.clone(),
         args.kube.watch_namespace,
-        options.issuer_base_url.clone(),
+        serving.server.issuer_base_url.clone(),
     );
     let lease = args.reconcile.lease(&ctx.client, &controller_options);
     // Only the leader writes the webhook configuration's caBundle.
     let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let webhook = webhook.map(|w| crate::webhook::Options {
+    serving.webhook = serving.webhook.map(|w| crate::webhook::Options {
         leading: Some(leading.clone()),
         ..w
     });
@@ -453,13 +465,7 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
     // server serves on every replica, the controllers run on the leader.
     tokio::try_join!(
         controller::run_elected_with(ctx, controller_options, lease, leading),
-        server::run(
-            client.clone(),
-            Arc::new(SystemClock),
-            options,
-            server::shutdown_signal()
-        ),
-        run_webhook(client, webhook),
+        serving.run(),
     )?;
     Ok(())
 }

@@ -16,6 +16,17 @@ pub fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
 
+/// A key record `id` (hash `hash-<id>`, issued at `t(0)`) valid until
+/// `t(valid_until)`, or without end.
+pub fn record(id: &str, valid_until: Option<i64>) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        sha256: format!("hash-{id}"),
+        issued_at: Time(t(0)),
+        valid_until: valid_until.map(|s| Time(t(s))),
+    }
+}
+
 /// An ApiKey `shop/<name>` with the scopes `orders:read orders:write` whose
 /// status lists `keys` (the first as current, the rest as previous, each
 /// with its end of validity).

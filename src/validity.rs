@@ -66,17 +66,8 @@ pub fn is_valid_hash(api_key: &ApiKey, sha256_hex: &str, now: Timestamp) -> bool
 mod tests {
     use super::*;
     use crate::crd::{ApiKeySpec, ApiKeyStatus};
-    use crate::fixtures::t;
+    use crate::fixtures::{record, t};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn record(id: &str, valid_until: Option<i64>) -> KeyRecord {
-        KeyRecord {
-            id: id.into(),
-            sha256: format!("hash-{id}"),
-            issued_at: Time(t(0)),
-            valid_until: valid_until.map(|s| Time(t(s))),
-        }
-    }
 
     fn api_key() -> ApiKey {
         let mut ak = ApiKey::new("k", ApiKeySpec::default());

@@ -8,7 +8,7 @@ use super::rotation::{self, Schedule};
 use super::{Context, FIELD_MANAGER, RESYNC};
 use crate::conditions::Phase;
 use crate::crd::{ApiKey, ApiKeyStatus, TokenPolicy};
-use crate::error::{Error, KubeResultExt, Result};
+use crate::error::{KubeResultExt, Result};
 use crate::key::ApiKeyValue;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -20,24 +20,11 @@ use std::sync::Arc;
 /// match, it makes no write at all.
 #[tracing::instrument(skip_all, fields(namespace = api_key.namespace(), name = api_key.name_any()))]
 pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action> {
-    let namespace = api_key.namespace().ok_or(Error::MissingObjectKey {
-        kind: "ApiKey",
-        field: "namespace",
-    })?;
-    let name = api_key.name_any();
-    let api_keys: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-
-    // Decide from fresh reads, never from the watch cache: a cache that has
-    // not yet seen our last status write would mistake the key we just
-    // delivered for a foreign one.
-    let Some(api_key) = api_keys.get_opt(&name).await.during("reading the ApiKey")? else {
+    let Some((namespace, api_key)) = super::apply::fetch_fresh(&*api_key, &ctx.client).await? else {
         return Ok(Action::await_change());
     };
-    if api_key.metadata.deletion_timestamp.is_some() {
-        // The garbage collector removes the Secret through its owner reference.
-        return Ok(Action::await_change());
-    }
+    let api_keys: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret = secrets
         .get_opt(&api_key.secret_name())
         .await

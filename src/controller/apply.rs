@@ -3,8 +3,9 @@
 //! owned child, and Events (best effort, key ids only, never a key).
 
 use super::Context;
+use super::failure::Reconciled;
 use super::plan::PlannedEvent;
-use crate::error::{KubeResultExt, Result};
+use crate::error::{Error, KubeResultExt, Result};
 use crate::meta::FIELD_MANAGER;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,6 +30,27 @@ where
         owner_references: owner.controller_owner_ref(&()).map(|o| vec![o]),
         ..Default::default()
     }
+}
+
+/// The fetch step of either reconcile: the object's namespace and a fresh
+/// read of it, never the watch cache (a cache that has not yet seen our
+/// last status write would mistake the key we just delivered for a foreign
+/// one); `None` when it is gone or being deleted (the garbage collector
+/// removes its children through their owner references).
+pub async fn fetch_fresh<K: Reconciled>(watched: &K, client: &kube::Client) -> Result<Option<(String, K)>> {
+    let namespace = watched.meta().namespace.clone().ok_or(Error::MissingObjectKey {
+        kind: K::KIND,
+        field: "namespace",
+    })?;
+    let name = watched.meta().name.clone().ok_or(Error::MissingObjectKey {
+        kind: K::KIND,
+        field: "name",
+    })?;
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let fresh = api.get_opt(&name).await.during(K::READ_ACTION)?;
+    Ok(fresh
+        .filter(|object| object.meta().deletion_timestamp.is_none())
+        .map(|object| (namespace, object)))
 }
 
 /// Server-Side Apply of a whole object (forced: latchkey owns what it writes).

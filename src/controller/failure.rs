@@ -20,6 +20,10 @@ pub trait Reconciled:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Debug + DeserializeOwned
 {
     type Status: Serialize + Clone + PartialEq + Default;
+    /// The kind's name in errors and messages.
+    const KIND: &'static str;
+    /// What the fresh read is called in errors.
+    const READ_ACTION: &'static str;
     /// What the status write is called in errors.
     const STATUS_ACTION: &'static str;
     fn status(&self) -> Option<&Self::Status>;
@@ -33,6 +37,8 @@ pub trait Reconciled:
 
 impl Reconciled for ApiKey {
     type Status = ApiKeyStatus;
+    const KIND: &'static str = "ApiKey";
+    const READ_ACTION: &'static str = "reading the ApiKey";
     const STATUS_ACTION: &'static str = "writing the ApiKey status";
     fn status(&self) -> Option<&ApiKeyStatus> {
         self.status.as_ref()
@@ -49,6 +55,8 @@ impl Reconciled for ApiKey {
 
 impl Reconciled for TokenPolicy {
     type Status = TokenPolicyStatus;
+    const KIND: &'static str = "TokenPolicy";
+    const READ_ACTION: &'static str = "reading the TokenPolicy";
     const STATUS_ACTION: &'static str = "writing the TokenPolicy status";
     fn status(&self) -> Option<&TokenPolicyStatus> {
         self.status.as_ref()

@@ -192,6 +192,33 @@ pub async fn run_elected_with(
     .await
 }
 
+/// The `Api`s of a reconciled kind `K` and of a kind `C` of its children,
+/// in `namespace` or in all, once one list of `K` succeeded: a missing CRD
+/// or a missing right is a clear error at startup (`action` names the
+/// right), not a watch that retries forever.
+async fn watched_apis<K, C>(
+    client: &Client,
+    namespace: Option<&str>,
+    action: &'static str,
+) -> Result<(Api<K>, Api<C>)>
+where
+    K: failure::Reconciled,
+    C: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let (watched, children) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    watched
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| Error::at_startup(K::KIND, action, e))?;
+    Ok((watched, children))
+}
+
 /// Runs the ApiKey and TokenPolicy controllers until SIGTERM or SIGINT.
 pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
     run_until(ctx, options, None).await
@@ -202,15 +229,8 @@ pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
 pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shutdown>) -> Result<()> {
     let stop = |c| with_shutdown(c, &shutdown);
     let stop_policies = |c| with_shutdown(c, &shutdown);
-    let client = ctx.client.clone();
-    let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) = match &options.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
-    api_keys
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| Error::at_startup("ApiKey", "list ApiKeys", e))?;
+    let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) =
+        watched_apis(&ctx.client, options.namespace.as_deref(), "list ApiKeys").await?;
 
     // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
     let managed = format!(
@@ -267,15 +287,8 @@ pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shu
     });
 
     // TokenPolicies: their signing-key Secrets and JWKS ConfigMaps.
-    let client = ctx.client.clone();
-    let (policies, config_maps): (Api<TokenPolicy>, Api<ConfigMap>) = match &options.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
-    policies
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| Error::at_startup("TokenPolicy", "list TokenPolicies", e))?;
+    let (policies, config_maps): (Api<TokenPolicy>, Api<ConfigMap>) =
+        watched_apis(&ctx.client, options.namespace.as_deref(), "list TokenPolicies").await?;
     let owned = watcher::Config::default()
         .labels(crate::meta::TOKEN_POLICY_LABEL)
         .any_semantic();

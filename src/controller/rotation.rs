@@ -224,7 +224,7 @@ pub fn requeue_after(deadline: Option<Timestamp>, now: Timestamp) -> Duration {
 mod tests {
     use super::*;
     use crate::crd::Rotation;
-    use crate::fixtures::t;
+    use crate::fixtures::{record, t};
 
     fn rotation(interval: &str, grace: Option<&str>) -> ApiKeySpec {
         ApiKeySpec {
@@ -233,15 +233,6 @@ mod tests {
                 grace_period: grace.map(Into::into),
             }),
             ..Default::default()
-        }
-    }
-
-    fn record(id: &str, valid_until: Option<i64>) -> KeyRecord {
-        KeyRecord {
-            id: id.into(),
-            sha256: format!("hash-{id}"),
-            issued_at: Time(t(0)),
-            valid_until: valid_until.map(|s| Time(t(s))),
         }
     }
 

@@ -35,23 +35,12 @@ pub use plan::{ISSUER_CONFLICT, PrivateKeys, read_private_keys};
 /// Idempotent: a resync with nothing due makes no write.
 #[tracing::instrument(skip_all, fields(namespace = policy.namespace(), name = policy.name_any()))]
 pub async fn reconcile(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let namespace = policy.namespace().ok_or(Error::MissingObjectKey {
-        kind: "TokenPolicy",
-        field: "namespace",
-    })?;
-    let name = policy.name_any();
+    let Some((namespace, policy)) = super::apply::fetch_fresh(&*policy, &ctx.client).await? else {
+        return Ok(Action::await_change());
+    };
     let policies: Api<TokenPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-
-    // Fetch: fresh reads (a watch cache that missed our last write would
-    // mistake our own keys for someone else's).
-    let Some(policy) = policies.get_opt(&name).await.during("reading the TokenPolicy")? else {
-        return Ok(Action::await_change());
-    };
-    if policy.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let secret_name = policy.signing_secret_name();
     let secret = secrets
         .get_opt(&secret_name)
