@@ -14,6 +14,7 @@
 // Several `printcolumn(...)` entries look like duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+use super::rules;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +45,7 @@ pub struct CredentialGrantSpec {
     /// `team-a-*`, `*`). 1–64 entries.
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 64)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$|^[-a-z0-9]*[*]$'))")
+    #[x_kube(validation = Rule::new(rules::NAMESPACE_PATTERN_ENTRIES)
         .message("every entry of spec.namespaces must be a namespace name, or a prefix of one followed by '*' (team-a-*), or '*'"))]
     pub namespaces: Vec<String>,
 
@@ -66,8 +67,7 @@ pub struct CredentialGrantSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[!-~]+$'))")
-        .message("every entry of spec.audiences must be printable ASCII without spaces"))]
+    #[x_kube(validation = Rule::new(rules::PRINTABLE_ENTRIES).message(rules::PRINTABLE_AUDIENCES_MESSAGE))]
     pub audiences: Vec<String>,
 
     /// Custom subjects (ApiKey `spec.subject`) the selected namespaces may
@@ -87,7 +87,7 @@ pub struct CredentialGrantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$|^[-a-z0-9]*[*]$'))")
+    #[x_kube(validation = Rule::new(rules::NAMESPACE_PATTERN_ENTRIES)
         .message("every entry of spec.introspectNamespaces must be a namespace name, or a prefix of one followed by '*', or '*'"))]
     pub introspect_namespaces: Option<Vec<String>>,
 }

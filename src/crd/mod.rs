@@ -3,6 +3,7 @@
 
 mod api_key;
 mod credential_grant;
+mod rules;
 mod token_policy;
 
 pub use api_key::{

@@ -10,6 +10,7 @@
 // Several `printcolumn(...)` entries look like duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+use super::rules;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -76,8 +77,7 @@ pub struct TokenPolicySpec {
     /// some of them (default: all). 1–16 entries, no duplicates.
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[!-~]+$'))")
-        .message("every entry of spec.audiences must be printable ASCII without spaces"))]
+    #[x_kube(validation = Rule::new(rules::PRINTABLE_ENTRIES).message(rules::PRINTABLE_AUDIENCES_MESSAGE))]
     pub audiences: Vec<String>,
 
     /// Signature algorithm of the signing keys: `ES256` (default), `EdDSA`
@@ -115,7 +115,7 @@ pub struct TokenPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[A-Za-z0-9][A-Za-z0-9._:/*-]*$'))")
+    #[x_kube(validation = Rule::new(rules::SCOPE_ENTRIES)
         .message("every entry of spec.allowedScopes must start with a letter or digit and contain only letters, digits and . _ : / * - (no spaces)"))]
     pub allowed_scopes: Vec<String>,
 
