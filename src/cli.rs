@@ -400,7 +400,7 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
         .unwrap_or_else(|| controller::DEFAULT_ISSUER_BASE_URL.into());
     let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace, base);
     let lease = args.reconcile.lease(&ctx.client, &options);
-    controller::run_elected(ctx, options, lease).await
+    controller::run(ctx, options, lease, Arc::default()).await
 }
 
 /// What `serve` and `run` both start: the client, the auth server's and
@@ -464,7 +464,7 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
     // Both stop on SIGTERM/SIGINT; either failing stops the process. The
     // server serves on every replica, the controllers run on the leader.
     tokio::try_join!(
-        controller::run_elected_with(ctx, controller_options, lease, leading),
+        controller::run(ctx, controller_options, lease, leading),
         serving.run(),
     )?;
     Ok(())

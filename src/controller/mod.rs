@@ -133,16 +133,6 @@ pub struct Options {
     pub concurrency: u16,
 }
 
-/// Runs the controllers until SIGTERM or SIGINT: with a Lease, only while
-/// this process holds it (see [`leader`]); without one, all the time.
-pub async fn run_elected(
-    ctx: Arc<Context>,
-    options: Options,
-    lease: Option<leader::LeaseConfig>,
-) -> Result<()> {
-    run_elected_with(ctx, options, lease, Arc::default()).await
-}
-
 /// Sets the flag while alive, clears it when dropped (the leader's work is
 /// dropped mid-flight when the Lease is lost).
 struct Leading(Arc<std::sync::atomic::AtomicBool>);
@@ -160,10 +150,12 @@ impl Drop for Leading {
     }
 }
 
-/// [`run_elected`], with `leading` true exactly while this process runs the
+/// Runs the ApiKey and TokenPolicy controllers until SIGTERM or SIGINT:
+/// with a Lease, only while this process holds it (see [`leader`]); without
+/// one, all the time. `leading` is true exactly while this process runs the
 /// controllers (other leader-only work, such as writing the webhook's
 /// caBundle, reads it).
-pub async fn run_elected_with(
+pub async fn run(
     ctx: Arc<Context>,
     options: Options,
     lease: Option<leader::LeaseConfig>,
@@ -172,7 +164,7 @@ pub async fn run_elected_with(
     let Some(lease) = lease else {
         tracing::warn!("leader election is off: run only one latchkey controller");
         let _leading = Leading::new(leading);
-        return run(ctx, options).await;
+        return run_controllers(ctx, options, None).await;
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -182,7 +174,7 @@ pub async fn run_elected_with(
     });
     let client = ctx.client.clone();
     leader::run(client, lease, shutdown, |trigger| {
-        let work = run_until(ctx.clone(), options.clone(), Some(trigger));
+        let work = run_controllers(ctx.clone(), options.clone(), Some(trigger));
         let leading = leading.clone();
         async move {
             let _leading = Leading::new(leading);
@@ -219,14 +211,9 @@ where
     Ok((watched, children))
 }
 
-/// Runs the ApiKey and TokenPolicy controllers until SIGTERM or SIGINT.
-pub async fn run(ctx: Arc<Context>, options: Options) -> Result<()> {
-    run_until(ctx, options, None).await
-}
-
-/// Runs the ApiKey and TokenPolicy controllers until `shutdown` completes
-/// (then in-flight reconciles finish), or, without one, until SIGTERM or SIGINT.
-pub async fn run_until(ctx: Arc<Context>, options: Options, shutdown: Option<Shutdown>) -> Result<()> {
+/// The ApiKey and TokenPolicy controllers, until `shutdown` completes (then
+/// in-flight reconciles finish), or, without one, until SIGTERM or SIGINT.
+async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<Shutdown>) -> Result<()> {
     let stop = |c| with_shutdown(c, &shutdown);
     let stop_policies = |c| with_shutdown(c, &shutdown);
     let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) =

@@ -115,14 +115,14 @@ impl Usage {
 }
 
 /// `<namespace>/<name>` of an ApiKey.
-type ObjectKey = Box<str>;
+type NamespacedName = Box<str>;
 
 #[derive(Default)]
 struct Inner {
     /// Usually one entry per id; a Vec only for the (71-bit random, so
     /// practically impossible) case of two keys with the same id.
     by_key_id: HashMap<KeyId, Vec<KeyEntry>>,
-    by_object: HashMap<ObjectKey, (Arc<IndexedApiKey>, Box<[KeyId]>)>,
+    by_object: HashMap<NamespacedName, (Arc<IndexedApiKey>, Box<[KeyId]>)>,
     /// The CredentialGrants every IndexedApiKey was computed with.
     grants: Arc<Grants>,
 }
@@ -232,7 +232,7 @@ impl Index {
     /// A deleted ApiKey.
     pub fn delete(&self, api_key: &ApiKey) {
         let mut inner = self.inner.write().expect("index lock");
-        remove(&mut inner, &object_key(api_key));
+        remove(&mut inner, &namespaced_name(api_key));
     }
 
     /// The key listed under `key_id` whose hash is `sha256`, compared in
@@ -330,12 +330,12 @@ impl Index {
 
     fn usage_of(&self, api_key: &ApiKey) -> Option<Arc<Usage>> {
         let inner = self.inner.read().expect("index lock");
-        let (owner, _) = inner.by_object.get(&object_key(api_key))?;
+        let (owner, _) = inner.by_object.get(&namespaced_name(api_key))?;
         Some(owner.usage.clone())
     }
 }
 
-fn object_key(api_key: &ApiKey) -> ObjectKey {
+fn namespaced_name(api_key: &ApiKey) -> NamespacedName {
     format!(
         "{}/{}",
         api_key.metadata.namespace.as_deref().unwrap_or_default(),
@@ -344,8 +344,8 @@ fn object_key(api_key: &ApiKey) -> ObjectKey {
     .into()
 }
 
-fn remove(inner: &mut Inner, key: &ObjectKey) {
-    let Some((owner, ids)) = inner.by_object.remove(key) else {
+fn remove(inner: &mut Inner, name: &NamespacedName) {
+    let Some((owner, ids)) = inner.by_object.remove(name) else {
         return;
     };
     for id in ids {
@@ -390,8 +390,8 @@ fn swap_owners(inner: &mut Inner, mut fresh: impl FnMut(&Arc<IndexedApiKey>) -> 
 }
 
 fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
-    let key = object_key(api_key);
-    remove(inner, &key);
+    let name_in_index = namespaced_name(api_key);
+    remove(inner, &name_in_index);
     let rate_limit = api_key.spec.rate_limit.clone();
     let usage = match usage {
         Some(u) if u.rate_limit == rate_limit => u,
@@ -458,7 +458,7 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
             });
         ids.push(id);
     }
-    inner.by_object.insert(key, (owner, ids.into_boxed_slice()));
+    inner.by_object.insert(name_in_index, (owner, ids.into_boxed_slice()));
 }
 
 #[cfg(test)]
