@@ -458,7 +458,9 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
             });
         ids.push(id);
     }
-    inner.by_object.insert(name_in_index, (owner, ids.into_boxed_slice()));
+    inner
+        .by_object
+        .insert(name_in_index, (owner, ids.into_boxed_slice()));
 }
 
 #[cfg(test)]

@@ -164,7 +164,6 @@ mod tests {
     use crate::server::{Options, metrics::Metrics};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
-    use std::time::Duration;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -199,17 +198,7 @@ mod tests {
             index: Arc::new(index),
             tokens: Arc::default(),
             clock: Arc::new(ManualClock::new(t(0))),
-            options: Options {
-                http_addr: "127.0.0.1:0".parse().unwrap(),
-                namespace: None,
-                api_key_header: None,
-                decision_cache_seconds: 1,
-                last_used_flush: Duration::from_secs(60),
-                issuer_base_url: "http://127.0.0.1:0".into(),
-                claim_headers: Vec::new(),
-                limits: Default::default(),
-                require_grants: false,
-            },
+            options: Options::for_tests("http://127.0.0.1:0"),
             metrics: Metrics::new(),
         }
     }

@@ -78,6 +78,24 @@ pub struct Options {
     pub limits: Limits,
 }
 
+#[cfg(test)]
+impl Options {
+    /// The defaults of the CLI on loopback, for in-process tests.
+    pub fn for_tests(issuer_base_url: &str) -> Self {
+        Self {
+            http_addr: "127.0.0.1:0".parse().expect("an address"),
+            namespace: None,
+            api_key_header: None,
+            decision_cache_seconds: 1,
+            last_used_flush: Duration::from_secs(60),
+            issuer_base_url: issuer_base_url.into(),
+            claim_headers: Vec::new(),
+            limits: Default::default(),
+            require_grants: false,
+        }
+    }
+}
+
 /// What the server lets one client cost it (see [`listener`], [`guard`],
 /// [`throttle`], [`token_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

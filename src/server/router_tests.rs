@@ -17,7 +17,6 @@ use base64::Engine;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tower::ServiceExt;
 
 const BASE: &str = "http://latchkey.test";
@@ -71,15 +70,8 @@ fn fixture() -> Fixture {
         tokens,
         clock: Arc::new(ManualClock::new(t(0))),
         options: Options {
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            namespace: None,
-            api_key_header: None,
-            decision_cache_seconds: 1,
-            last_used_flush: Duration::from_secs(60),
-            issuer_base_url: BASE.into(),
             claim_headers: vec!["tenant".parse().unwrap()],
-            limits: Default::default(),
-            require_grants: false,
+            ..Options::for_tests(BASE)
         },
         metrics: Metrics::new(),
     });

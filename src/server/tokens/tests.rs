@@ -387,15 +387,9 @@ fn token_state(limit: Option<u32>) -> (super::AppState, Arc<PolicyEntry>, String
             Timestamp::from_second(NOW).unwrap(),
         )),
         options: super::super::Options {
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            namespace: None,
-            api_key_header: None,
             decision_cache_seconds: 5,
-            last_used_flush: std::time::Duration::from_secs(60),
-            issuer_base_url: "http://127.0.0.1:8080".into(),
             claim_headers: vec!["tenant".parse().unwrap()],
-            limits: Default::default(),
-            require_grants: false,
+            ..super::super::Options::for_tests("http://127.0.0.1:8080")
         },
         metrics: super::super::metrics::Metrics::new(),
     };
