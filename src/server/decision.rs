@@ -513,6 +513,17 @@ mod tests {
         ak
     }
 
+    /// A key of an ApiKey limited to 1 request/s with `burst`, indexed.
+    fn rate_limited_key(burst: u32) -> (ApiKeyValue, Index) {
+        let key = ApiKeyValue::generate();
+        let mut ak = api_key(&key, None);
+        ak.spec.rate_limit = Some(RateLimit {
+            requests_per_second: 1,
+            burst: Some(burst),
+        });
+        (key, index_of(&[ak]))
+    }
+
     fn index_of(keys: &[ApiKey]) -> Index {
         let index = Index::default();
         let mut rebuild = Rebuild::default();
@@ -607,13 +618,7 @@ mod tests {
 
     #[test]
     fn a_refused_requirement_takes_nothing_from_the_bucket() {
-        let key = ApiKeyValue::generate();
-        let mut ak = api_key(&key, None);
-        ak.spec.rate_limit = Some(RateLimit {
-            requests_per_second: 1,
-            burst: Some(1),
-        });
-        let index = index_of(&[ak]);
+        let (key, index) = rate_limited_key(1);
         let k = Some(key.expose());
         for q in ["namespace=other", "scope=admin", "issuer=x"] {
             assert!(!matches!(
@@ -633,13 +638,7 @@ mod tests {
 
     #[test]
     fn use_key_meters_and_records_the_use() {
-        let key = ApiKeyValue::generate();
-        let mut ak = api_key(&key, None);
-        ak.spec.rate_limit = Some(RateLimit {
-            requests_per_second: 1,
-            burst: Some(2),
-        });
-        let index = index_of(&[ak]);
+        let (key, index) = rate_limited_key(2);
         let owner = index.owners().pop().unwrap();
         assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), 0);
         assert_eq!(use_key(&owner.usage, t(5)), Ok(()));
@@ -751,13 +750,7 @@ mod tests {
 
     #[test]
     fn over_the_rate_limit_is_429_with_retry_after_and_never_cached() {
-        let key = ApiKeyValue::generate();
-        let mut ak = api_key(&key, None);
-        ak.spec.rate_limit = Some(RateLimit {
-            requests_per_second: 1,
-            burst: Some(2),
-        });
-        let index = index_of(&[ak]);
+        let (key, index) = rate_limited_key(2);
         let k = Some(key.expose());
         for _ in 0..2 {
             let d = decide_key_request(k, &req(""), &index, t(0), 1);
