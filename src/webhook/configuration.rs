@@ -1,7 +1,7 @@
 //! The ValidatingWebhookConfiguration: built whole for out-of-cluster runs
 //! (`--webhook-url`), or only its `caBundle` patched when the chart created
 //! it with a Service reference. Pure builders here; the API calls are in
-//! [`super::sync_configuration`].
+//! [`super::sync`].
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 pub const RESOURCES_WEBHOOK: &str = "resources.latchkey.dev";
 pub const SECRETS_WEBHOOK: &str = "secrets.latchkey.dev";
 
-/// How the configuration looks when latchkey creates it itself.
+/// What latchkey decides of a configuration it creates itself: everything
+/// but the CA, which [`desired`] adds.
 #[derive(Debug, Clone)]
-pub struct Shape {
+pub struct ConfigurationSpec {
     pub name: String,
     /// `https://HOST:PORT/validate`.
     pub url: String,
@@ -30,9 +31,9 @@ pub fn ca_bundle(ca_pem: &str) -> String {
 }
 
 /// The whole configuration (for Server-Side Apply).
-pub fn desired(shape: &Shape, ca_pem: &str) -> Value {
-    let client = json!({"url": shape.url, "caBundle": ca_bundle(ca_pem)});
-    let namespace_selector = match &shape.namespace {
+pub fn desired(spec: &ConfigurationSpec, ca_pem: &str) -> Value {
+    let client = json!({"url": spec.url, "caBundle": ca_bundle(ca_pem)});
+    let namespace_selector = match &spec.namespace {
         Some(ns) => json!({"matchLabels": {"kubernetes.io/metadata.name": ns}}),
         None => json!({}),
     };
@@ -46,14 +47,14 @@ pub fn desired(shape: &Shape, ca_pem: &str) -> Value {
             "objectSelector": object_selector,
             "matchPolicy": "Equivalent",
             "sideEffects": "None",
-            "failurePolicy": shape.failure_policy,
-            "timeoutSeconds": shape.timeout_seconds,
+            "failurePolicy": spec.failure_policy,
+            "timeoutSeconds": spec.timeout_seconds,
         })
     };
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": shape.name, "labels": {"app.kubernetes.io/managed-by": "latchkey-webhook"}},
+        "metadata": {"name": spec.name, "labels": {"app.kubernetes.io/managed-by": "latchkey-webhook"}},
         "webhooks": [
             hook(RESOURCES_WEBHOOK, json!([{
                 "apiGroups": ["latchkey.dev"], "apiVersions": ["*"],
@@ -62,7 +63,7 @@ pub fn desired(shape: &Shape, ca_pem: &str) -> Value {
             }]), json!({})),
             hook(SECRETS_WEBHOOK, json!([{
                 "apiGroups": [""], "apiVersions": ["v1"],
-                "operations": shape.secret_operations,
+                "operations": spec.secret_operations,
                 "resources": ["secrets"], "scope": "Namespaced",
             }]), json!({"matchLabels": {
                 crate::meta::MANAGED_BY_LABEL: crate::meta::MANAGED_BY_VALUE
@@ -90,8 +91,8 @@ pub fn ca_bundle_patch(current: &Value, ca_pem: &str) -> Option<Value> {
 mod tests {
     use super::*;
 
-    fn shape() -> Shape {
-        Shape {
+    fn spec() -> ConfigurationSpec {
+        ConfigurationSpec {
             name: "latchkey-test".into(),
             url: "https://127.0.0.1:9443/validate".into(),
             namespace: Some("team".into()),
@@ -103,7 +104,7 @@ mod tests {
 
     #[test]
     fn the_configuration_has_both_webhooks_limited_to_the_namespace() {
-        let vwc = desired(&shape(), "PEM");
+        let vwc = desired(&spec(), "PEM");
         let hooks = vwc["webhooks"].as_array().unwrap();
         assert_eq!(hooks.len(), 2);
         for hook in hooks {
@@ -124,7 +125,7 @@ mod tests {
 
     #[test]
     fn the_ca_bundle_patch_touches_only_stale_webhooks() {
-        let mut vwc = desired(&shape(), "OLD");
+        let mut vwc = desired(&spec(), "OLD");
         vwc["webhooks"][1]["clientConfig"]["caBundle"] = ca_bundle("NEW").into();
         let patch = ca_bundle_patch(&vwc, "NEW").unwrap();
         let hooks = patch["webhooks"].as_array().unwrap();
