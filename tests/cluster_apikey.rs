@@ -4,25 +4,18 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use latchkey::conditions;
 use latchkey::crd::ApiKey;
 use latchkey::key::{ApiKeyValue, sha256_hex};
 use std::time::Duration;
 
+/// This file's own bound (the shared [`common::WAIT`] is 60 s).
 const WAIT: Duration = Duration::from_secs(30);
 
 fn manifest(ns: &str, name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  scopes: [\"orders:read\"]\n{extra_spec}"
-    )
-}
-
-fn apply(yaml: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
+    api_key_manifest(ns, name, &format!("  scopes: [\"orders:read\"]\n{extra_spec}"))
 }
 
 fn key_in(secret: &Secret) -> String {
@@ -47,27 +40,6 @@ async fn ready_pair(api_keys: &Api<ApiKey>, secrets: &Api<Secret>, name: &str) -
         },
     )
     .await
-}
-
-/// Waits for an Event about ApiKey `name` with this reason and type.
-async fn wait_for_event(client: &kube::Client, ns: &str, name: &str, reason: &str, type_: &str) {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    eventually(
-        WAIT,
-        &format!("a {type_} Event {reason} about {name}"),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some(type_)
-                })
-                .then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -137,7 +109,7 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
         row.contains("True") && row.contains(key.key_id()),
         "kubectl get ak: {row}"
     );
-    wait_for_event(client, &ns.name, "billing", "KeyIssued", "Normal").await;
+    wait_for_event(client, &ns.name, "billing", "KeyIssued", "Normal", WAIT).await;
     // Nothing in status or Events carries the key.
     let all = kubectl_ok(&["get", "ak,events", "-n", &ns.name, "-o", "yaml"]);
     assert!(!all.contains(key.expose()));
@@ -188,7 +160,7 @@ async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
         ak.status.unwrap().current_key.unwrap().sha256,
         sha256_hex(key_in(&after).as_bytes())
     );
-    wait_for_event(client, &ns.name, "svc", "SecretRecreated", "Warning").await;
+    wait_for_event(client, &ns.name, "svc", "SecretRecreated", "Warning", WAIT).await;
 }
 
 #[tokio::test]
@@ -216,7 +188,7 @@ async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
     })
     .await;
     assert_eq!(after.metadata.uid, before.metadata.uid);
-    wait_for_event(client, &ns.name, "svc", "KeyReplaced", "Warning").await;
+    wait_for_event(client, &ns.name, "svc", "KeyReplaced", "Warning", WAIT).await;
 }
 
 #[tokio::test]
@@ -279,10 +251,7 @@ async fn invalid_apikeys_are_refused_by_the_api_server_naming_the_field() {
         ),
     ];
     for (name, spec, field) in cases {
-        let yaml = format!(
-            "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n{spec}",
-            ns.name
-        );
+        let yaml = api_key_manifest(&ns.name, name, spec);
         let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &yaml);
         assert!(!ok, "{name} was accepted: {out}");
         assert!(err.contains(field), "{name}: the error names {field}:\n{err}");
@@ -303,7 +272,7 @@ async fn invalid_apikeys_are_refused_by_the_api_server_naming_the_field() {
 #[tokio::test]
 async fn restarting_the_controller_changes_nothing_already_reconciled() {
     let ns = TestNamespace::new("ak-restart").await;
-    let mut controller = ControllerProcess::start(&ns.name);
+    let mut controller = LatchkeyProcess::start(&ns.name);
     let client = client().await;
     for name in ["one", "two", "three"] {
         apply(&manifest(&ns.name, name, ""));
@@ -319,7 +288,7 @@ async fn restarting_the_controller_changes_nothing_already_reconciled() {
     let status = controller.terminate();
     assert!(status.success(), "controller exit status on SIGTERM: {status:?}");
     drop(controller);
-    let controller = ControllerProcess::start(&ns.name);
+    let controller = LatchkeyProcess::start(&ns.name);
     eventually(WAIT, "the new controller to start reconciling", || async {
         controller
             .log_text()

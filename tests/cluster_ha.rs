@@ -16,26 +16,20 @@ mod common;
 use common::*;
 use futures::TryStreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use latchkey::conditions;
-use latchkey::crd::ApiKey;
-use latchkey::key::sha256_hex;
 use latchkey::validity;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
 const LEASE_DURATION: &str = "4";
 const LEASE_GRACE: &str = "2";
 
 /// One replica: a `latchkey controller` on the shared Lease.
 struct Replica {
-    process: ControllerProcess,
+    process: LatchkeyProcess,
     identity: String,
 }
 
@@ -73,7 +67,7 @@ impl Pair {
     fn start_replica(&mut self) {
         self.starts += 1;
         let identity = format!("replica-{}", self.starts);
-        let process = ControllerProcess::start_elected(
+        let process = LatchkeyProcess::start_elected(
             &self.s.ns.name,
             &["controller"],
             &self.lease,
@@ -121,48 +115,14 @@ impl Pair {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    async fn request_rotation(&self, name: &str, value: &str) {
-        let patch = serde_json::json!({"metadata": {"annotations": {"latchkey.dev/rotate": value}}});
-        self.s
-            .api_keys
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    /// Ready, no pending key, the Secret holds the current key, and `extra`.
-    async fn settled(&self, name: &str, what: &str, extra: impl Fn(&ApiKey) -> bool) -> (ApiKey, Secret) {
-        eventually(WAIT, what, || async {
-            let ak = self.s.api_keys.get(name).await.ok()?;
-            let status = ak.status.as_ref()?;
-            if !conditions::is_true(&status.conditions, conditions::READY) || status.pending_key.is_some() {
-                return None;
-            }
-            let secret = self.s.secrets.get_opt(&ak.secret_name()).await.ok()??;
-            let current = status.current_key.as_ref()?;
-            (key_hash(&secret)? == current.sha256 && extra(&ak)).then_some((ak, secret))
-        })
-        .await
-    }
-}
-
-fn key_hash(secret: &Secret) -> Option<String> {
-    Some(sha256_hex(&secret.data.as_ref()?.get("api-key")?.0))
 }
 
 fn apply_api_key(ns: &str, name: &str) {
-    let yaml = format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  \
-         scopes: [\"orders:read\"]\n  rotation: {{interval: 720h, gracePeriod: 30s}}\n"
-    );
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    apply(&api_key_manifest(
+        ns,
+        name,
+        "  scopes: [\"orders:read\"]\n  rotation: {interval: 720h, gracePeriod: 30s}\n",
+    ));
 }
 
 #[tokio::test]
@@ -171,7 +131,7 @@ async fn only_the_leader_reconciles_and_sigterm_hands_over_at_once() {
     let first = p.leader().await;
     let standby = 1 - first;
     apply_api_key(&p.s.ns.name, "svc");
-    let (ak, _) = p.settled("svc", "first key", |_| true).await;
+    let (ak, _) = p.s.settled("svc", "first key", |_| true).await;
     assert_eq!(ak.status.as_ref().unwrap().revision, Some(1));
     let standby_log = p.replicas[standby].process.log_text();
     assert!(standby_log.contains("standing by for the Lease"), "{standby_log}");
@@ -204,9 +164,9 @@ async fn only_the_leader_reconciles_and_sigterm_hands_over_at_once() {
         "after a release the standby should not wait for expiry: {handover:?}"
     );
     // The new leader honours a rotate request, once.
-    p.request_rotation("svc", "after-handover").await;
-    let (ak, _) = p
-        .settled("svc", "the rotation by the new leader", |ak| {
+    p.s.request_rotation("svc", "after-handover").await;
+    let (ak, _) =
+        p.s.settled("svc", "the rotation by the new leader", |ak| {
             ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some("after-handover")
         })
         .await;
@@ -230,7 +190,7 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
     let started = Instant::now();
     let mut p = Pair::new("ha-crash").await;
     apply_api_key(&p.s.ns.name, "svc");
-    let (ak, _) = p.settled("svc", "first key", |_| true).await;
+    let (ak, _) = p.s.settled("svc", "first key", |_| true).await;
     let first_revision = ak.status.as_ref().unwrap().revision.unwrap();
 
     // Reads the Secret, then the ApiKey (status adds a key before the Secret
@@ -285,7 +245,7 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
         // takeover times spread over what a real crash would see.
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..2000u64))).await;
         if i % 2 == 0 {
-            p.request_rotation("svc", &request).await;
+            p.s.request_rotation("svc", &request).await;
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..300u64))).await;
         } else {
             let watch = watcher(
@@ -295,7 +255,7 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
             .applied_objects();
             let mut watch = std::pin::pin!(watch);
             watch.try_next().await.expect("watch the ApiKey");
-            p.request_rotation("svc", &request).await;
+            p.s.request_rotation("svc", &request).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), async {
                 while let Ok(Some(ak)) = watch.try_next().await {
                     if ak.status.as_ref().is_some_and(|st| {
@@ -329,8 +289,8 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
         p.replicas.remove(leader);
         p.start_replica();
         takeovers.push(p.takeover(&gone, killed).await);
-        let (ak, secret) = p
-            .settled("svc", &format!("rotation {i} settled after the takeover"), |ak| {
+        let (ak, secret) =
+            p.s.settled("svc", &format!("rotation {i} settled after the takeover"), |ak| {
                 ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some(request.as_str())
             })
             .await;

@@ -10,32 +10,17 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use latchkey::conditions;
 use latchkey::crd::ApiKey;
-use latchkey::key::sha256_hex;
 use latchkey::validity;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
-
 fn manifest(ns: &str, name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  scopes: [\"orders:read\"]\n{extra_spec}"
-    )
-}
-
-fn apply(yaml: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
-fn key_hash(secret: &Secret) -> Option<String> {
-    let bytes = &secret.data.as_ref()?.get("api-key")?.0;
-    Some(sha256_hex(bytes))
+    api_key_manifest(ns, name, &format!("  scopes: [\"orders:read\"]\n{extra_spec}"))
 }
 
 fn annotation<'a>(secret: &'a Secret, key: &str) -> &'a str {
@@ -49,47 +34,6 @@ fn annotation<'a>(secret: &'a Secret, key: &str) -> &'a str {
 }
 
 impl Scenario {
-    /// Waits until `name` is Ready, settled (no pending key) and its Secret
-    /// holds the current key; returns both.
-    async fn settled(&self, name: &str, what: &str, extra: impl Fn(&ApiKey) -> bool) -> (ApiKey, Secret) {
-        eventually(WAIT, what, || async {
-            let ak = self.api_keys.get(name).await.ok()?;
-            let status = ak.status.as_ref()?;
-            if !conditions::is_true(&status.conditions, conditions::READY) || status.pending_key.is_some() {
-                return None;
-            }
-            let secret = self.secrets.get_opt(&ak.secret_name()).await.ok()??;
-            let current = status.current_key.as_ref()?;
-            (key_hash(&secret)? == current.sha256 && extra(&ak)).then_some((ak, secret))
-        })
-        .await
-    }
-
-    async fn request_rotation(&self, name: &str, value: &str) {
-        let patch = serde_json::json!({"metadata": {"annotations": {"latchkey.dev/rotate": value}}});
-        self.api_keys
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    async fn wait_for_event(&self, name: &str, reason: &str, type_: &str) -> Event {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
-        eventually(
-            WAIT,
-            &format!("a {type_} Event {reason} about {name}"),
-            || async {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items.into_iter().find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some(type_)
-                })
-            },
-        )
-        .await
-    }
-
     async fn count_events(&self, name: &str, reason: &str) -> usize {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         let list = events.list(&ListParams::default()).await.unwrap();
@@ -197,12 +141,8 @@ async fn revocation_ends_every_key_within_a_second_is_reported_and_is_one_way() 
             ak.status.as_ref().unwrap().previous_keys.len() == 1
         })
         .await;
-    let patch = serde_json::json!({"spec": {"revoked": true}});
     let started = Instant::now();
-    s.api_keys
-        .patch("svc", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
+    revoke(&s.api_keys, "svc").await;
     let fresh = s.api_keys.get("svc").await.unwrap();
     let elapsed = started.elapsed();
     assert!(validity::valid_keys(&fresh, Timestamp::now()).is_empty());
@@ -424,7 +364,7 @@ async fn a_rotation_stopped_after_the_pending_status_is_dropped_and_redone_once(
 
     s.controller.kill();
     apply(&with("payments"));
-    s.controller = ControllerProcess::start(&s.ns.name);
+    s.controller = LatchkeyProcess::start(&s.ns.name);
     let (ak, secret) = s
         .settled("svc", "the rotation redone", |ak| {
             ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some("r1")
@@ -554,7 +494,7 @@ async fn rotations_survive_sigkill_at_random_moments() {
             None => 0,
         };
         kill_points[point] += 1;
-        s.controller = ControllerProcess::start(&s.ns.name);
+        s.controller = LatchkeyProcess::start(&s.ns.name);
         let (ak, secret) = s
             .settled("svc", &format!("rotation {i} settled after a SIGKILL"), |ak| {
                 ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some(request.as_str())

@@ -142,7 +142,7 @@ async fn examples_become_ready_and_applying_or_diffing_them_again_finds_nothing(
 
     // Client-side apply users (and Argo CD's default diff): the same.
     let other = TestNamespace::new("gitops-csa").await;
-    let controller = ControllerProcess::start(&other.name);
+    let controller = LatchkeyProcess::start(&other.name);
     kubectl_ok(&["apply", "-f", &ex, "-n", &other.name]);
     kubectl_ok(&[
         "wait",
