@@ -14,14 +14,9 @@
 mod common;
 
 use common::*;
-use futures::TryStreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
-use latchkey::validity;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const LEASE_DURATION: &str = "4";
@@ -193,43 +188,7 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
     let (ak, _) = p.s.settled("svc", "first key", |_| true).await;
     let first_revision = ak.status.as_ref().unwrap().revision.unwrap();
 
-    // Reads the Secret, then the ApiKey (status adds a key before the Secret
-    // gets it, so a key held at the first read is listed at the second).
-    let stop = Arc::new(AtomicBool::new(false));
-    let checks = Arc::new(AtomicU64::new(0));
-    let violations = Arc::new(AtomicU64::new(0));
-    let revision_drops = Arc::new(AtomicU64::new(0));
-    let poller = {
-        let (stop, checks, violations, revision_drops) = (
-            stop.clone(),
-            checks.clone(),
-            violations.clone(),
-            revision_drops.clone(),
-        );
-        let (api_keys, secrets) = (p.s.api_keys.clone(), p.s.secrets.clone());
-        tokio::spawn(async move {
-            let mut highest = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let secret = secrets.get("svc").await;
-                let ak = api_keys.get("svc").await;
-                if let (Ok(secret), Ok(ak)) = (secret, ak) {
-                    let hash = key_hash(&secret).expect("the Secret holds a key");
-                    checks.fetch_add(1, Ordering::Relaxed);
-                    if !validity::is_valid_hash(&ak, &hash, Timestamp::now()) {
-                        violations.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("VIOLATION: the Secret's key is not valid per status");
-                    }
-                    let revision = ak.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
-                    if revision < highest {
-                        revision_drops.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("VIOLATION: status.revision went from {highest} to {revision}");
-                    }
-                    highest = highest.max(revision);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let poller = InvariantPoller::start(p.s.api_keys.clone(), p.s.secrets.clone(), "svc");
 
     let mut takeovers = Vec::new();
     let mut settle_after_kill = Vec::new();
@@ -244,75 +203,27 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
         // A random phase against the Lease's renewals (every 2 s), so the
         // takeover times spread over what a real crash would see.
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..2000u64))).await;
-        if i % 2 == 0 {
-            p.s.request_rotation("svc", &request).await;
-            tokio::time::sleep(Duration::from_millis(rand::random_range(0..300u64))).await;
-        } else {
-            let watch = watcher(
-                p.s.api_keys.clone(),
-                watcher::Config::default().fields("metadata.name=svc"),
-            )
-            .applied_objects();
-            let mut watch = std::pin::pin!(watch);
-            watch.try_next().await.expect("watch the ApiKey");
-            p.s.request_rotation("svc", &request).await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Ok(Some(ak)) = watch.try_next().await {
-                    if ak.status.as_ref().is_some_and(|st| {
-                        st.pending_key.is_some() && st.pending_rotate_request.as_deref() == Some(&request)
-                    }) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(rand::random_range(0..10u64))).await;
-        }
+        p.s.request_rotation_for_a_kill("svc", &request, i % 2 == 1).await;
         // SIGKILL the leader.
         let gone = p.replicas[leader].identity.clone();
         p.replicas[leader].process.kill();
         let killed = Instant::now();
         // Where did the kill land? (nothing writes until the takeover)
-        let ak = p.s.api_keys.get("svc").await.unwrap();
-        let secret = p.s.secrets.get("svc").await.unwrap();
-        let status = ak.status.as_ref().unwrap();
-        let held = key_hash(&secret).unwrap();
-        let point = match &status.pending_key {
-            Some(pending) if pending.sha256 == held => 2,
-            Some(_) => 1,
-            None if status.last_rotate_request.as_deref() == Some(request.as_str()) => 3,
-            None => 0,
-        };
-        kill_points[point] += 1;
+        kill_points[kill_point(&p.s, "svc", &request).await] += 1;
         // Restart the killed replica (a new process, a new identity): it
         // stands by, the survivor takes over.
         p.replicas.remove(leader);
         p.start_replica();
         takeovers.push(p.takeover(&gone, killed).await);
-        let (ak, secret) =
-            p.s.settled("svc", &format!("rotation {i} settled after the takeover"), |ak| {
-                ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some(request.as_str())
-            })
+        let what = format!("rotation {i} settled after the takeover");
+        revision = (p.s)
+            .settled_once("svc", &request, &what, revision, &mut settled_violations)
             .await;
         settle_after_kill.push(killed.elapsed());
-        let status = ak.status.as_ref().unwrap();
-        if !validity::is_valid_hash(&ak, &key_hash(&secret).unwrap(), Timestamp::now())
-            || status.pending_key.is_some()
-        {
-            settled_violations += 1;
-        }
-        let now_revision = status.revision.unwrap();
-        assert_eq!(
-            now_revision,
-            revision + 1,
-            "rotate request {request} delivered exactly one key"
-        );
-        revision = now_revision;
     }
     // Give a stray second writer (there must be none) a moment to show up.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    poller.await.unwrap();
+    let counts = poller.stop().await;
     let ak = p.s.api_keys.get("svc").await.unwrap();
     assert_eq!(
         ak.status.as_ref().unwrap().revision,
@@ -323,9 +234,9 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
     takeovers.sort();
     settle_after_kill.sort();
     let (checks, violations, drops) = (
-        checks.load(Ordering::Relaxed),
-        violations.load(Ordering::Relaxed),
-        revision_drops.load(Ordering::Relaxed),
+        counts.checks.load(Ordering::Relaxed),
+        counts.violations.load(Ordering::Relaxed),
+        counts.revision_drops.load(Ordering::Relaxed),
     );
     println!(
         "HA crash test: {ITERATIONS} iterations, the leader SIGKILLed in each (lease {LEASE_DURATION} s, grace \

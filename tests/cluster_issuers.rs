@@ -92,39 +92,75 @@ fn stalled_for_conflict(p: &TokenPolicy) -> Option<String> {
     ready_false.then(|| stalled.message.clone())
 }
 
+/// A namespace with its own `latchkey run`, TokenPolicy `login` Ready and
+/// ApiKey `frontend` (`key_spec`) served.
+struct LoginPolicy {
+    ns: TestNamespace,
+    _latchkey: LatchkeyProcess,
+    /// The auth server's base URL.
+    server: String,
+    policies: Api<TokenPolicy>,
+    secrets: Api<Secret>,
+    /// `login`, Ready.
+    policy: TokenPolicy,
+    /// `frontend`'s key.
+    key: String,
+}
+
+impl LoginPolicy {
+    async fn start(prefix: &str, key_spec: &str) -> Self {
+        let ns = TestNamespace::new(prefix).await;
+        let n = ns.name.as_str();
+        let (latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+        let client = client().await;
+        let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), n);
+        let secrets: Api<Secret> = Api::namespaced(client, n);
+        apply(&policy_manifest(n, "login", ""));
+        let policy = ready_policy(&policies, "login").await;
+        let key = served_key(n, "frontend", key_spec, &server).await;
+        Self {
+            ns,
+            _latchkey: latchkey,
+            server,
+            policies,
+            secrets,
+            policy,
+            key,
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_issuer_path_claimed_twice_serves_neither_policy() {
-    let ns = TestNamespace::new("iss-dispute").await;
-    let n = ns.name.as_str();
-    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
-    let client = client().await;
-    let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), n);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
-
     // The victim, with a key that exchanges and a token that works.
-    apply(&policy_manifest(n, "login", ""));
-    let victim = ready_policy(&policies, "login").await;
-    let issuer = victim.status.as_ref().unwrap().issuer.clone().unwrap();
-    let victim_kid = victim.status.as_ref().unwrap().active_key_id.clone().unwrap();
-    let key = served_key(
-        n,
-        "frontend",
+    let LoginPolicy {
+        ns,
+        server,
+        policies,
+        secrets,
+        policy: victim,
+        key,
+        ..
+    } = &LoginPolicy::start(
+        "iss-dispute",
         "  subject: victim-svc\n  scopes: [\"orders:read\", \"orders:write\"]\n  tokenPolicyRef:\n    name: login\n",
-        &server,
     )
     .await;
+    let n = ns.name.as_str();
+    let issuer = victim.status.as_ref().unwrap().issuer.clone().unwrap();
+    let victim_kid = victim.status.as_ref().unwrap().active_key_id.clone().unwrap();
     let client_id = &key[3..15];
-    let (status, answer) = token_request(&format!("{issuer}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{issuer}/token"), key).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let victim_token = answer["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(auth(&server, &victim_token).await, StatusCode::OK);
+    assert_eq!(auth(server, &victim_token).await, StatusCode::OK);
 
     // The attacker: a policy of its own (it sorts first: "aaa" < "login"),
     // Ready with a real key, then pointed at the victim's issuer with the
     // webhook out of the way.
     apply(&policy_manifest(n, "aaa-squatter", ""));
-    let attacker = ready_policy(&policies, "aaa-squatter").await;
-    let (attacker_kid, attacker_key) = real_key(&secrets, &attacker).await;
+    let attacker = ready_policy(policies, "aaa-squatter").await;
+    let (attacker_kid, attacker_key) = real_key(secrets, &attacker).await;
     policies
         .patch(
             "aaa-squatter",
@@ -174,9 +210,9 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{suffix}: {body}");
         assert!(!body.contains(&attacker_kid) && !body.contains(&victim_kid));
     }
-    let (status, answer) = token_request(&format!("{issuer}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{issuer}/token"), key).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
-    let (status, answer) = token_request(&format!("{server}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{server}/token"), key).await;
     assert_eq!(answer["error"], "unauthorized_client", "{status} {answer}");
     assert!(
         answer["error_description"]
@@ -185,12 +221,12 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
             .contains("also claimed by another TokenPolicy")
     );
     assert_eq!(
-        auth(&server, &forged).await,
+        auth(server, &forged).await,
         StatusCode::UNAUTHORIZED,
         "the attacker's token"
     );
     assert_eq!(
-        auth(&server, &victim_token).await,
+        auth(server, &victim_token).await,
         StatusCode::UNAUTHORIZED,
         "neither side verifies"
     );
@@ -199,7 +235,7 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
     for name in ["aaa-squatter", "aab-direct"] {
         policies.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    ready_policy(&policies, "login").await;
+    ready_policy(policies, "login").await;
     let jwks: Value = eventually(WAIT, "the victim's JWKS is served again", || async {
         let (status, body) = get(&format!("{issuer}/.well-known/jwks.json")).await;
         (status == StatusCode::OK).then(|| serde_json::from_str(&body).unwrap())
@@ -212,11 +248,11 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
         .map(|k| k["kid"].as_str().unwrap())
         .collect();
     assert_eq!(kids, vec![victim_kid.as_str()]);
-    let (status, answer) = token_request(&format!("{issuer}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{issuer}/token"), key).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(auth(&server, &victim_token).await, StatusCode::OK);
+    assert_eq!(auth(server, &victim_token).await, StatusCode::OK);
     assert_eq!(
-        auth(&server, &forged).await,
+        auth(server, &forged).await,
         StatusCode::UNAUTHORIZED,
         "the attacker's token"
     );
@@ -224,22 +260,18 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
 
 #[tokio::test]
 async fn a_rogue_labelled_secret_never_replaces_the_signing_keys() {
-    let ns = TestNamespace::new("iss-rogue").await;
-    let n = ns.name.as_str();
-    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
-    let client = client().await;
-    let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), n);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
-    apply(&policy_manifest(n, "login", ""));
-    let policy = ready_policy(&policies, "login").await;
-    let kid = policy.status.as_ref().unwrap().active_key_id.clone().unwrap();
-    let key = served_key(
-        n,
-        "frontend",
+    let LoginPolicy {
+        server,
+        secrets,
+        policy,
+        key,
+        ..
+    } = &LoginPolicy::start(
+        "iss-rogue",
         "  scopes: [\"orders:write\"]\n  tokenPolicyRef:\n    name: login\n",
-        &server,
     )
     .await;
+    let kid = policy.status.as_ref().unwrap().active_key_id.clone().unwrap();
     // Tokens keep being issued by the real key and keep verifying, for a
     // while after each change (the server's watch needs a moment).
     let keeps_working = |what: &'static str| {

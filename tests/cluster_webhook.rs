@@ -27,17 +27,13 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
     let _webhook = Webhook::start(n, &[]);
     kubectl_ok(&["create", "secret", "generic", "db-creds", "-n", n]);
     // The issuer is unique per run: issuer paths are cluster-wide.
-    let (ok, out) = apply_result(
-        &policy(
-            n,
-            "orders",
-            &format!(
-                "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/{n}/orders\n"
-            ),
+    common::apply(&policy(
+        n,
+        "orders",
+        &format!(
+            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/{n}/orders\n"
         ),
-        false,
-    );
-    assert!(ok, "{out}");
+    ));
 
     // 1. A Secret someone else holds.
     assert_refused(
@@ -88,12 +84,10 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
     let (ok, out) = apply_result(&good, true);
     assert!(ok, "{out}");
     assert!(!exists("apikey", "good", n), "a dry run creates nothing");
-    let (ok, out) = apply_result(&good, false);
-    assert!(ok, "{out}");
+    common::apply(&good);
     assert!(exists("apikey", "good", n));
     // Its own Secret does not count as taken (re-apply, and an update).
-    let (ok, out) = apply_result(&good.replace("spec:\n", "spec:\n  subject: svc\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&good.replace("spec:\n", "spec:\n  subject: svc\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,15 +95,11 @@ async fn a_key_applied_before_its_policy_is_accepted_and_becomes_ready_when_it_a
     let ns = TestNamespace::new("lk-wh-order").await;
     let n = ns.name.as_str();
     let _webhook = Webhook::start(n, &[]);
-    let (ok, out) = apply_result(
-        &apikey(
-            n,
-            "early",
-            "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: later\n",
-        ),
-        false,
-    );
-    assert!(ok, "{out}");
+    let out = common::apply(&apikey(
+        n,
+        "early",
+        "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: later\n",
+    ));
     assert!(
         out.contains("TokenPolicyMissing"),
         "kubectl shows the warning: {out}"
@@ -140,15 +130,11 @@ async fn a_key_applied_before_its_policy_is_accepted_and_becomes_ready_when_it_a
     assert!(waiting.message.contains("\"later\""), "{}", waiting.message);
     assert!(exists("secret", "early", n), "the key is delivered meanwhile");
 
-    let (ok, out) = apply_result(
-        &policy(
-            n,
-            "later",
-            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n",
-        ),
-        false,
-    );
-    assert!(ok, "{out}");
+    common::apply(&policy(
+        n,
+        "later",
+        "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n",
+    ));
     eventually(
         Duration::from_secs(60),
         "Ready once the policy exists",
@@ -184,8 +170,7 @@ async fn only_latchkey_changes_or_deletes_its_secrets() {
         "-n",
         n,
     ]);
-    let (ok, out) = apply_result(&apikey(n, "billing", "  scopes: [\"orders:read\"]\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&apikey(n, "billing", "  scopes: [\"orders:read\"]\n"));
     let api_keys: kube::Api<ApiKey> = kube::Api::namespaced(common::client().await, n);
     let revision = |want: i64| {
         let api_keys = api_keys.clone();
@@ -430,28 +415,32 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// `openssl req <kind>` (`-new` for a request, `-x509` for a self-signed
+/// certificate) with a new unencrypted P-256 key written to `key`, the
+/// result to `out`, and `extra` arguments.
+fn openssl_req(dir: &std::path::Path, kind: &str, key: &str, out: &str, extra: &[&str]) {
+    let mut args = vec![
+        "req",
+        kind,
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
+}
+
 /// A serving certificate for 127.0.0.1 signed by `ca.crt` in `dir`, written
 /// as `mounted/tls.crt` and `mounted/tls.key` (what a cert-manager
 /// Certificate Secret mounted in the pod holds).
 fn issue_mounted(dir: &std::path::Path, serial: u32) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "next.key",
-            "-out",
-            "next.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
+    openssl_req(dir, "-new", "next.key", "next.csr", &["-subj", "/CN=127.0.0.1"]);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
@@ -490,25 +479,12 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
     let n = ns.name.as_str();
     let dir = std::env::temp_dir().join(format!("latchkey-certmgr-{n}"));
     std::fs::create_dir_all(dir.join("mounted")).unwrap();
-    openssl(
+    openssl_req(
         &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=stand-in cert-manager CA",
-        ],
+        "-x509",
+        "ca.key",
+        "ca.crt",
+        &["-days", "1", "-subj", "/CN=stand-in cert-manager CA"],
     );
     issue_mounted(&dir, 1);
     let ca = std::fs::read(dir.join("ca.crt")).unwrap();
@@ -611,10 +587,8 @@ async fn issuer_takeovers_are_refused_naming_the_holder() {
     let spec = |issuer: &str| format!("  audiences: [orders]\n  issuer: {issuer}\n");
     let explicit = format!("https://auth.example.com/tenants/{v}");
     // The victims, created before any webhook: one explicit, one default issuer.
-    let (ok, out) = apply_result(&policy(v, "orders", &spec(&explicit)), false);
-    assert!(ok, "{out}");
-    let (ok, out) = apply_result(&policy(v, "login", "  audiences: [orders]\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&policy(v, "orders", &spec(&explicit)));
+    common::apply(&policy(v, "login", "  audiences: [orders]\n"));
     let _webhook = Webhook::start(a, &[]);
 
     // 1. An explicit duplicate (same path, on another host too).
@@ -633,11 +607,10 @@ async fn issuer_takeovers_are_refused_naming_the_holder() {
     }
     assert!(!exists("tokenpolicy", "evil", a));
     // A unique issuer, or the default one, is fine.
-    let (ok, out) = apply_result(
-        &policy(a, "fair", &spec(&format!("https://auth.example.com/tenants/{a}"))),
-        false,
-    );
-    assert!(ok, "{out}");
-    let (ok, out) = apply_result(&policy(a, "plain", "  audiences: [orders]\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&policy(
+        a,
+        "fair",
+        &spec(&format!("https://auth.example.com/tenants/{a}")),
+    ));
+    common::apply(&policy(a, "plain", "  audiences: [orders]\n"));
 }

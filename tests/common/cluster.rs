@@ -216,10 +216,12 @@ pub async fn client() -> Client {
         .expect("a client for the local cluster")
 }
 
-/// `kubectl apply -f -` of `manifest`; panics with kubectl's output if it fails.
-pub fn apply(manifest: &str) {
+/// `kubectl apply -f -` of `manifest`, which must succeed (else a panic
+/// with kubectl's output); returns kubectl's output (warnings included).
+pub fn apply(manifest: &str) -> String {
     let (ok, out) = apply_result(manifest, false);
     assert!(ok, "kubectl apply failed:\n{out}");
+    out
 }
 
 /// `kubectl apply -f -` of `manifest` (with `--dry-run=server` if
@@ -232,6 +234,14 @@ pub fn apply_result(manifest: &str, dry_run: bool) -> (bool, String) {
     }
     let (ok, out, err) = kubectl_stdin(&args, manifest);
     (ok, format!("{out}{err}"))
+}
+
+/// `kubectl apply -f -` of `manifest`, which the API server must refuse;
+/// returns kubectl's stderr (the reason, for the test to check).
+pub fn apply_refused(manifest: &str) -> String {
+    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], manifest);
+    assert!(!ok, "accepted:\n{manifest}\n{out}");
+    err
 }
 
 /// A namespace for one test, deleted on drop.

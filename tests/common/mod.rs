@@ -21,6 +21,7 @@
 //! - [`latchkey_process`]: `latchkey controller`/`serve`/`run` children.
 //! - [`api_keys`]: manifests, ApiKeys and TokenPolicies becoming Ready, the
 //!   key a Secret holds, revocation, Events.
+//! - [`crash`]: the rotation crash tests' poller and kill points.
 //! - [`webhook`]: a `latchkey run` with its admission webhook registered.
 //! - [`http`]: the small HTTP calls several files make.
 //! - [`stats`]: percentiles (shared with benches/auth).
@@ -31,6 +32,7 @@
 
 pub mod api_keys;
 pub mod cluster;
+pub mod crash;
 pub mod http;
 pub mod latchkey_process;
 pub mod process;
@@ -39,7 +41,7 @@ pub mod webhook;
 
 // Files that name what they use (`use common::{…}`) leave some unused.
 #[allow(unused_imports)]
-pub use {api_keys::*, cluster::*, http::*, latchkey_process::*, stats::*};
+pub use {api_keys::*, cluster::*, crash::*, http::*, latchkey_process::*, stats::*};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
