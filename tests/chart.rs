@@ -890,94 +890,34 @@ fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
     path
 }
 
-/// `latchkey run` as the chart's ServiceAccount, on a free loopback port;
-/// killed (by PID) on drop.
-struct LatchkeyAs {
-    child: std::process::Child,
-    log: PathBuf,
-    url: String,
-}
-
-impl LatchkeyAs {
-    fn start(kubeconfig: &Path, extra: &[&str]) -> Self {
-        let port = common::free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("latchkey-chart-run-{}-{port}.log", std::process::id()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args([
-                "run",
-                "--http-addr",
-                &addr,
-                "--last-used-flush-seconds",
-                "1",
-                "--kubeconfig",
-            ])
-            .arg(kubeconfig)
-            .args(extra)
-            .env("RUST_LOG", "info,latchkey=debug")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start latchkey run");
-        let mut me = Self {
-            child,
-            log,
-            url: format!("http://{addr}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if let Some(status) = me.child.try_wait().unwrap() {
-                panic!("latchkey run exited ({status}):\n{}", me.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "latchkey run did not listen on {addr}:\n{}",
-                me.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        me
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The API server refused none of latchkey's calls.
-    fn assert_never_forbidden(&self) {
-        let log = self.log_text();
-        let denied: Vec<&str> = log
-            .lines()
-            .filter(|l| l.to_lowercase().contains("forbidden"))
-            .collect();
-        assert!(
-            denied.is_empty(),
-            "latchkey was refused calls under the chart's RBAC:\n{}",
-            denied.join("\n")
-        );
-    }
-}
-
-impl Drop for LatchkeyAs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// The API server refused none of `latchkey`'s calls.
+fn assert_never_forbidden(latchkey: &common::LatchkeyProcess) {
+    let log = latchkey.log_text();
+    let denied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.to_lowercase().contains("forbidden"))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "latchkey was refused calls under the chart's RBAC:\n{}",
+        denied.join("\n")
+    );
 }
 
 /// Runs latchkey as the chart's ServiceAccount and shows the rights are
 /// enough for what it does: an ApiKey in `ns` becomes Ready with its Secret,
 /// the server accepts the key and writes lastUsedAt, nothing is forbidden.
 fn latchkey_works_under_the_chart_rbac(kubeconfig: &Path, ns: &str, name: &str, extra: &[&str]) {
-    let latchkey = LatchkeyAs::start(kubeconfig, extra);
+    // `latchkey run` as the chart's ServiceAccount, on a free loopback port.
+    let mut args = vec!["run", "--last-used-flush-seconds", "1"];
+    args.extend_from_slice(extra);
+    let latchkey = common::LatchkeyProcess::spawn_http(&args, kubeconfig, &[], "chart");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(common::served_key(
         ns,
         name,
         "  scopes: [\"orders:read\"]\n",
-        &latchkey.url,
+        latchkey.url(),
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1000,7 +940,7 @@ fn latchkey_works_under_the_chart_rbac(kubeconfig: &Path, ns: &str, name: &str, 
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    latchkey.assert_never_forbidden();
+    assert_never_forbidden(&latchkey);
     assert!(
         latchkey.log_text().contains("became the leader"),
         "latchkey did not win its Lease under the chart's rights:\n{}",

@@ -4,25 +4,18 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use latchkey::conditions;
 use latchkey::crd::ApiKey;
 use latchkey::key::{ApiKeyValue, sha256_hex};
 use std::time::Duration;
 
+/// This file's own bound (the shared [`common::WAIT`] is 60 s).
 const WAIT: Duration = Duration::from_secs(30);
 
 fn manifest(ns: &str, name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  scopes: [\"orders:read\"]\n{extra_spec}"
-    )
-}
-
-fn apply(yaml: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
+    api_key_manifest(ns, name, &format!("  scopes: [\"orders:read\"]\n{extra_spec}"))
 }
 
 fn key_in(secret: &Secret) -> String {
@@ -49,25 +42,18 @@ async fn ready_pair(api_keys: &Api<ApiKey>, secrets: &Api<Secret>, name: &str) -
     .await
 }
 
-/// Waits for an Event about ApiKey `name` with this reason and type.
-async fn wait_for_event(client: &kube::Client, ns: &str, name: &str, reason: &str, type_: &str) {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    eventually(
-        WAIT,
-        &format!("a {type_} Event {reason} about {name}"),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some(type_)
-                })
-                .then_some(())
-        },
-    )
-    .await;
+impl Scenario {
+    /// Applies ApiKey `name` (scope `orders:read` and `extra_spec`) and
+    /// waits until it is Ready with a matching Secret; returns both.
+    async fn apply_ready(&self, name: &str, extra_spec: &str) -> (ApiKey, Secret) {
+        apply(&manifest(&self.ns.name, name, extra_spec));
+        ready_pair(&self.api_keys, &self.secrets, name).await
+    }
+
+    /// Waits for an Event about `name` (up to this file's [`WAIT`]).
+    async fn event(&self, name: &str, reason: &str, type_: &str) {
+        wait_for_event(&self.client, &self.ns.name, name, reason, type_, WAIT).await;
+    }
 }
 
 #[tokio::test]
@@ -90,16 +76,9 @@ async fn crds_are_established() {
 
 #[tokio::test]
 async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
-    let scenario = Scenario::new("ak-basic").await;
-    let Scenario {
-        ns,
-        client,
-        api_keys,
-        secrets,
-        ..
-    } = &scenario;
+    let s = Scenario::new("ak-basic").await;
     apply(&manifest(
-        &ns.name,
+        &s.ns.name,
         "billing",
         "  secretName: billing-key\n  secretTemplate:\n    labels: {team: payments}\n    annotations: {reloader.stakater.com/match: \"true\"}\n",
     ));
@@ -108,11 +87,11 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
         "--for=condition=Ready",
         "apikey/billing",
         "-n",
-        &ns.name,
+        &s.ns.name,
         "--timeout=30s",
     ]);
 
-    let (ak, secret) = ready_pair(api_keys, secrets, "billing").await;
+    let (ak, secret) = ready_pair(&s.api_keys, &s.secrets, "billing").await;
     let key = ApiKeyValue::parse(&key_in(&secret)).expect("the Secret holds a well-formed key");
     let status = ak.status.unwrap();
     assert_eq!(status.current_key.as_ref().unwrap().id, key.key_id());
@@ -132,55 +111,40 @@ async fn apikey_gets_a_secret_whose_hash_is_in_status_and_wait_ready_returns() {
     assert_eq!(owner.kind, "ApiKey");
     assert_eq!(Some(owner.uid.clone()), ak.metadata.uid);
     // The printer columns show readiness and the key id.
-    let row = kubectl_ok(&["get", "ak", "billing", "-n", &ns.name, "--no-headers"]);
+    let row = kubectl_ok(&["get", "ak", "billing", "-n", &s.ns.name, "--no-headers"]);
     assert!(
         row.contains("True") && row.contains(key.key_id()),
         "kubectl get ak: {row}"
     );
-    wait_for_event(client, &ns.name, "billing", "KeyIssued", "Normal").await;
+    s.event("billing", "KeyIssued", "Normal").await;
     // Nothing in status or Events carries the key.
-    let all = kubectl_ok(&["get", "ak,events", "-n", &ns.name, "-o", "yaml"]);
+    let all = kubectl_ok(&["get", "ak,events", "-n", &s.ns.name, "-o", "yaml"]);
     assert!(!all.contains(key.expose()));
 }
 
 #[tokio::test]
 async fn deleting_the_apikey_garbage_collects_its_secret() {
-    let scenario = Scenario::new("ak-gc").await;
-    let Scenario {
-        ns,
-        api_keys,
-        secrets,
-        ..
-    } = &scenario;
-    apply(&manifest(&ns.name, "gc", ""));
-    ready_pair(api_keys, secrets, "gc").await;
-    api_keys.delete("gc", &DeleteParams::default()).await.unwrap();
+    let s = Scenario::new("ak-gc").await;
+    s.apply_ready("gc", "").await;
+    s.api_keys.delete("gc", &DeleteParams::default()).await.unwrap();
     // The garbage collector looks for new resource types (our CRD, on a
     // freshly started cluster) every 30 s: allow for one such period and more.
     eventually(
         Duration::from_secs(120),
         "the garbage collector removes the Secret",
-        || async { secrets.get_opt("gc").await.unwrap().is_none().then_some(()) },
+        || async { s.secrets.get_opt("gc").await.unwrap().is_none().then_some(()) },
     )
     .await;
 }
 
 #[tokio::test]
 async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
-    let scenario = Scenario::new("ak-del").await;
-    let Scenario {
-        ns,
-        client,
-        api_keys,
-        secrets,
-        ..
-    } = &scenario;
-    apply(&manifest(&ns.name, "svc", ""));
-    let (_, before) = ready_pair(api_keys, secrets, "svc").await;
-    secrets.delete("svc", &DeleteParams::default()).await.unwrap();
+    let s = Scenario::new("ak-del").await;
+    let (_, before) = s.apply_ready("svc", "").await;
+    s.secrets.delete("svc", &DeleteParams::default()).await.unwrap();
     let (ak, after) = eventually(WAIT, "a new Secret with a new key", || async {
-        let (ak, s) = ready_pair(api_keys, secrets, "svc").await;
-        (s.metadata.uid != before.metadata.uid).then_some((ak, s))
+        let (ak, secret) = ready_pair(&s.api_keys, &s.secrets, "svc").await;
+        (secret.metadata.uid != before.metadata.uid).then_some((ak, secret))
     })
     .await;
     assert_ne!(key_in(&after), key_in(&before));
@@ -188,58 +152,44 @@ async fn a_deleted_secret_comes_back_with_a_new_key_and_an_event() {
         ak.status.unwrap().current_key.unwrap().sha256,
         sha256_hex(key_in(&after).as_bytes())
     );
-    wait_for_event(client, &ns.name, "svc", "SecretRecreated", "Warning").await;
+    s.event("svc", "SecretRecreated", "Warning").await;
 }
 
 #[tokio::test]
 async fn a_key_changed_by_someone_else_is_replaced_with_an_event() {
-    let scenario = Scenario::new("ak-tamper").await;
-    let Scenario {
-        ns,
-        client,
-        api_keys,
-        secrets,
-        ..
-    } = &scenario;
-    apply(&manifest(&ns.name, "svc", ""));
-    let (_, before) = ready_pair(api_keys, secrets, "svc").await;
+    let s = Scenario::new("ak-tamper").await;
+    let (_, before) = s.apply_ready("svc", "").await;
     let planted = ApiKeyValue::generate();
     let patch = serde_json::json!({"stringData": {"api-key": planted.expose()}});
-    secrets
+    s.secrets
         .patch("svc", &PatchParams::default(), &Patch::Merge(patch))
         .await
         .unwrap();
     let (_, after) = eventually(WAIT, "the planted key replaced by a new one", || async {
-        let (ak, s) = ready_pair(api_keys, secrets, "svc").await;
-        let k = key_in(&s);
-        (k != planted.expose() && k != key_in(&before)).then_some((ak, s))
+        let (ak, secret) = ready_pair(&s.api_keys, &s.secrets, "svc").await;
+        let k = key_in(&secret);
+        (k != planted.expose() && k != key_in(&before)).then_some((ak, secret))
     })
     .await;
     assert_eq!(after.metadata.uid, before.metadata.uid);
-    wait_for_event(client, &ns.name, "svc", "KeyReplaced", "Warning").await;
+    s.event("svc", "KeyReplaced", "Warning").await;
 }
 
 #[tokio::test]
 async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled() {
-    let scenario = Scenario::new("ak-foreign").await;
-    let Scenario {
-        ns,
-        api_keys,
-        secrets,
-        ..
-    } = &scenario;
+    let s = Scenario::new("ak-foreign").await;
     kubectl_ok(&[
         "create",
         "secret",
         "generic",
         "taken",
         "-n",
-        &ns.name,
+        &s.ns.name,
         "--from-literal=password=keep-me",
     ]);
-    apply(&manifest(&ns.name, "svc", "  secretName: taken\n"));
+    apply(&manifest(&s.ns.name, "svc", "  secretName: taken\n"));
     let ak = eventually(WAIT, "Stalled=True with reason SecretConflict", || async {
-        let ak = api_keys.get("svc").await.ok()?;
+        let ak = s.api_keys.get("svc").await.ok()?;
         let c = conditions::find(&ak.status.as_ref()?.conditions, conditions::STALLED)?.clone();
         (c.status == "True" && c.reason == "SecretConflict").then_some(ak)
     })
@@ -252,7 +202,7 @@ async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled(
         msg.contains("spec.secretName"),
         "the message says what to change: {msg}"
     );
-    let secret = secrets.get("taken").await.unwrap();
+    let secret = s.secrets.get("taken").await.unwrap();
     assert_eq!(secret.data.unwrap()["password"].0, b"keep-me");
     assert!(secret.metadata.owner_references.is_none());
 }
@@ -260,6 +210,8 @@ async fn a_secret_owned_by_someone_else_is_left_alone_and_the_apikey_is_stalled(
 #[tokio::test]
 async fn invalid_apikeys_are_refused_by_the_api_server_naming_the_field() {
     let ns = TestNamespace::new("ak-cel").await;
+    // A table of cases shaped like the CEL-bounds table of
+    // tests/cluster_lifecycle.rs: the data differ, the loop is apply_refused.
     let cases: [(&str, &str, &str); 5] = [
         ("bad-secret", "  secretName: Not_A_Name\n", "spec.secretName"),
         ("bad-scope", "  scopes: [\"orders read\"]\n", "spec.scopes"),
@@ -279,21 +231,12 @@ async fn invalid_apikeys_are_refused_by_the_api_server_naming_the_field() {
         ),
     ];
     for (name, spec, field) in cases {
-        let yaml = format!(
-            "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n{spec}",
-            ns.name
-        );
-        let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &yaml);
-        assert!(!ok, "{name} was accepted: {out}");
+        let err = apply_refused(&api_key_manifest(&ns.name, name, spec));
         assert!(err.contains(field), "{name}: the error names {field}:\n{err}");
     }
     // secretName cannot change after creation.
     apply(&manifest(&ns.name, "fixed", "  secretName: first\n"));
-    let (ok, _, err) = kubectl_stdin(
-        &["apply", "-f", "-"],
-        &manifest(&ns.name, "fixed", "  secretName: second\n"),
-    );
-    assert!(!ok);
+    let err = apply_refused(&manifest(&ns.name, "fixed", "  secretName: second\n"));
     assert!(
         err.contains("cannot be changed") && err.contains("create a new ApiKey"),
         "{err}"
@@ -303,7 +246,7 @@ async fn invalid_apikeys_are_refused_by_the_api_server_naming_the_field() {
 #[tokio::test]
 async fn restarting_the_controller_changes_nothing_already_reconciled() {
     let ns = TestNamespace::new("ak-restart").await;
-    let mut controller = ControllerProcess::start(&ns.name);
+    let mut controller = LatchkeyProcess::start(&ns.name);
     let client = client().await;
     for name in ["one", "two", "three"] {
         apply(&manifest(&ns.name, name, ""));
@@ -319,7 +262,7 @@ async fn restarting_the_controller_changes_nothing_already_reconciled() {
     let status = controller.terminate();
     assert!(status.success(), "controller exit status on SIGTERM: {status:?}");
     drop(controller);
-    let controller = ControllerProcess::start(&ns.name);
+    let controller = LatchkeyProcess::start(&ns.name);
     eventually(WAIT, "the new controller to start reconciling", || async {
         controller
             .log_text()

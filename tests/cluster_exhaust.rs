@@ -85,11 +85,6 @@ fn open_connections(addr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no latchkey_http_connections in /metrics:\n{text}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_and_idle_connections_are_closed_while_livez_answers() {
     let soft = raise_fd_limit();
@@ -101,7 +96,7 @@ async fn half_sent_and_idle_connections_are_closed_while_livez_answers() {
         HALF + IDLE + 200
     );
     let ns = TestNamespace::new("exhaust-conn").await;
-    let (server, base) = ControllerProcess::start_http(
+    let (server, base) = LatchkeyProcess::start_http(
         "serve",
         &ns.name,
         &[
@@ -207,7 +202,7 @@ async fn half_sent_and_idle_connections_are_closed_while_livez_answers() {
 async fn connections_over_the_cap_are_closed_at_once_and_the_slots_come_back() {
     raise_fd_limit();
     let ns = TestNamespace::new("exhaust-cap").await;
-    let (_server, base) = ControllerProcess::start_http(
+    let (_server, base) = LatchkeyProcess::start_http(
         "serve",
         &ns.name,
         &[
@@ -291,7 +286,7 @@ fn post(addr: &str, head: &str, body: Option<Vec<u8>>) -> (u16, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_megabyte_token_body_is_refused_before_it_is_read() {
     let ns = TestNamespace::new("exhaust-body").await;
-    let (_server, base) = ControllerProcess::start_http("serve", &ns.name, &[]);
+    let (_server, base) = LatchkeyProcess::start_http("serve", &ns.name, &[]);
     let addr = addr_of(&base);
     tokio::task::spawn_blocking(move || {
         let mb = 1 << 20;
@@ -341,7 +336,7 @@ async fn a_one_megabyte_token_body_is_refused_before_it_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brute_force_gets_429_after_the_bound_and_other_keys_still_pass() {
     let ns = TestNamespace::new("exhaust-brute").await;
-    let (server, base) = ControllerProcess::start_run(&ns.name, &[]);
+    let (server, base) = LatchkeyProcess::start_run(&ns.name, &[]);
     let victim = served_key(&ns.name, "victim", "  scopes: [orders:read]\n", &base).await;
     let other = served_key(
         &ns.name,
@@ -413,14 +408,7 @@ async fn a_brute_force_gets_429_after_the_bound_and_other_keys_still_pass() {
     // The auth routes still serve valid keys from the same address.
     assert_eq!(auth(other.clone()).await.0, 200);
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     for by in ["key_id", "source"] {
         let line = metrics
             .lines()

@@ -22,15 +22,13 @@
 
 mod common;
 
+use common::webhook::{Webhook, assert_refused};
 use common::{
-    ControllerProcess, E2E_RELEASE, LATCHKEY_NS, TestNamespace, eventually, free_port, kubectl, kubectl_ok,
-    kubectl_stdin, latchkey_kubeconfig, served_key,
+    LatchkeyProcess, TestNamespace, WAIT, api_key_manifest as apikey, apply_result, eventually, header,
+    kubectl, kubectl_ok, served_key, token_policy_manifest as policy,
 };
 use reqwest::StatusCode;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(60);
 
 /// A cluster-scoped CredentialGrant, deleted on drop.
 struct Grant {
@@ -42,11 +40,8 @@ impl Grant {
         let manifest = format!(
             "apiVersion: latchkey.dev/v1alpha1\nkind: CredentialGrant\nmetadata:\n  name: {name}\nspec:\n{spec}"
         );
-        let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
-        assert!(
-            ok,
-            "applying CredentialGrant {name} failed:\n{out}{err}\n{manifest}"
-        );
+        let (ok, out) = apply_result(&manifest, false);
+        assert!(ok, "applying CredentialGrant {name} failed:\n{out}\n{manifest}");
         Self { name: name.into() }
     }
 }
@@ -63,203 +58,6 @@ impl Drop for Grant {
     }
 }
 
-/// Out of cluster `--webhook-url` makes latchkey create its own
-/// configuration, a development right the chart does not grant (as in
-/// tests/cluster_webhook.rs).
-fn grant_development_webhook_rights() {
-    static GRANTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    GRANTED.get_or_init(|| {
-        latchkey_kubeconfig();
-        let manifest = format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: latchkey-e2e-webhook-dev\n\
-             rules:\n- apiGroups: [admissionregistration.k8s.io]\n  resources: [validatingwebhookconfigurations]\n  \
-             verbs: [get, create, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
-             metadata:\n  name: latchkey-e2e-webhook-dev\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  \
-             kind: ClusterRole\n  name: latchkey-e2e-webhook-dev\nsubjects:\n- kind: ServiceAccount\n  \
-             name: {E2E_RELEASE}\n  namespace: {LATCHKEY_NS}\n"
-        );
-        let (ok, out, err) = kubectl_stdin(&["apply", "--server-side", "-f", "-"], &manifest);
-        assert!(ok, "granting the development webhook rights failed:\n{out}{err}");
-    });
-}
-
-/// `latchkey run` with its webhook for namespace `ns`; deletes its
-/// configuration and stops on drop.
-struct Webhook {
-    process: ControllerProcess,
-    configuration: String,
-}
-
-impl Webhook {
-    fn start(ns: &str) -> Self {
-        Self::start_with(ns, &[])
-    }
-
-    fn start_with(ns: &str, extra: &[&str]) -> Self {
-        grant_development_webhook_rights();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let url = format!("https://{addr}/validate");
-        let configuration = format!("latchkey-test-{ns}");
-        let ca = format!("{ns}/webhook-ca");
-        let mut args = vec![
-            "--webhook-addr",
-            &addr,
-            "--webhook-url",
-            &url,
-            "--webhook-configuration-name",
-            &configuration,
-            "--webhook-ca-secret",
-            &ca,
-            "--webhook-sync-seconds",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        let (process, _) = ControllerProcess::start_run(ns, &args);
-        let webhook = Self {
-            process,
-            configuration,
-        };
-        // The API server uses the configuration once its informer saw it.
-        let _ = kubectl(&["create", "secret", "generic", "probe-taken", "-n", ns]);
-        let probe = apikey(ns, "probe", "  secretName: probe-taken\n");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (ok, _, err) = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &probe);
-            if !ok && err.contains("denied the request") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the API server never called the webhook ({err}):\n{}",
-                webhook.process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        webhook
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.configuration,
-            "--ignore-not-found",
-        ]);
-        self.process.kill();
-    }
-}
-
-fn apikey(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    )
-}
-
-fn policy(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    )
-}
-
-/// Applies `manifest` with `--dry-run=server` and for real: both refused
-/// by the webhook with `message`.
-fn assert_refused(manifest: &str, message: &str) {
-    for dry_run in [true, false] {
-        let mut args = vec!["apply", "-f", "-"];
-        if dry_run {
-            args.push("--dry-run=server");
-        }
-        let (ok, out, err) = kubectl_stdin(&args, manifest);
-        assert!(!ok, "accepted (dry run: {dry_run}):\n{manifest}\n{out}{err}");
-        assert!(
-            err.contains("denied the request") && err.contains(message),
-            "dry run {dry_run}: expected the webhook's denial with {message:?}, got:\n{out}{err}"
-        );
-    }
-}
-
-/// `latchkey serve` over every namespace (no `--watch-namespace`), as the
-/// chart's ServiceAccount, killed on drop.
-struct Server {
-    child: Child,
-    log: std::path::PathBuf,
-    url: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log =
-            std::env::temp_dir().join(format!("latchkey-grants-serve-{}-{addr}.log", std::process::id()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(["serve", "--http-addr", &addr, "--kubeconfig"])
-            .arg(latchkey_kubeconfig())
-            .args(extra)
-            .env("RUST_LOG", "info,latchkey=debug")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start latchkey serve");
-        let mut me = Self {
-            child,
-            log,
-            url: format!("http://{addr}"),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = me.child.try_wait().unwrap() {
-                panic!("latchkey serve exited ({status}):\n{}", me.log_text());
-            }
-            if get_ok(&addr, "/readyz") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "latchkey serve was not ready:\n{}",
-                me.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        me
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// Whether `GET http://<addr><path>` answers 200 (a blocking poll, for
-/// readiness before any runtime is involved).
-fn get_ok(addr: &str, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
-}
-
 /// `GET <server>/auth/nginx?<query>` with `key`: status and headers.
 async fn auth(server: &str, query: &str, key: &str) -> (StatusCode, reqwest::header::HeaderMap) {
     let resp = reqwest::Client::new()
@@ -269,13 +67,6 @@ async fn auth(server: &str, query: &str, key: &str) -> (StatusCode, reqwest::hea
         .await
         .expect("the auth server answers");
     (resp.status(), resp.headers().clone())
-}
-
-fn h<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 /// `POST <server>/introspect` of `token` by `caller`.
@@ -308,7 +99,7 @@ async fn claims_beyond_the_grants_are_refused_at_admission_and_never_honoured_wh
 
     // 1. Admission: B may not claim A's scope or A's subject.
     {
-        let _webhook = Webhook::start(b);
+        let _webhook = Webhook::start(b, &[]);
         let not_granted = format!("is not granted to namespace {b} by any CredentialGrant");
         assert_refused(
             &apikey(b, "greedy", "  scopes: [\"orders:write\", \"billing:read\"]\n"),
@@ -333,25 +124,25 @@ async fn claims_beyond_the_grants_are_refused_at_admission_and_never_honoured_wh
             &format!("scope orders:write (spec.allowedScopes) {not_granted}"),
         );
         // What B's grant gives passes (a dry run creates nothing).
-        let (ok, out, err) = kubectl_stdin(
-            &["apply", "--dry-run=server", "-f", "-"],
+        let (ok, out) = apply_result(
             &apikey(
                 b,
                 "fine",
                 "  scopes: [\"billing:read\"]\n  subject: b/fine\n  audiences: [billing.example.com]\n",
             )
             .replace("b/fine", &format!("{b}/fine")),
+            true,
         );
-        assert!(ok, "a granted claim was refused:\n{out}{err}");
-        let (ok, out, err) = kubectl_stdin(
-            &["apply", "--dry-run=server", "-f", "-"],
+        assert!(ok, "a granted claim was refused:\n{out}");
+        let (ok, out) = apply_result(
             &policy(
                 b,
                 "minter",
                 "  audiences: [billing.example.com]\n  allowedScopes: [\"billing:read\"]\n",
             ),
+            true,
         );
-        assert!(ok, "a granted TokenPolicy was refused:\n{out}{err}");
+        assert!(ok, "a granted TokenPolicy was refused:\n{out}");
     }
 
     // 2. Forced past the webhook: created while none is registered.
@@ -362,14 +153,14 @@ async fn claims_beyond_the_grants_are_refused_at_admission_and_never_honoured_wh
     );
     let deadline = Instant::now() + WAIT;
     loop {
-        let (ok, _, err) = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &forced);
+        let (ok, out) = apply_result(&forced, true);
         if ok {
             break;
         }
-        assert!(Instant::now() < deadline, "the webhook never went away: {err}");
+        assert!(Instant::now() < deadline, "the webhook never went away: {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (_run, server) = ControllerProcess::start_run(b, &[]);
+    let (_run, server) = LatchkeyProcess::start_run(b, &[]);
     let key = served_key(
         b,
         "forced",
@@ -384,18 +175,18 @@ async fn claims_beyond_the_grants_are_refused_at_admission_and_never_honoured_wh
         "an ungranted scope is never honoured"
     );
     assert!(
-        h(&headers, "www-authenticate").contains("insufficient_scope"),
+        header(&headers, "www-authenticate").contains("insufficient_scope"),
         "{headers:?}"
     );
     let (status, headers) = auth(&server, "scope=billing:read", &key).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        h(&headers, "x-auth-subject"),
+        header(&headers, "x-auth-subject"),
         format!("{b}/forced"),
         "A's subject falls back to the default"
     );
     assert_eq!(
-        h(&headers, "x-auth-scopes"),
+        header(&headers, "x-auth-scopes"),
         "billing:read",
         "effective scopes only"
     );
@@ -421,13 +212,13 @@ async fn claims_beyond_the_grants_are_refused_at_admission_and_never_honoured_wh
     )
     .await;
     let (_, headers) = auth(&server, "scope=orders:write", &key).await;
-    assert_eq!(h(&headers, "x-auth-scopes"), "orders:write billing:read");
-    assert_eq!(h(&headers, "x-auth-subject"), format!("{b}/forced"));
+    assert_eq!(header(&headers, "x-auth-scopes"), "orders:write billing:read");
+    assert_eq!(header(&headers, "x-auth-subject"), format!("{b}/forced"));
     // And revoked again when the grant goes.
     drop(grant_b);
     eventually(WAIT, "B unrestricted once its grant is gone", || async {
         let (status, headers) = auth(&server, "scope=orders:write", &key).await;
-        (status == StatusCode::OK && h(&headers, "x-auth-subject") == "orders-svc").then_some(())
+        (status == StatusCode::OK && header(&headers, "x-auth-subject") == "orders-svc").then_some(())
     })
     .await;
 }
@@ -446,12 +237,12 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
         ),
     );
     let _controllers = [
-        ControllerProcess::start(c),
-        ControllerProcess::start(d),
-        ControllerProcess::start(e),
+        LatchkeyProcess::start(c),
+        LatchkeyProcess::start(d),
+        LatchkeyProcess::start(e),
     ];
-    let server = Server::start(&[]);
-    let url = server.url.clone();
+    let server = LatchkeyProcess::serve_all_namespaces(&[]);
+    let url = server.url().to_owned();
     let spec = "  subject: shared-svc\n  scopes: [\"orders:read\", \"latchkey:introspect\"]\n";
     let key_c = served_key(c, "shared", spec, &url).await;
     let key_d = served_key(d, "shared", spec, &url).await;
@@ -462,8 +253,8 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
     let (sc, hc) = auth(&url, "scope=orders:read", &key_c).await;
     let (sd, hd) = auth(&url, "scope=orders:read", &key_d).await;
     assert_eq!((sc, sd), (StatusCode::OK, StatusCode::OK));
-    assert_eq!(h(&hc, "x-auth-subject"), "shared-svc");
-    assert_eq!(h(&hd, "x-auth-subject"), "shared-svc");
+    assert_eq!(header(&hc, "x-auth-subject"), "shared-svc");
+    assert_eq!(header(&hd, "x-auth-subject"), "shared-svc");
     // …but where each comes from is never ambiguous: X-Auth-Namespace and
     // /introspect name the namespace.
     let (status, about_d) = introspect(&url, &key_c, &key_d).await;
@@ -472,8 +263,8 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
     assert_eq!(about_d["namespace"], d);
     let (_, about_c) = introspect(&url, &key_d, &key_c).await;
     assert_eq!(about_c["namespace"], c);
-    assert_eq!(h(&hc, "x-auth-namespace"), c);
-    assert_eq!(h(&hd, "x-auth-namespace"), d);
+    assert_eq!(header(&hc, "x-auth-namespace"), c);
+    assert_eq!(header(&hd, "x-auth-namespace"), d);
 
     // /introspect under a grant: E's caller learns about E only.
     let (status, about_e2) = introspect(&url, &key_e, &key_e2).await;
@@ -494,14 +285,14 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
     assert_eq!(auth(&url, "scope=orders:read", &key_e2).await.0, StatusCode::OK);
 
     // Strict mode: a namespace without a grant claims nothing.
-    let strict = Server::start(&["--require-grants"]);
-    let (status, _) = auth(&strict.url, "scope=orders:read", &key_d).await;
+    let strict = LatchkeyProcess::serve_all_namespaces(&["--require-grants"]);
+    let (status, _) = auth(strict.url(), "scope=orders:read", &key_d).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "strict: D is granted no scope");
-    let (status, headers) = auth(&strict.url, "", &key_d).await;
+    let (status, headers) = auth(strict.url(), "", &key_d).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h(&headers, "x-auth-subject"), format!("{d}/shared"));
-    assert_eq!(h(&headers, "x-auth-scopes"), "");
-    let (status, _) = introspect(&strict.url, &key_d, &key_d).await;
+    assert_eq!(header(&headers, "x-auth-subject"), format!("{d}/shared"));
+    assert_eq!(header(&headers, "x-auth-scopes"), "");
+    let (status, _) = introspect(strict.url(), &key_d, &key_d).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
@@ -509,7 +300,7 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
     );
     // E is granted: unchanged by strict mode.
     assert_eq!(
-        auth(&strict.url, "scope=orders:read", &key_e2).await.0,
+        auth(strict.url(), "scope=orders:read", &key_e2).await.0,
         StatusCode::OK
     );
 }
@@ -518,16 +309,13 @@ async fn open_mode_namespaces_stay_distinguishable_and_introspection_covers_only
 async fn strict_mode_refuses_every_claim_of_a_namespace_without_a_grant() {
     let ns = TestNamespace::new("lk-grant-strict").await;
     let n = ns.name.as_str();
-    let _webhook = Webhook::start_with(n, &["--require-grants"]);
+    let _webhook = Webhook::start(n, &["--require-grants"]);
     let why = format!(
         "namespace {n} is selected by no CredentialGrant and latchkey requires grants (--require-grants)"
     );
     assert_refused(&apikey(n, "scoped", "  scopes: [\"orders:read\"]\n"), &why);
     assert_refused(&apikey(n, "named", "  subject: billing-service\n"), &why);
     // No claim, or its own namespace's subject: allowed.
-    let (ok, out, err) = kubectl_stdin(
-        &["apply", "--dry-run=server", "-f", "-"],
-        &apikey(n, "plain", &format!("  subject: {n}/plain\n")),
-    );
-    assert!(ok, "an ApiKey without claims was refused:\n{out}{err}");
+    let (ok, out) = apply_result(&apikey(n, "plain", &format!("  subject: {n}/plain\n")), true);
+    assert!(ok, "an ApiKey without claims was refused:\n{out}");
 }

@@ -14,28 +14,17 @@
 mod common;
 
 use common::*;
-use futures::TryStreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use latchkey::conditions;
-use latchkey::crd::ApiKey;
-use latchkey::key::sha256_hex;
-use latchkey::validity;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
 const LEASE_DURATION: &str = "4";
 const LEASE_GRACE: &str = "2";
 
 /// One replica: a `latchkey controller` on the shared Lease.
 struct Replica {
-    process: ControllerProcess,
+    process: LatchkeyProcess,
     identity: String,
 }
 
@@ -73,7 +62,7 @@ impl Pair {
     fn start_replica(&mut self) {
         self.starts += 1;
         let identity = format!("replica-{}", self.starts);
-        let process = ControllerProcess::start_elected(
+        let process = LatchkeyProcess::start_elected(
             &self.s.ns.name,
             &["controller"],
             &self.lease,
@@ -121,48 +110,14 @@ impl Pair {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    async fn request_rotation(&self, name: &str, value: &str) {
-        let patch = serde_json::json!({"metadata": {"annotations": {"latchkey.dev/rotate": value}}});
-        self.s
-            .api_keys
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    /// Ready, no pending key, the Secret holds the current key, and `extra`.
-    async fn settled(&self, name: &str, what: &str, extra: impl Fn(&ApiKey) -> bool) -> (ApiKey, Secret) {
-        eventually(WAIT, what, || async {
-            let ak = self.s.api_keys.get(name).await.ok()?;
-            let status = ak.status.as_ref()?;
-            if !conditions::is_true(&status.conditions, conditions::READY) || status.pending_key.is_some() {
-                return None;
-            }
-            let secret = self.s.secrets.get_opt(&ak.secret_name()).await.ok()??;
-            let current = status.current_key.as_ref()?;
-            (key_hash(&secret)? == current.sha256 && extra(&ak)).then_some((ak, secret))
-        })
-        .await
-    }
-}
-
-fn key_hash(secret: &Secret) -> Option<String> {
-    Some(sha256_hex(&secret.data.as_ref()?.get("api-key")?.0))
 }
 
 fn apply_api_key(ns: &str, name: &str) {
-    let yaml = format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  \
-         scopes: [\"orders:read\"]\n  rotation: {{interval: 720h, gracePeriod: 30s}}\n"
-    );
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    apply(&api_key_manifest(
+        ns,
+        name,
+        "  scopes: [\"orders:read\"]\n  rotation: {interval: 720h, gracePeriod: 30s}\n",
+    ));
 }
 
 #[tokio::test]
@@ -171,7 +126,7 @@ async fn only_the_leader_reconciles_and_sigterm_hands_over_at_once() {
     let first = p.leader().await;
     let standby = 1 - first;
     apply_api_key(&p.s.ns.name, "svc");
-    let (ak, _) = p.settled("svc", "first key", |_| true).await;
+    let (ak, _) = p.s.settled("svc", "first key", |_| true).await;
     assert_eq!(ak.status.as_ref().unwrap().revision, Some(1));
     let standby_log = p.replicas[standby].process.log_text();
     assert!(standby_log.contains("standing by for the Lease"), "{standby_log}");
@@ -204,9 +159,9 @@ async fn only_the_leader_reconciles_and_sigterm_hands_over_at_once() {
         "after a release the standby should not wait for expiry: {handover:?}"
     );
     // The new leader honours a rotate request, once.
-    p.request_rotation("svc", "after-handover").await;
-    let (ak, _) = p
-        .settled("svc", "the rotation by the new leader", |ak| {
+    p.s.request_rotation("svc", "after-handover").await;
+    let (ak, _) =
+        p.s.settled("svc", "the rotation by the new leader", |ak| {
             ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some("after-handover")
         })
         .await;
@@ -230,46 +185,10 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
     let started = Instant::now();
     let mut p = Pair::new("ha-crash").await;
     apply_api_key(&p.s.ns.name, "svc");
-    let (ak, _) = p.settled("svc", "first key", |_| true).await;
+    let (ak, _) = p.s.settled("svc", "first key", |_| true).await;
     let first_revision = ak.status.as_ref().unwrap().revision.unwrap();
 
-    // Reads the Secret, then the ApiKey (status adds a key before the Secret
-    // gets it, so a key held at the first read is listed at the second).
-    let stop = Arc::new(AtomicBool::new(false));
-    let checks = Arc::new(AtomicU64::new(0));
-    let violations = Arc::new(AtomicU64::new(0));
-    let revision_drops = Arc::new(AtomicU64::new(0));
-    let poller = {
-        let (stop, checks, violations, revision_drops) = (
-            stop.clone(),
-            checks.clone(),
-            violations.clone(),
-            revision_drops.clone(),
-        );
-        let (api_keys, secrets) = (p.s.api_keys.clone(), p.s.secrets.clone());
-        tokio::spawn(async move {
-            let mut highest = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let secret = secrets.get("svc").await;
-                let ak = api_keys.get("svc").await;
-                if let (Ok(secret), Ok(ak)) = (secret, ak) {
-                    let hash = key_hash(&secret).expect("the Secret holds a key");
-                    checks.fetch_add(1, Ordering::Relaxed);
-                    if !validity::is_valid_hash(&ak, &hash, Timestamp::now()) {
-                        violations.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("VIOLATION: the Secret's key is not valid per status");
-                    }
-                    let revision = ak.status.as_ref().and_then(|s| s.revision).unwrap_or(0);
-                    if revision < highest {
-                        revision_drops.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("VIOLATION: status.revision went from {highest} to {revision}");
-                    }
-                    highest = highest.max(revision);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let poller = InvariantPoller::start(p.s.api_keys.clone(), p.s.secrets.clone(), "svc");
 
     let mut takeovers = Vec::new();
     let mut settle_after_kill = Vec::new();
@@ -284,75 +203,27 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
         // A random phase against the Lease's renewals (every 2 s), so the
         // takeover times spread over what a real crash would see.
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..2000u64))).await;
-        if i % 2 == 0 {
-            p.request_rotation("svc", &request).await;
-            tokio::time::sleep(Duration::from_millis(rand::random_range(0..300u64))).await;
-        } else {
-            let watch = watcher(
-                p.s.api_keys.clone(),
-                watcher::Config::default().fields("metadata.name=svc"),
-            )
-            .applied_objects();
-            let mut watch = std::pin::pin!(watch);
-            watch.try_next().await.expect("watch the ApiKey");
-            p.request_rotation("svc", &request).await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Ok(Some(ak)) = watch.try_next().await {
-                    if ak.status.as_ref().is_some_and(|st| {
-                        st.pending_key.is_some() && st.pending_rotate_request.as_deref() == Some(&request)
-                    }) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            tokio::time::sleep(Duration::from_millis(rand::random_range(0..10u64))).await;
-        }
+        p.s.request_rotation_for_a_kill("svc", &request, i % 2 == 1).await;
         // SIGKILL the leader.
         let gone = p.replicas[leader].identity.clone();
         p.replicas[leader].process.kill();
         let killed = Instant::now();
         // Where did the kill land? (nothing writes until the takeover)
-        let ak = p.s.api_keys.get("svc").await.unwrap();
-        let secret = p.s.secrets.get("svc").await.unwrap();
-        let status = ak.status.as_ref().unwrap();
-        let held = key_hash(&secret).unwrap();
-        let point = match &status.pending_key {
-            Some(pending) if pending.sha256 == held => 2,
-            Some(_) => 1,
-            None if status.last_rotate_request.as_deref() == Some(request.as_str()) => 3,
-            None => 0,
-        };
-        kill_points[point] += 1;
+        kill_points[kill_point(&p.s, "svc", &request).await] += 1;
         // Restart the killed replica (a new process, a new identity): it
         // stands by, the survivor takes over.
         p.replicas.remove(leader);
         p.start_replica();
         takeovers.push(p.takeover(&gone, killed).await);
-        let (ak, secret) = p
-            .settled("svc", &format!("rotation {i} settled after the takeover"), |ak| {
-                ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some(request.as_str())
-            })
+        let what = format!("rotation {i} settled after the takeover");
+        revision = (p.s)
+            .settled_once("svc", &request, &what, revision, &mut settled_violations)
             .await;
         settle_after_kill.push(killed.elapsed());
-        let status = ak.status.as_ref().unwrap();
-        if !validity::is_valid_hash(&ak, &key_hash(&secret).unwrap(), Timestamp::now())
-            || status.pending_key.is_some()
-        {
-            settled_violations += 1;
-        }
-        let now_revision = status.revision.unwrap();
-        assert_eq!(
-            now_revision,
-            revision + 1,
-            "rotate request {request} delivered exactly one key"
-        );
-        revision = now_revision;
     }
     // Give a stray second writer (there must be none) a moment to show up.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    poller.await.unwrap();
+    let counts = poller.stop().await;
     let ak = p.s.api_keys.get("svc").await.unwrap();
     assert_eq!(
         ak.status.as_ref().unwrap().revision,
@@ -363,9 +234,9 @@ async fn sigkill_the_leader_during_rotations_the_standby_takes_over_and_each_req
     takeovers.sort();
     settle_after_kill.sort();
     let (checks, violations, drops) = (
-        checks.load(Ordering::Relaxed),
-        violations.load(Ordering::Relaxed),
-        revision_drops.load(Ordering::Relaxed),
+        counts.checks.load(Ordering::Relaxed),
+        counts.violations.load(Ordering::Relaxed),
+        counts.revision_drops.load(Ordering::Relaxed),
     );
     println!(
         "HA crash test: {ITERATIONS} iterations, the leader SIGKILLed in each (lease {LEASE_DURATION} s, grace \

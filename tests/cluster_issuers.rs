@@ -12,34 +12,18 @@ use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
-use latchkey::conditions;
 use latchkey::crd::{SigningAlgorithm, TokenPolicy};
 use latchkey::token::{claims, keys};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn apply(manifest: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
 fn policy_manifest(ns: &str, name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  \
-         audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:write\"]\n{extra}"
+    token_policy_manifest(
+        ns,
+        name,
+        &format!("  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:write\"]\n{extra}"),
     )
-}
-
-async fn ready_policy(policies: &Api<TokenPolicy>, name: &str) -> TokenPolicy {
-    eventually(WAIT, &format!("TokenPolicy {name} Ready"), || async {
-        let p = policies.get(name).await.ok()?;
-        conditions::is_true(&p.status.as_ref()?.conditions, conditions::READY).then_some(p)
-    })
-    .await
 }
 
 /// The policy's signing key, read from its Secret: (kid, encoding key).
@@ -88,14 +72,7 @@ async fn auth(server: &str, token: &str) -> StatusCode {
 }
 
 async fn token_request(url: &str, key: &str) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(url)
-        .basic_auth("client", Some(key))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .unwrap();
+    let resp = post_token(url, key, "grant_type=client_credentials").await;
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -115,39 +92,75 @@ fn stalled_for_conflict(p: &TokenPolicy) -> Option<String> {
     ready_false.then(|| stalled.message.clone())
 }
 
+/// A namespace with its own `latchkey run`, TokenPolicy `login` Ready and
+/// ApiKey `frontend` (`key_spec`) served.
+struct LoginPolicy {
+    ns: TestNamespace,
+    _latchkey: LatchkeyProcess,
+    /// The auth server's base URL.
+    server: String,
+    policies: Api<TokenPolicy>,
+    secrets: Api<Secret>,
+    /// `login`, Ready.
+    policy: TokenPolicy,
+    /// `frontend`'s key.
+    key: String,
+}
+
+impl LoginPolicy {
+    async fn start(prefix: &str, key_spec: &str) -> Self {
+        let ns = TestNamespace::new(prefix).await;
+        let n = ns.name.as_str();
+        let (latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+        let client = client().await;
+        let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), n);
+        let secrets: Api<Secret> = Api::namespaced(client, n);
+        apply(&policy_manifest(n, "login", ""));
+        let policy = ready_policy(&policies, "login").await;
+        let key = served_key(n, "frontend", key_spec, &server).await;
+        Self {
+            ns,
+            _latchkey: latchkey,
+            server,
+            policies,
+            secrets,
+            policy,
+            key,
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_issuer_path_claimed_twice_serves_neither_policy() {
-    let ns = TestNamespace::new("iss-dispute").await;
-    let n = ns.name.as_str();
-    let (_latchkey, server) = ControllerProcess::start_run(n, &[]);
-    let client = client().await;
-    let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), n);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
-
     // The victim, with a key that exchanges and a token that works.
-    apply(&policy_manifest(n, "login", ""));
-    let victim = ready_policy(&policies, "login").await;
-    let issuer = victim.status.as_ref().unwrap().issuer.clone().unwrap();
-    let victim_kid = victim.status.as_ref().unwrap().active_key_id.clone().unwrap();
-    let key = served_key(
-        n,
-        "frontend",
+    let LoginPolicy {
+        ns,
+        server,
+        policies,
+        secrets,
+        policy: victim,
+        key,
+        ..
+    } = &LoginPolicy::start(
+        "iss-dispute",
         "  subject: victim-svc\n  scopes: [\"orders:read\", \"orders:write\"]\n  tokenPolicyRef:\n    name: login\n",
-        &server,
     )
     .await;
+    let n = ns.name.as_str();
+    let issuer = victim.status.as_ref().unwrap().issuer.clone().unwrap();
+    let victim_kid = victim.status.as_ref().unwrap().active_key_id.clone().unwrap();
     let client_id = &key[3..15];
-    let (status, answer) = token_request(&format!("{issuer}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{issuer}/token"), key).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let victim_token = answer["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(auth(&server, &victim_token).await, StatusCode::OK);
+    assert_eq!(auth(server, &victim_token).await, StatusCode::OK);
 
     // The attacker: a policy of its own (it sorts first: "aaa" < "login"),
     // Ready with a real key, then pointed at the victim's issuer with the
     // webhook out of the way.
     apply(&policy_manifest(n, "aaa-squatter", ""));
-    let attacker = ready_policy(&policies, "aaa-squatter").await;
-    let (attacker_kid, attacker_key) = real_key(&secrets, &attacker).await;
+    let attacker = ready_policy(policies, "aaa-squatter").await;
+    let (attacker_kid, attacker_key) = real_key(secrets, &attacker).await;
     policies
         .patch(
             "aaa-squatter",
@@ -197,9 +210,9 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{suffix}: {body}");
         assert!(!body.contains(&attacker_kid) && !body.contains(&victim_kid));
     }
-    let (status, answer) = token_request(&format!("{issuer}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{issuer}/token"), key).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
-    let (status, answer) = token_request(&format!("{server}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{server}/token"), key).await;
     assert_eq!(answer["error"], "unauthorized_client", "{status} {answer}");
     assert!(
         answer["error_description"]
@@ -208,12 +221,12 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
             .contains("also claimed by another TokenPolicy")
     );
     assert_eq!(
-        auth(&server, &forged).await,
+        auth(server, &forged).await,
         StatusCode::UNAUTHORIZED,
         "the attacker's token"
     );
     assert_eq!(
-        auth(&server, &victim_token).await,
+        auth(server, &victim_token).await,
         StatusCode::UNAUTHORIZED,
         "neither side verifies"
     );
@@ -222,7 +235,7 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
     for name in ["aaa-squatter", "aab-direct"] {
         policies.delete(name, &DeleteParams::default()).await.unwrap();
     }
-    ready_policy(&policies, "login").await;
+    ready_policy(policies, "login").await;
     let jwks: Value = eventually(WAIT, "the victim's JWKS is served again", || async {
         let (status, body) = get(&format!("{issuer}/.well-known/jwks.json")).await;
         (status == StatusCode::OK).then(|| serde_json::from_str(&body).unwrap())
@@ -235,11 +248,11 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
         .map(|k| k["kid"].as_str().unwrap())
         .collect();
     assert_eq!(kids, vec![victim_kid.as_str()]);
-    let (status, answer) = token_request(&format!("{issuer}/token"), &key).await;
+    let (status, answer) = token_request(&format!("{issuer}/token"), key).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(auth(&server, &victim_token).await, StatusCode::OK);
+    assert_eq!(auth(server, &victim_token).await, StatusCode::OK);
     assert_eq!(
-        auth(&server, &forged).await,
+        auth(server, &forged).await,
         StatusCode::UNAUTHORIZED,
         "the attacker's token"
     );
@@ -247,22 +260,18 @@ async fn an_issuer_path_claimed_twice_serves_neither_policy() {
 
 #[tokio::test]
 async fn a_rogue_labelled_secret_never_replaces_the_signing_keys() {
-    let ns = TestNamespace::new("iss-rogue").await;
-    let n = ns.name.as_str();
-    let (_latchkey, server) = ControllerProcess::start_run(n, &[]);
-    let client = client().await;
-    let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), n);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), n);
-    apply(&policy_manifest(n, "login", ""));
-    let policy = ready_policy(&policies, "login").await;
-    let kid = policy.status.as_ref().unwrap().active_key_id.clone().unwrap();
-    let key = served_key(
-        n,
-        "frontend",
+    let LoginPolicy {
+        server,
+        secrets,
+        policy,
+        key,
+        ..
+    } = &LoginPolicy::start(
+        "iss-rogue",
         "  scopes: [\"orders:write\"]\n  tokenPolicyRef:\n    name: login\n",
-        &server,
     )
     .await;
+    let kid = policy.status.as_ref().unwrap().active_key_id.clone().unwrap();
     // Tokens keep being issued by the real key and keep verifying, for a
     // while after each change (the server's watch needs a moment).
     let keeps_working = |what: &'static str| {
@@ -310,60 +319,13 @@ async fn a_rogue_labelled_secret_never_replaces_the_signing_keys() {
     keeps_working("after the rogue Secrets were deleted").await;
 }
 
-/// `latchkey serve` without `--watch-namespace` (read-only: it writes
-/// nothing, so other tests' namespaces are safe), killed by PID on drop.
-struct ClusterWideServer {
-    child: Child,
-    url: String,
-    log: std::path::PathBuf,
-}
-
-impl ClusterWideServer {
-    fn start() -> Self {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("latchkey-serve-all-{port}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(["serve", "--http-addr", &addr, "--kubeconfig"])
-            .arg(latchkey_kubeconfig())
-            .env("RUST_LOG", "info,latchkey=debug")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start latchkey serve");
-        let server = Self {
-            child,
-            url: format!("http://{addr}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "latchkey serve did not listen:\n{}",
-                std::fs::read_to_string(&server.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for ClusterWideServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_token_cannot_speak_for_a_key_its_policy_never_admitted() {
     let home = TestNamespace::new("iss-client-home").await;
     let away = TestNamespace::new("iss-client-away").await;
     let (h, a) = (home.name.as_str(), away.name.as_str());
-    let _controllers = (ControllerProcess::start(h), ControllerProcess::start(a));
-    let server = ClusterWideServer::start();
+    let _controllers = (LatchkeyProcess::start(h), LatchkeyProcess::start(a));
+    let server = LatchkeyProcess::serve_all_namespaces(&[]);
     let client = client().await;
     let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), h);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), h);
@@ -374,16 +336,16 @@ async fn a_token_cannot_speak_for_a_key_its_policy_never_admitted() {
         h,
         "frontend",
         &format!("{spec}  tokenPolicyRef:\n    name: login\n"),
-        &server.url,
+        server.url(),
     )
     .await;
-    let stranger = served_key(h, "stranger", spec, &server.url).await;
-    let outsider = served_key(a, "outsider", spec, &server.url).await;
+    let stranger = served_key(h, "stranger", spec, server.url()).await;
+    let outsider = served_key(a, "outsider", spec, server.url()).await;
     // The issuer as this server serves it, and the policy's real key.
     let discovery: Value = eventually(WAIT, "the policy's discovery", || async {
         let (status, body) = get(&format!(
             "{}/issuers/{h}/login/.well-known/openid-configuration",
-            server.url
+            server.url()
         ))
         .await;
         (status == StatusCode::OK).then(|| serde_json::from_str(&body).unwrap())
@@ -399,17 +361,17 @@ async fn a_token_cannot_speak_for_a_key_its_policy_never_admitted() {
 
     let token = |k: &str| forge(&kid, &key, issuer, &k[3..15]);
     assert_eq!(
-        auth(&server.url, &token(&admitted)).await,
+        auth(server.url(), &token(&admitted)).await,
         StatusCode::OK,
         "the control"
     );
     assert_eq!(
-        auth(&server.url, &token(&stranger)).await,
+        auth(server.url(), &token(&stranger)).await,
         StatusCode::UNAUTHORIZED,
         "a key of the namespace the policy never admitted"
     );
     assert_eq!(
-        auth(&server.url, &token(&outsider)).await,
+        auth(server.url(), &token(&outsider)).await,
         StatusCode::UNAUTHORIZED,
         "a key of another namespace"
     );
@@ -433,7 +395,7 @@ async fn a_token_cannot_speak_for_a_key_its_policy_never_admitted() {
     for (what, change) in forgeries {
         let forged = forge_with(&kid, &key, issuer, &admitted[3..15], change);
         assert_eq!(
-            auth(&server.url, &forged).await,
+            auth(server.url(), &forged).await,
             StatusCode::UNAUTHORIZED,
             "{what}"
         );

@@ -5,37 +5,19 @@
 mod common;
 
 use common::*;
-use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::ListParams;
 use latchkey::conditions;
 use latchkey::crd::ApiKey;
-use latchkey::key::sha256_hex;
 use latchkey::validity;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
-
 fn manifest(ns: &str, name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  scopes: [\"orders:read\"]\n{extra_spec}"
-    )
-}
-
-fn apply(yaml: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
-fn key_hash(secret: &Secret) -> Option<String> {
-    let bytes = &secret.data.as_ref()?.get("api-key")?.0;
-    Some(sha256_hex(bytes))
+    api_key_manifest(ns, name, &format!("  scopes: [\"orders:read\"]\n{extra_spec}"))
 }
 
 fn annotation<'a>(secret: &'a Secret, key: &str) -> &'a str {
@@ -49,47 +31,6 @@ fn annotation<'a>(secret: &'a Secret, key: &str) -> &'a str {
 }
 
 impl Scenario {
-    /// Waits until `name` is Ready, settled (no pending key) and its Secret
-    /// holds the current key; returns both.
-    async fn settled(&self, name: &str, what: &str, extra: impl Fn(&ApiKey) -> bool) -> (ApiKey, Secret) {
-        eventually(WAIT, what, || async {
-            let ak = self.api_keys.get(name).await.ok()?;
-            let status = ak.status.as_ref()?;
-            if !conditions::is_true(&status.conditions, conditions::READY) || status.pending_key.is_some() {
-                return None;
-            }
-            let secret = self.secrets.get_opt(&ak.secret_name()).await.ok()??;
-            let current = status.current_key.as_ref()?;
-            (key_hash(&secret)? == current.sha256 && extra(&ak)).then_some((ak, secret))
-        })
-        .await
-    }
-
-    async fn request_rotation(&self, name: &str, value: &str) {
-        let patch = serde_json::json!({"metadata": {"annotations": {"latchkey.dev/rotate": value}}});
-        self.api_keys
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    async fn wait_for_event(&self, name: &str, reason: &str, type_: &str) -> Event {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
-        eventually(
-            WAIT,
-            &format!("a {type_} Event {reason} about {name}"),
-            || async {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items.into_iter().find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some(type_)
-                })
-            },
-        )
-        .await
-    }
-
     async fn count_events(&self, name: &str, reason: &str) -> usize {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         let list = events.list(&ListParams::default()).await.unwrap();
@@ -197,12 +138,8 @@ async fn revocation_ends_every_key_within_a_second_is_reported_and_is_one_way() 
             ak.status.as_ref().unwrap().previous_keys.len() == 1
         })
         .await;
-    let patch = serde_json::json!({"spec": {"revoked": true}});
     let started = Instant::now();
-    s.api_keys
-        .patch("svc", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
+    revoke(&s.api_keys, "svc").await;
     let fresh = s.api_keys.get("svc").await.unwrap();
     let elapsed = started.elapsed();
     assert!(validity::valid_keys(&fresh, Timestamp::now()).is_empty());
@@ -237,11 +174,8 @@ async fn revocation_ends_every_key_within_a_second_is_reported_and_is_one_way() 
         err.contains("spec.revoked cannot be set back to false") && err.contains("create a new ApiKey"),
         "{err}"
     );
-    let (ok, _, err) = kubectl_stdin(
-        &["apply", "-f", "-"],
-        &manifest(&s.ns.name, "svc", "  revoked: false\n"),
-    );
-    assert!(!ok && err.contains("cannot be set back to false"), "{err}");
+    let err = apply_refused(&manifest(&s.ns.name, "svc", "  revoked: false\n"));
+    assert!(err.contains("cannot be set back to false"), "{err}");
 
     // No new key: not on request, not when the Secret is deleted.
     s.request_rotation("svc", "r2").await;
@@ -332,11 +266,7 @@ async fn cel_bounds_refuse_bad_intervals_and_grace_periods_naming_the_bound() {
         ("not-go", "{interval: 1d}", "spec.rotation.interval"),
     ];
     for (name, rotation, message) in cases {
-        let (ok, out, err) = kubectl_stdin(
-            &["apply", "-f", "-"],
-            &manifest(&ns.name, name, &format!("  rotation: {rotation}\n")),
-        );
-        assert!(!ok, "{name} was accepted: {out}");
+        let err = apply_refused(&manifest(&ns.name, name, &format!("  rotation: {rotation}\n")));
         assert!(err.contains(message), "{name}: expected {message:?} in:\n{err}");
     }
     apply(&manifest(
@@ -424,7 +354,7 @@ async fn a_rotation_stopped_after_the_pending_status_is_dropped_and_redone_once(
 
     s.controller.kill();
     apply(&with("payments"));
-    s.controller = ControllerProcess::start(&s.ns.name);
+    s.controller = LatchkeyProcess::start(&s.ns.name);
     let (ak, secret) = s
         .settled("svc", "the rotation redone", |ak| {
             ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some("r1")
@@ -462,44 +392,7 @@ async fn rotations_survive_sigkill_at_random_moments() {
     let (ak, _) = s.settled("svc", "first key", |_| true).await;
     let first_revision = ak.status.as_ref().unwrap().revision.unwrap();
 
-    // The poller reads the Secret first, then the ApiKey: status only ever
-    // adds a key before the Secret gets it, so a key the Secret held at the
-    // first read is still listed at the second unless the invariant broke.
-    let stop = Arc::new(AtomicBool::new(false));
-    let checks = Arc::new(AtomicU64::new(0));
-    let violations = Arc::new(AtomicU64::new(0));
-    let pending_seen = Arc::new(AtomicU64::new(0));
-    let poller = {
-        let (stop, checks, violations, pending_seen) = (
-            stop.clone(),
-            checks.clone(),
-            violations.clone(),
-            pending_seen.clone(),
-        );
-        let (api_keys, secrets) = (s.api_keys.clone(), s.secrets.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let secret = secrets.get("svc").await;
-                let ak = api_keys.get("svc").await;
-                if let (Ok(secret), Ok(ak)) = (secret, ak) {
-                    let hash = key_hash(&secret).expect("the Secret holds a key");
-                    checks.fetch_add(1, Ordering::Relaxed);
-                    if ak.status.as_ref().is_some_and(|s| s.pending_key.is_some()) {
-                        pending_seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if !validity::is_valid_hash(&ak, &hash, Timestamp::now()) {
-                        violations.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "VIOLATION: Secret key id {} not valid per status (revision {:?})",
-                            annotation(&secret, "latchkey.dev/key-id"),
-                            ak.status.as_ref().and_then(|s| s.revision)
-                        );
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let poller = InvariantPoller::start(s.api_keys.clone(), s.secrets.clone(), "svc");
 
     let mut settled_violations = 0;
     // Kills before the rotation began, after write 1 (pending in status),
@@ -508,80 +401,28 @@ async fn rotations_survive_sigkill_at_random_moments() {
     let mut revision = first_revision;
     for i in 0..ITERATIONS {
         let request = format!("crash-{i}");
-        if i % 2 == 0 {
-            // A random moment after the request.
-            s.request_rotation("svc", &request).await;
-            let delay = rand::random_range(0..300u64);
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        } else {
-            // Aimed between the writes: 0–10 ms after a watch shows the
-            // pending key in status (the whole delivery takes a few ms, so
-            // random moments alone rarely land inside it).
-            let watch = watcher(
-                s.api_keys.clone(),
-                watcher::Config::default().fields("metadata.name=svc"),
-            )
-            .applied_objects();
-            let mut watch = std::pin::pin!(watch);
-            watch.try_next().await.expect("watch the ApiKey"); // the initial list
-            s.request_rotation("svc", &request).await;
-            let pending_for_request = |ak: &ApiKey| {
-                ak.status.as_ref().is_some_and(|st| {
-                    st.pending_key.is_some() && st.pending_rotate_request.as_deref() == Some(&request)
-                })
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Ok(Some(ak)) = watch.try_next().await {
-                    if pending_for_request(&ak) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            let delay = rand::random_range(0..10u64);
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
+        // Even: a random moment after the request; odd: aimed between the writes.
+        s.request_rotation_for_a_kill("svc", &request, i % 2 == 1).await;
         s.controller.kill();
         // Where did the kill land? (status, then the Secret, while nothing runs)
-        let ak = s.api_keys.get("svc").await.unwrap();
-        let secret = s.secrets.get("svc").await.unwrap();
-        let status = ak.status.as_ref().unwrap();
-        let held = key_hash(&secret).unwrap();
-        let point = match &status.pending_key {
-            Some(p) if p.sha256 == held => 2,
-            Some(_) => 1,
-            None if status.last_rotate_request.as_deref() == Some(request.as_str()) => 3,
-            None => 0,
-        };
-        kill_points[point] += 1;
-        s.controller = ControllerProcess::start(&s.ns.name);
-        let (ak, secret) = s
-            .settled("svc", &format!("rotation {i} settled after a SIGKILL"), |ak| {
-                ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some(request.as_str())
-            })
+        kill_points[kill_point(&s, "svc", &request).await] += 1;
+        s.controller = LatchkeyProcess::start(&s.ns.name);
+        let what = format!("rotation {i} settled after a SIGKILL");
+        revision = s
+            .settled_once("svc", &request, &what, revision, &mut settled_violations)
             .await;
-        let status = ak.status.as_ref().unwrap();
-        let hash = key_hash(&secret).unwrap();
-        if !validity::is_valid_hash(&ak, &hash, Timestamp::now()) || status.pending_key.is_some() {
-            settled_violations += 1;
-        }
-        let now_revision = status.revision.unwrap();
-        assert_eq!(
-            now_revision,
-            revision + 1,
-            "each request delivers exactly one key"
-        );
-        revision = now_revision;
     }
-    stop.store(true, Ordering::Relaxed);
-    poller.await.unwrap();
-    let (checks, violations) = (checks.load(Ordering::Relaxed), violations.load(Ordering::Relaxed));
+    let counts = poller.stop().await;
+    let (checks, violations) = (
+        counts.checks.load(Ordering::Relaxed),
+        counts.violations.load(Ordering::Relaxed),
+    );
     println!(
         "crash test: {ITERATIONS} iterations (SIGKILL each), {checks} invariant checks by the poller \
          ({} saw a pending key), {violations} violations, {settled_violations} settled-state violations, \
          revision {first_revision} → {revision}, {:.1} s; kills landed: {} before the rotation, \
          {} after the pending status, {} after the Secret write, {} after the rotation",
-        pending_seen.load(Ordering::Relaxed),
+        counts.pending_seen.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
         kill_points[0],
         kill_points[1],

@@ -15,18 +15,12 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn apply(manifest: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
 /// TokenPolicy `login` in `ns`, Ready; returns its issuer.
-async fn ready_policy(ns: &str) -> String {
-    apply(&format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: login\n  namespace: {ns}\nspec:\n  \
-         audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n"
+async fn login_policy_issuer(ns: &str) -> String {
+    apply(&token_policy_manifest(
+        ns,
+        "login",
+        "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n",
     ));
     let policies: Api<TokenPolicy> = Api::namespaced(client().await, ns);
     eventually(WAIT, "TokenPolicy login Ready", || async {
@@ -45,10 +39,7 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_default()
+        header(&self.headers, name)
     }
 }
 
@@ -64,15 +55,7 @@ async fn answer(resp: reqwest::Response) -> Answer {
 }
 
 async fn token_request(server: &str, path: &str, key: &str) -> Answer {
-    let resp = reqwest::Client::new()
-        .post(format!("{server}{path}"))
-        .basic_auth("client", Some(key))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .unwrap();
-    answer(resp).await
+    answer(post_token(&format!("{server}{path}"), key, "grant_type=client_credentials").await).await
 }
 
 async fn auth(server: &str, credential: &str, query: &str) -> Answer {
@@ -135,8 +118,8 @@ async fn refill() {
 #[tokio::test]
 async fn a_rate_limited_keys_tokens_and_token_requests_share_its_bucket_and_its_last_use() {
     let ns = TestNamespace::new("metering").await;
-    let (latchkey, server) = ControllerProcess::start_run(&ns.name, &["--last-used-flush-seconds", "1"]);
-    let issuer = ready_policy(&ns.name).await;
+    let (latchkey, server) = LatchkeyProcess::start_run(&ns.name, &["--last-used-flush-seconds", "1"]);
+    let issuer = login_policy_issuer(&ns.name).await;
     let key = served_key(
         &ns.name,
         "limited",
@@ -207,8 +190,8 @@ async fn a_rate_limited_keys_tokens_and_token_requests_share_its_bucket_and_its_
 #[tokio::test]
 async fn routes_can_require_the_credentials_namespace_and_issuer() {
     let ns = TestNamespace::new("requires").await;
-    let (_latchkey, server) = ControllerProcess::start_run(&ns.name, &[]);
-    let issuer = ready_policy(&ns.name).await;
+    let (_latchkey, server) = LatchkeyProcess::start_run(&ns.name, &[]);
+    let issuer = login_policy_issuer(&ns.name).await;
     let key = served_key(
         &ns.name,
         "svc",

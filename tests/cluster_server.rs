@@ -13,11 +13,9 @@ use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
-
 struct Server {
     ns: TestNamespace,
-    process: ControllerProcess,
+    process: LatchkeyProcess,
     base: String,
     http: reqwest::Client,
     api_keys: Api<ApiKey>,
@@ -27,7 +25,7 @@ struct Server {
 impl Server {
     async fn start(prefix: &str, extra: &[&str]) -> Self {
         let ns = TestNamespace::new(prefix).await;
-        let (process, base) = ControllerProcess::start_run(&ns.name, extra);
+        let (process, base) = LatchkeyProcess::start_run(&ns.name, extra);
         let client = client().await;
         Self {
             api_keys: Api::namespaced(client.clone(), &ns.name),
@@ -80,10 +78,6 @@ impl Server {
     }
 }
 
-fn h<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or_default()
-}
-
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -132,17 +126,20 @@ async fn every_route_answers_from_the_apikeys_status() {
     ] {
         let (status, headers) = s.request(method.clone(), path, &headers).await;
         assert_eq!(status, StatusCode::OK, "{method} {path}");
-        assert_eq!(h(&headers, "x-auth-subject"), "billing-service");
-        assert_eq!(h(&headers, "x-auth-scopes"), "orders:read latchkey:introspect");
-        assert_eq!(h(&headers, "x-auth-key-id"), &key[3..15]);
-        assert_eq!(h(&headers, "cache-control"), "private, max-age=1");
+        assert_eq!(header(&headers, "x-auth-subject"), "billing-service");
+        assert_eq!(
+            header(&headers, "x-auth-scopes"),
+            "orders:read latchkey:introspect"
+        );
+        assert_eq!(header(&headers, "x-auth-key-id"), &key[3..15]);
+        assert_eq!(header(&headers, "cache-control"), "private, max-age=1");
     }
 
     // No credential: a challenge without an error.
     let (status, headers) = s.auth("/auth/nginx", &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(h(&headers, "www-authenticate"), "Bearer realm=\"latchkey\"");
-    assert_eq!(h(&headers, "cache-control"), "no-store");
+    assert_eq!(header(&headers, "www-authenticate"), "Bearer realm=\"latchkey\"");
+    assert_eq!(header(&headers, "cache-control"), "no-store");
 
     // Garbage, a bad checksum, an audience the key does not have.
     let mut bad_sum = key.clone();
@@ -155,7 +152,7 @@ async fn every_route_answers_from_the_apikeys_status() {
     ] {
         let (status, headers) = s.auth(path, &[("authorization", &bearer(&presented))]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
-        assert!(h(&headers, "www-authenticate").contains("error=\"invalid_token\""));
+        assert!(header(&headers, "www-authenticate").contains("error=\"invalid_token\""));
     }
 
     // A scope the key lacks.
@@ -163,7 +160,7 @@ async fn every_route_answers_from_the_apikeys_status() {
         .auth("/auth/forward?scope=orders:write", &[("authorization", &auth)])
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(h(&headers, "www-authenticate").contains("error=\"insufficient_scope\""));
+    assert!(header(&headers, "www-authenticate").contains("error=\"insufficient_scope\""));
 
     // Introspection: the caller needs latchkey:introspect.
     let (status, body) = s.introspect(Some(&key), &format!("token={key}")).await;
@@ -187,15 +184,7 @@ async fn every_route_answers_from_the_apikeys_status() {
     .await;
 
     // Metrics count decisions by route and result.
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("{}/metrics", s.base)).await;
     assert!(
         text.contains(r#"latchkey_auth_decisions_total{route="nginx",result="allow"}"#),
         "{text}"
@@ -232,14 +221,7 @@ async fn rotation_keeps_the_old_key_valid_and_revocation_refuses_both_at_once() 
         "the previous key stays valid during its grace period"
     );
 
-    s.api_keys
-        .patch(
-            "svc",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
-        )
-        .await
-        .unwrap();
+    revoke(&s.api_keys, "svc").await;
     let revoked_at = Instant::now();
     for key in [&new, &old] {
         eventually(Duration::from_secs(10), "the revoked key is refused", || async {
@@ -266,12 +248,12 @@ async fn over_the_rate_limit_is_429_with_retry_after() {
     for _ in 0..5 {
         let (status, headers) = s.auth("/auth/forward", &[("x-api-key", &key)]).await;
         if status == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = h(&headers, "retry-after").to_owned();
-            assert_eq!(h(&headers, "x-ratelimit-limit"), "1");
-            assert_eq!(h(&headers, "cache-control"), "no-store");
+            retry_after = header(&headers, "retry-after").to_owned();
+            assert_eq!(header(&headers, "x-ratelimit-limit"), "1");
+            assert_eq!(header(&headers, "cache-control"), "no-store");
         } else {
             assert_eq!(
-                h(&headers, "cache-control"),
+                header(&headers, "cache-control"),
                 "no-store",
                 "a metered allow is never cached"
             );
@@ -291,7 +273,7 @@ async fn last_used_at_from_two_replicas_only_moves_forward() {
     let key = s.key("shared", "  scopes: [\"orders:read\"]\n").await;
     // A second server replica on the same ApiKeys.
     let (_replica, replica) =
-        ControllerProcess::start_http("serve", &s.ns.name, &["--last-used-flush-seconds", "1"]);
+        LatchkeyProcess::start_http("serve", &s.ns.name, &["--last-used-flush-seconds", "1"]);
     let mut seen = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(8) {

@@ -11,7 +11,6 @@ use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use latchkey::conditions;
 use latchkey::crd::{ApiKey, TokenPolicy};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -19,27 +18,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn apply(manifest: &str) {
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-}
-
 fn policy_manifest(ns: &str, name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  \
-         audiences: [calendar, pubsub]\n  allowedScopes: [\"calendar-events:read\", \"calendar-events:write\", \"pubsub:publish\"]\n  \
-         roles:\n    data-entry: [\"calendar-events:write\"]\n  customClaims:\n  - name: tenant\n{extra}"
+    token_policy_manifest(
+        ns,
+        name,
+        &format!(
+            "  audiences: [calendar, pubsub]\n  allowedScopes: [\"calendar-events:read\", \"calendar-events:write\", \"pubsub:publish\"]\n  \
+             roles:\n    data-entry: [\"calendar-events:write\"]\n  customClaims:\n  - name: tenant\n{extra}"
+        ),
     )
-}
-
-async fn ready_policy(policies: &Api<TokenPolicy>, name: &str) -> TokenPolicy {
-    eventually(WAIT, &format!("TokenPolicy {name} Ready"), || async {
-        let p = policies.get(name).await.ok()?;
-        conditions::is_true(&p.status.as_ref()?.conditions, conditions::READY).then_some(p)
-    })
-    .await
 }
 
 struct TokenAnswer {
@@ -49,14 +36,7 @@ struct TokenAnswer {
 }
 
 async fn request_token(server: &str, key: &str, form: &str) -> TokenAnswer {
-    let resp = reqwest::Client::new()
-        .post(format!("{server}/token"))
-        .basic_auth("client", Some(key))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form.to_owned())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_token(&format!("{server}/token"), key, form).await;
     let status = resp.status();
     let cache_control = resp
         .headers()
@@ -98,7 +78,7 @@ async fn auth(server: &str, token: &str, query: &str) -> reqwest::Response {
 async fn exchange_verify_introspect_and_revoke() {
     let ns = TestNamespace::new("tokens").await;
     // `tenant` gets a header of its own (every custom claim is in X-Auth-Claims).
-    let (latchkey, server) = ControllerProcess::start_run(&ns.name, &["--claim-header", "tenant"]);
+    let (latchkey, server) = LatchkeyProcess::start_run(&ns.name, &["--claim-header", "tenant"]);
     let client = client().await;
     let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), &ns.name);
     apply(&policy_manifest(&ns.name, "login", "  tokenTTL: 5m\n"));
@@ -281,14 +261,7 @@ async fn exchange_verify_introspect_and_revoke() {
 
     // Revoking the API key refuses its tokens within a second.
     let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
-    api_keys
-        .patch(
-            "frontend",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
-        )
-        .await
-        .unwrap();
+    revoke(&api_keys, "frontend").await;
     let revoked_at = Instant::now();
     eventually(
         Duration::from_secs(5),
@@ -353,7 +326,7 @@ fn third_party_verify(name: &str, issuer: &str, audience: &str, token: &str) -> 
 #[tokio::test]
 async fn pyjwt_and_jose_verify_tokens_across_a_rotation() {
     let ns = TestNamespace::new("tokens-3p").await;
-    let (_latchkey, server) = ControllerProcess::start_run(&ns.name, &[]);
+    let (_latchkey, server) = LatchkeyProcess::start_run(&ns.name, &[]);
     let client = client().await;
     let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), &ns.name);
     for (name, alg) in [("es", "ES256"), ("ed", "EdDSA"), ("rs", "RS256")] {
@@ -424,8 +397,8 @@ async fn pyjwt_and_jose_verify_tokens_across_a_rotation() {
 async fn a_controller_killed_during_signing_key_rotations_never_breaks_a_token() {
     const ITERATIONS: u32 = 30;
     let ns = TestNamespace::new("tokens-crash").await;
-    let (_server, server) = ControllerProcess::start_http("serve", &ns.name, &[]);
-    let mut controller = ControllerProcess::start(&ns.name);
+    let (_server, server) = LatchkeyProcess::start_http("serve", &ns.name, &[]);
+    let mut controller = LatchkeyProcess::start(&ns.name);
     let client = client().await;
     let policies: Api<TokenPolicy> = Api::namespaced(client.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
@@ -486,7 +459,7 @@ async fn a_controller_killed_during_signing_key_rotations_never_breaks_a_token()
                 violations.push(format!("iteration {i}: signing key {active} has no private key"));
             }
         }
-        controller = ControllerProcess::start(&ns.name);
+        controller = LatchkeyProcess::start(&ns.name);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // After the loop settles, every token still verifies.
@@ -564,16 +537,12 @@ async fn invalid_token_policies_are_refused_with_what_to_change() {
         ),
     ];
     for (extra, message) in cases {
-        let manifest = format!(
-            "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: bad\n  namespace: {}\nspec:\n  \
-             audiences: [a]\n  allowedScopes: [x]\n{extra}",
-            ns.name
+        let manifest = token_policy_manifest(
+            &ns.name,
+            "bad",
+            &format!("  audiences: [a]\n  allowedScopes: [x]\n{extra}"),
         );
-        let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
-        assert!(!ok, "accepted: {extra}");
-        assert!(
-            err.contains(message),
-            "{extra}: expected {message:?} in:\n{out}{err}"
-        );
+        let err = apply_refused(&manifest);
+        assert!(err.contains(message), "{extra}: expected {message:?} in:\n{err}");
     }
 }

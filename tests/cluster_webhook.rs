@@ -6,164 +6,15 @@
 
 mod common;
 
+use common::webhook::{WEBHOOK_LISTENING, Webhook, assert_refused};
 use common::{
-    ControllerProcess, E2E_RELEASE, LATCHKEY_NS, TestNamespace, eventually, free_port, kubectl, kubectl_ok,
-    kubectl_stdin, latchkey_kubeconfig,
+    LatchkeyProcess, TestNamespace, api_key_manifest as apikey, apply_result, eventually, free_port, kubectl,
+    kubectl_ok, token_policy_manifest as policy,
 };
 use latchkey::{conditions, crd::ApiKey};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A latchkey with its webhook and configuration; deleting the
-/// configuration and stopping latchkey on drop.
-struct Webhook {
-    process: ControllerProcess,
-    configuration: String,
-    port: u16,
-    /// Leave the configuration in place on drop (a restart reuses it).
-    keep_configuration: bool,
-}
-
-/// Out of cluster, `--webhook-url` makes latchkey create its own
-/// configuration: a development right the chart does not grant (in cluster
-/// it may only patch the chart's one configuration). The tests run latchkey
-/// as the chart's ServiceAccount, so they add exactly this right, once.
-fn grant_development_webhook_rights() {
-    static GRANTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    GRANTED.get_or_init(|| {
-        latchkey_kubeconfig();
-        let manifest = format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: latchkey-e2e-webhook-dev\n\
-             rules:\n- apiGroups: [admissionregistration.k8s.io]\n  resources: [validatingwebhookconfigurations]\n  \
-             verbs: [get, create, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
-             metadata:\n  name: latchkey-e2e-webhook-dev\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  \
-             kind: ClusterRole\n  name: latchkey-e2e-webhook-dev\nsubjects:\n- kind: ServiceAccount\n  \
-             name: {E2E_RELEASE}\n  namespace: {LATCHKEY_NS}\n"
-        );
-        let (ok, out, err) = kubectl_stdin(&["apply", "--server-side", "-f", "-"], &manifest);
-        assert!(ok, "granting the development webhook rights failed:\n{out}{err}");
-    });
-}
-
-impl Webhook {
-    fn start(ns: &str, extra: &[&str]) -> Self {
-        grant_development_webhook_rights();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("https://{addr}/validate");
-        let configuration = format!("latchkey-test-{ns}");
-        let ca = format!("{ns}/webhook-ca");
-        let mut args = vec![
-            "--webhook-addr",
-            &addr,
-            "--webhook-url",
-            &url,
-            "--webhook-configuration-name",
-            &configuration,
-            "--webhook-ca-secret",
-            &ca,
-            "--webhook-sync-seconds",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        let (process, _) = ControllerProcess::start_run(ns, &args);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the webhook did not listen on {addr}:\n{}",
-                process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let webhook = Self {
-            process,
-            configuration,
-            port,
-            keep_configuration: false,
-        };
-        // The API server uses the configuration once its informer saw it:
-        // wait until an invalid ApiKey is refused.
-        let probe = apikey(ns, "probe", "  secretName: probe-taken\n");
-        // (already there after a restart)
-        let _ = kubectl(&["create", "secret", "generic", "probe-taken", "-n", ns]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ok, out, err) = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &probe);
-            if !ok && err.contains("denied the request") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the API server never called the webhook (last: {out}{err}):\n{}",
-                webhook.process.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        webhook
-    }
-
-    fn ca_bundle(&self) -> String {
-        kubectl_ok(&[
-            "get",
-            "validatingwebhookconfiguration",
-            &self.configuration,
-            "-o",
-            "jsonpath={.webhooks[0].clientConfig.caBundle}",
-        ])
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        if self.keep_configuration {
-            self.process.kill();
-            return;
-        }
-        let _ = kubectl(&[
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.configuration,
-            "--ignore-not-found",
-        ]);
-        self.process.kill();
-    }
-}
-
-fn apikey(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    )
-}
-
-fn policy(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    )
-}
-
-fn apply(manifest: &str, dry_run: bool) -> (bool, String) {
-    let mut args = vec!["apply", "-f", "-"];
-    if dry_run {
-        args.push("--dry-run=server");
-    }
-    let (ok, out, err) = kubectl_stdin(&args, manifest);
-    (ok, format!("{out}{err}"))
-}
-
-/// Applies `manifest` for real and with `--dry-run=server`: both refused
-/// with `message`.
-fn assert_refused(manifest: &str, message: &str) {
-    for dry_run in [true, false] {
-        let (ok, out) = apply(manifest, dry_run);
-        assert!(!ok, "accepted (dry run: {dry_run}):\n{manifest}\n{out}");
-        assert!(
-            out.contains("denied the request") && out.contains(message),
-            "dry run {dry_run}: expected the webhook's denial with {message:?}, got:\n{out}"
-        );
-    }
-}
 
 fn exists(kind: &str, name: &str, ns: &str) -> bool {
     kubectl(&["get", kind, name, "-n", ns]).0
@@ -176,17 +27,13 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
     let _webhook = Webhook::start(n, &[]);
     kubectl_ok(&["create", "secret", "generic", "db-creds", "-n", n]);
     // The issuer is unique per run: issuer paths are cluster-wide.
-    let (ok, out) = apply(
-        &policy(
-            n,
-            "orders",
-            &format!(
-                "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/{n}/orders\n"
-            ),
+    common::apply(&policy(
+        n,
+        "orders",
+        &format!(
+            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/{n}/orders\n"
         ),
-        false,
-    );
-    assert!(ok, "{out}");
+    ));
 
     // 1. A Secret someone else holds.
     assert_refused(
@@ -234,15 +81,13 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
         "good",
         "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: orders\n",
     );
-    let (ok, out) = apply(&good, true);
+    let (ok, out) = apply_result(&good, true);
     assert!(ok, "{out}");
     assert!(!exists("apikey", "good", n), "a dry run creates nothing");
-    let (ok, out) = apply(&good, false);
-    assert!(ok, "{out}");
+    common::apply(&good);
     assert!(exists("apikey", "good", n));
     // Its own Secret does not count as taken (re-apply, and an update).
-    let (ok, out) = apply(&good.replace("spec:\n", "spec:\n  subject: svc\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&good.replace("spec:\n", "spec:\n  subject: svc\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,15 +95,11 @@ async fn a_key_applied_before_its_policy_is_accepted_and_becomes_ready_when_it_a
     let ns = TestNamespace::new("lk-wh-order").await;
     let n = ns.name.as_str();
     let _webhook = Webhook::start(n, &[]);
-    let (ok, out) = apply(
-        &apikey(
-            n,
-            "early",
-            "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: later\n",
-        ),
-        false,
-    );
-    assert!(ok, "{out}");
+    let out = common::apply(&apikey(
+        n,
+        "early",
+        "  scopes: [\"orders:read\"]\n  tokenPolicyRef:\n    name: later\n",
+    ));
     assert!(
         out.contains("TokenPolicyMissing"),
         "kubectl shows the warning: {out}"
@@ -289,15 +130,11 @@ async fn a_key_applied_before_its_policy_is_accepted_and_becomes_ready_when_it_a
     assert!(waiting.message.contains("\"later\""), "{}", waiting.message);
     assert!(exists("secret", "early", n), "the key is delivered meanwhile");
 
-    let (ok, out) = apply(
-        &policy(
-            n,
-            "later",
-            "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n",
-        ),
-        false,
-    );
-    assert!(ok, "{out}");
+    common::apply(&policy(
+        n,
+        "later",
+        "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n",
+    ));
     eventually(
         Duration::from_secs(60),
         "Ready once the policy exists",
@@ -333,8 +170,7 @@ async fn only_latchkey_changes_or_deletes_its_secrets() {
         "-n",
         n,
     ]);
-    let (ok, out) = apply(&apikey(n, "billing", "  scopes: [\"orders:read\"]\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&apikey(n, "billing", "  scopes: [\"orders:read\"]\n"));
     let api_keys: kube::Api<ApiKey> = kube::Api::namespaced(common::client().await, n);
     let revision = |want: i64| {
         let api_keys = api_keys.clone();
@@ -516,12 +352,12 @@ async fn the_serving_certificate_rotates_under_load_without_a_failed_call_and_a_
     while started.elapsed() < Duration::from_secs(15) {
         i += 1;
         let valid = apikey(n, "loop", &format!("  subject: svc-{i}\n"));
-        let (ok, out) = apply(&valid, i % 2 == 0);
+        let (ok, out) = apply_result(&valid, i % 2 == 0);
         calls += 1;
         if !ok {
             failed.push(out);
         }
-        let (ok, out) = apply(&apikey(n, "loop-taken", "  secretName: probe-taken\n"), true);
+        let (ok, out) = apply_result(&apikey(n, "loop-taken", "  secretName: probe-taken\n"), true);
         calls += 1;
         if ok || !out.contains("denied the request") {
             failed.push(out);
@@ -579,28 +415,32 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// `openssl req <kind>` (`-new` for a request, `-x509` for a self-signed
+/// certificate) with a new unencrypted P-256 key written to `key`, the
+/// result to `out`, and `extra` arguments.
+fn openssl_req(dir: &std::path::Path, kind: &str, key: &str, out: &str, extra: &[&str]) {
+    let mut args = vec![
+        "req",
+        kind,
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
+}
+
 /// A serving certificate for 127.0.0.1 signed by `ca.crt` in `dir`, written
 /// as `mounted/tls.crt` and `mounted/tls.key` (what a cert-manager
 /// Certificate Secret mounted in the pod holds).
 fn issue_mounted(dir: &std::path::Path, serial: u32) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "next.key",
-            "-out",
-            "next.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
+    openssl_req(dir, "-new", "next.key", "next.csr", &["-subj", "/CN=127.0.0.1"]);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
@@ -639,25 +479,12 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
     let n = ns.name.as_str();
     let dir = std::env::temp_dir().join(format!("latchkey-certmgr-{n}"));
     std::fs::create_dir_all(dir.join("mounted")).unwrap();
-    openssl(
+    openssl_req(
         &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=stand-in cert-manager CA",
-        ],
+        "-x509",
+        "ca.key",
+        "ca.crt",
+        &["-days", "1", "-subj", "/CN=stand-in cert-manager CA"],
     );
     issue_mounted(&dir, 1);
     let ca = std::fs::read(dir.join("ca.crt")).unwrap();
@@ -673,8 +500,7 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
          namespaceSelector:\n    matchLabels:\n      kubernetes.io/metadata.name: {n}\n  rules:\n  - apiGroups: [latchkey.dev]\n    \
          apiVersions: [\"*\"]\n    operations: [CREATE, UPDATE]\n    resources: [apikeys, tokenpolicies]\n"
     );
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &vwc);
-    assert!(ok, "{out}{err}");
+    common::apply(&vwc);
     struct Cleanup(String);
     impl Drop for Cleanup {
         fn drop(&mut self) {
@@ -690,7 +516,7 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
 
     let addr = format!("127.0.0.1:{port}");
     let cert_dir = dir.join("mounted").display().to_string();
-    let (process, _) = ControllerProcess::start_run(
+    let (mut process, _) = LatchkeyProcess::start_run(
         n,
         &[
             "--webhook-addr",
@@ -703,15 +529,7 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
             "1",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "no webhook on {addr}:\n{}",
-            process.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    process.wait_logged(WEBHOOK_LISTENING, &addr);
     kubectl_ok(&["create", "secret", "generic", "db-creds", "-n", n]);
     let refused = |round: &str| {
         assert_refused(
@@ -724,7 +542,7 @@ async fn cert_manager_mode_serves_the_mounted_certificate_and_leaves_the_ca_bund
         Duration::from_secs(20),
         "the API server calls the webhook",
         || async {
-            let (ok, out) = apply(&apikey(n, "probe", "  secretName: db-creds\n"), true);
+            let (ok, out) = apply_result(&apikey(n, "probe", "  secretName: db-creds\n"), true);
             (!ok && out.contains("does not belong to this ApiKey")).then_some(())
         },
     )
@@ -769,10 +587,8 @@ async fn issuer_takeovers_are_refused_naming_the_holder() {
     let spec = |issuer: &str| format!("  audiences: [orders]\n  issuer: {issuer}\n");
     let explicit = format!("https://auth.example.com/tenants/{v}");
     // The victims, created before any webhook: one explicit, one default issuer.
-    let (ok, out) = apply(&policy(v, "orders", &spec(&explicit)), false);
-    assert!(ok, "{out}");
-    let (ok, out) = apply(&policy(v, "login", "  audiences: [orders]\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&policy(v, "orders", &spec(&explicit)));
+    common::apply(&policy(v, "login", "  audiences: [orders]\n"));
     let _webhook = Webhook::start(a, &[]);
 
     // 1. An explicit duplicate (same path, on another host too).
@@ -791,11 +607,10 @@ async fn issuer_takeovers_are_refused_naming_the_holder() {
     }
     assert!(!exists("tokenpolicy", "evil", a));
     // A unique issuer, or the default one, is fine.
-    let (ok, out) = apply(
-        &policy(a, "fair", &spec(&format!("https://auth.example.com/tenants/{a}"))),
-        false,
-    );
-    assert!(ok, "{out}");
-    let (ok, out) = apply(&policy(a, "plain", "  audiences: [orders]\n"), false);
-    assert!(ok, "{out}");
+    common::apply(&policy(
+        a,
+        "fair",
+        &spec(&format!("https://auth.example.com/tenants/{a}")),
+    ));
+    common::apply(&policy(a, "plain", "  audiences: [orders]\n"));
 }

@@ -43,6 +43,20 @@ fn diff(ns: &str, server_side: bool) -> (i32, String) {
     )
 }
 
+/// `kubectl wait --for=condition=Ready` for every object of `examples/` in `ns`.
+fn wait_examples_ready(ns: &str) {
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "apikey/billing",
+        "apikey/login-handler",
+        "tokenpolicy/login",
+        "-n",
+        ns,
+        "--timeout=60s",
+    ]);
+}
+
 fn resource_versions(ns: &str) -> String {
     kubectl_ok(&[
         "get",
@@ -62,16 +76,7 @@ async fn examples_become_ready_and_applying_or_diffing_them_again_finds_nothing(
     kubectl_ok(&["apply", "--server-side", "-f", &ex, "-n", ns]);
 
     // kubectl wait, for both kinds.
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "apikey/billing",
-        "apikey/login-handler",
-        "tokenpolicy/login",
-        "-n",
-        ns,
-        "--timeout=60s",
-    ]);
+    wait_examples_ready(ns);
     let api_keys: kube::Api<ApiKey> = kube::Api::namespaced(s.client.clone(), ns);
     let policies: kube::Api<TokenPolicy> = kube::Api::namespaced(s.client.clone(), ns);
     for name in ["billing", "login-handler"] {
@@ -142,18 +147,9 @@ async fn examples_become_ready_and_applying_or_diffing_them_again_finds_nothing(
 
     // Client-side apply users (and Argo CD's default diff): the same.
     let other = TestNamespace::new("gitops-csa").await;
-    let controller = ControllerProcess::start(&other.name);
+    let controller = LatchkeyProcess::start(&other.name);
     kubectl_ok(&["apply", "-f", &ex, "-n", &other.name]);
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "apikey/billing",
-        "apikey/login-handler",
-        "tokenpolicy/login",
-        "-n",
-        &other.name,
-        "--timeout=60s",
-    ]);
+    wait_examples_ready(&other.name);
     let (code, out) = diff(&other.name, false);
     assert_eq!(code, 0, "kubectl diff (client-side) found differences:\n{out}");
     drop(controller);

@@ -10,68 +10,17 @@
 
 mod common;
 
+use common::process::{LoggedChild, Stop};
 use common::*;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A process we started, stopped by PID (SIGTERM, then SIGKILL) on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { name, child, log }
-    }
-
-    fn wait_listening(&mut self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited ({status}):\n{}",
-                    self.name,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} is not listening on {port}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        for _ in 0..50 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long the echo upstream, nginx and Caddy may take to listen.
+const LISTEN_WAIT: Duration = Duration::from_secs(20);
 
 fn require(tool: &str) -> PathBuf {
     let out = Command::new("sh")
@@ -105,13 +54,13 @@ fn render(template: &str, out: &Path, vars: &[(&str, String)]) {
 /// latchkey, the echo upstream, nginx and Caddy for one namespace.
 struct Stack {
     ns: TestNamespace,
-    latchkey: ControllerProcess,
+    latchkey: LatchkeyProcess,
     latchkey_url: String,
     nginx: String,
     caddy: String,
     http: reqwest::Client,
     api_keys: Api<ApiKey>,
-    _procs: Vec<Proc>,
+    _procs: Vec<LoggedChild>,
 }
 
 impl Stack {
@@ -125,7 +74,7 @@ impl Stack {
         let ns = TestNamespace::new(prefix).await;
         // The test configurations copy X-Auth-Claim-tenant (see e2e/proxy/).
         let (latchkey, latchkey_url) =
-            ControllerProcess::start_http_env("run", &ns.name, &["--claim-header", "tenant"], env);
+            LatchkeyProcess::start_http_env("run", &ns.name, &["--claim-header", "tenant"], env);
         let latchkey_addr = latchkey_url.trim_start_matches("http://").to_owned();
         let dir = std::env::temp_dir().join(format!("latchkey-proxies-{}", ns.name));
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -134,14 +83,15 @@ impl Stack {
 
         let (echo_port, nginx_port, caddy_port) = (free_port(), free_port(), free_port());
         let mut procs = Vec::new();
-        let mut echo = Proc::spawn(
+        let mut echo = LoggedChild::spawn(
             "echo",
-            &dir,
+            dir.join("echo.log"),
             Command::new("python3")
                 .arg(repo().join("e2e/proxy/echo.py"))
                 .arg(echo_port.to_string()),
+            Stop::Term,
         );
-        echo.wait_listening(echo_port);
+        echo.wait_listening(echo_port, LISTEN_WAIT);
         procs.push(echo);
 
         let upstream = format!("127.0.0.1:{echo_port}");
@@ -153,9 +103,9 @@ impl Stack {
             ("STATIC", dir.join("static").display().to_string()),
         ];
         render("nginx.conf.in", &dir.join("nginx.conf"), &vars);
-        let mut nginx = Proc::spawn(
+        let mut nginx = LoggedChild::spawn(
             "nginx",
-            &dir,
+            dir.join("nginx.log"),
             Command::new(nginx_bin)
                 .arg("-p")
                 .arg(&dir)
@@ -163,8 +113,9 @@ impl Stack {
                 .arg(dir.join("nginx.conf"))
                 .arg("-e")
                 .arg(dir.join("error.log")),
+            Stop::Term,
         );
-        nginx.wait_listening(nginx_port);
+        nginx.wait_listening(nginx_port, LISTEN_WAIT);
         procs.push(nginx);
 
         let vars = [
@@ -173,17 +124,18 @@ impl Stack {
             ("UPSTREAM", upstream),
         ];
         render("Caddyfile.in", &dir.join("Caddyfile"), &vars);
-        let mut caddy = Proc::spawn(
+        let mut caddy = LoggedChild::spawn(
             "caddy",
-            &dir,
+            dir.join("caddy.log"),
             Command::new(caddy_bin)
                 .args(["run", "--adapter", "caddyfile", "--config"])
                 .arg(dir.join("Caddyfile"))
                 .env("HOME", &dir)
                 .env("XDG_DATA_HOME", &dir)
                 .env("XDG_CONFIG_HOME", &dir),
+            Stop::Term,
         );
-        caddy.wait_listening(caddy_port);
+        caddy.wait_listening(caddy_port, LISTEN_WAIT);
         procs.push(caddy);
 
         let client = client().await;
@@ -245,10 +197,7 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_default()
+        header(&self.headers, name)
     }
 
     fn echo(&self) -> serde_json::Value {
@@ -278,13 +227,12 @@ impl Answer {
 /// A TokenPolicy `orders` in `ns` with the role `admin` and the custom claim
 /// `tenant`, applied.
 fn orders_policy(ns: &str) {
-    let manifest = format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: orders\n  namespace: {ns}\n\
-         spec:\n  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:admin\"]\n  \
-         roles:\n    admin: [\"orders:read\", \"orders:admin\"]\n  customClaims:\n  - name: tenant\n"
-    );
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
-    assert!(ok, "{out}{err}");
+    apply(&token_policy_manifest(
+        ns,
+        "orders",
+        "  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:admin\"]\n  \
+         roles:\n    admin: [\"orders:read\", \"orders:admin\"]\n  customClaims:\n  - name: tenant\n",
+    ));
 }
 
 /// A token for `key` from latchkey's `/token` with `form`.
@@ -379,14 +327,7 @@ async fn nginx_and_caddy_enforce_latchkeys_decisions() {
     }
 
     // Revocation: both proxies refuse the key.
-    s.api_keys
-        .patch(
-            "billing",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
-        )
-        .await
-        .unwrap();
+    revoke(&s.api_keys, "billing").await;
     for (proxy, base) in s.proxies() {
         let url = format!("{base}/api/orders");
         eventually(
@@ -532,13 +473,11 @@ async fn traefik_and_envoy_style_requests_get_their_contracts() {
 #[tokio::test]
 async fn a_token_from_an_api_key_passes_nginx_and_caddy_until_the_key_is_revoked() {
     let s = Stack::start("proxy-token").await;
-    let manifest = format!(
-        "apiVersion: latchkey.dev/v1alpha1\nkind: TokenPolicy\nmetadata:\n  name: orders\n  namespace: {}\n\
-         spec:\n  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  customClaims:\n  - name: tenant\n",
-        s.ns.name
-    );
-    let (ok, out, err) = kubectl_stdin(&["apply", "-f", "-"], &manifest);
-    assert!(ok, "{out}{err}");
+    apply(&token_policy_manifest(
+        &s.ns.name,
+        "orders",
+        "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  customClaims:\n  - name: tenant\n",
+    ));
     let key = s
         .key(
             "login",
@@ -582,14 +521,7 @@ async fn a_token_from_an_api_key_passes_nginx_and_caddy_until_the_key_is_revoked
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{proxy}: token lacks the scope");
     }
     // Revoke the API key: its token is refused through nginx within a second.
-    s.api_keys
-        .patch(
-            "login",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"revoked": true}})),
-        )
-        .await
-        .unwrap();
+    revoke(&s.api_keys, "login").await;
     let revoked = Instant::now();
     let url = format!("{}/api/orders", s.nginx);
     eventually(Duration::from_secs(5), "nginx refuses the token", || async {
