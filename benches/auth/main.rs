@@ -1,0 +1,69 @@
+//! Benchmarks of the auth server, run by `e2e/bench-auth` and `e2e/bench-index`
+//! (which build the release binary and bring the local control plane up):
+//!
+//! - `throughput`: wrk on loopback against one `latchkey serve` and one nginx,
+//!   in the same run and with the same connections: latchkey's plain `/livez`
+//!   (the ceiling) vs `/auth/nginx` with a valid key vs an invalid key, and
+//!   nginx serving a static file without auth vs with `auth_request` to
+//!   latchkey. Each is run `BENCH_REPEAT` times (default 3), interleaved, and
+//!   the median is printed with the ratios; then the API-key route at half of
+//!   its measured maximum rate, open loop (evenly spaced requests), for p99.
+//! - `revocation N`: N times, create an ApiKey, wait until nginx lets it
+//!   through, patch `revoked: true` and time from the patch's return to the
+//!   first 401 through nginx; prints p50, p99 and max.
+//! - `tokens`: JWT signatures and verifications per second on one core for
+//!   each algorithm (in process); then, over HTTP against one `latchkey
+//!   serve`: `POST /token` mints per second, and `/auth/nginx` with a JWT
+//!   first seen (every request a different token, pre-signed with the
+//!   policy's key from its Secret) vs repeated (the same token: cached), next
+//!   to the `/livez` ceiling and the API-key route, medians of `BENCH_REPEAT`.
+//! - `cache-flood N`: one `latchkey serve` (default limits) and ten ApiKeys
+//!   of one TokenPolicy; N distinct valid big tokens (~6 KiB, sixteen
+//!   250-character custom claims each, signed with the policy's key, spread
+//!   over the ten `client_id`s) sent to `/auth/nginx` as fast as two
+//!   threads can sign them, while a third thread times a cached token on
+//!   its own keep-alive connection. Prints the server's RSS before and
+//!   after, the cache's bytes and entries (`/metrics`), and the cached
+//!   token's median and p99 latency before vs during the flood (the ratio).
+//! - `index-synthetic N`: the auth index's memory for N synthetic ApiKeys
+//!   (RSS before and after), per key.
+//! - `index-real N`: N real ApiKeys on the control plane, then the RSS of a
+//!   `latchkey serve` that indexed them minus one that watches an empty
+//!   namespace, per key.
+//!
+//! One file per benchmark; harness.rs holds what they share. The
+//! percentile and the child-process helpers are the tests' own files,
+//! included with `#[path]` rather than copied: one definition each (the
+//! percentile here and in tests/cluster_ha.rs had drifted to two formulas),
+//! and both are std-only so that the bench needs none of the tests' cluster
+//! harness.
+
+mod cache_flood;
+mod harness;
+mod index;
+#[path = "../../tests/common/process.rs"]
+#[allow(dead_code)]
+mod process;
+mod revocation;
+#[path = "../../tests/common/stats.rs"]
+#[allow(dead_code)]
+mod stats;
+mod throughput;
+mod tokens;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let n = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.first().map(String::as_str) {
+        Some("throughput") => throughput::throughput().await,
+        Some("revocation") => revocation::revocation(n(20)).await,
+        Some("tokens") => tokens::tokens().await,
+        Some("cache-flood") => cache_flood::cache_flood(n(200_000)).await,
+        Some("index-synthetic") => index::index_synthetic(n(100_000)),
+        Some("index-real") => index::index_real(n(10_000)).await,
+        other => panic!(
+            "unknown benchmark {other:?}: throughput | revocation N | tokens | cache-flood N | index-synthetic N | index-real N"
+        ),
+    }
+}
