@@ -1,5 +1,11 @@
 //! Custom resource types. `latchkey crd` prints [`all`] as YAML; the files in
 //! `crds/` are that output, and `tests/crd_drift.rs` fails when they differ.
+//!
+//! The kinds declare alike fields (audiences, the rotation bookkeeping of
+//! their statuses, conditions) each on its own, on purpose: every field's
+//! doc comment is what `kubectl explain` shows for that kind, and its bounds
+//! are that kind's. Only the CEL rules they share are written once
+//! ([`rules`]).
 
 mod api_key;
 mod credential_grant;
