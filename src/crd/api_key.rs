@@ -40,8 +40,20 @@ use std::collections::BTreeMap;
     ),
     printcolumn(name = "Key ID", type_ = "string", json_path = ".status.currentKey.id"),
     printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
-    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationAt"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
+    // Times that may lie in the future are `string` columns: kubectl renders
+    // a `date` column as the age since that time, and prints `<invalid>` for
+    // any future one. A relative "in 29d" kept in status would be stale
+    // between reconciles (and cost a status write per tick to keep fresh),
+    // while the RFC 3339 value is exact, sortable and never stale. Times that
+    // are always past (last rotation, creation) stay `date`.
+    printcolumn(name = "Next Rotation", type_ = "string", json_path = ".status.nextRotationAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt"),
+    printcolumn(
+        name = "Last Rotated",
+        type_ = "date",
+        json_path = ".status.lastRotatedAt",
+        priority = 1
+    ),
     printcolumn(
         name = "Secret",
         type_ = "string",

@@ -49,7 +49,15 @@ const DURATION_PATTERN: &str = "^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$";
     ),
     printcolumn(name = "Algorithm", type_ = "string", json_path = ".status.algorithm"),
     printcolumn(name = "Active Kid", type_ = "string", json_path = ".status.activeKeyId"),
-    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationAt"),
+    // A future time as a `string` column: a `date` column prints `<invalid>`
+    // for it (see the ApiKey's columns); the past one stays `date`.
+    printcolumn(name = "Next Rotation", type_ = "string", json_path = ".status.nextRotationAt"),
+    printcolumn(
+        name = "Last Rotated",
+        type_ = "date",
+        json_path = ".status.lastRotatedAt",
+        priority = 1
+    ),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".status.issuer", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
