@@ -3,7 +3,14 @@
 //!
 //! - `kubectl get apikeys,tokenpolicies` (and `-o wide`): the printer
 //!   columns show future times (next rotation, expiry) as their RFC 3339
-//!   value and past ones (last rotation, age) as an age, never `<invalid>`.
+//!   value and past ones (last rotation, age) as an age, never `<invalid>`;
+//! - Argo CD's health check (`examples/argocd/health.lua`, run by
+//!   `e2e/health`: gopher-lua, the interpreter Argo CD embeds, set up as
+//!   Argo CD does) and Flux's kstatus (`sigs.k8s.io/cli-utils`) on
+//!   ApiKeys and TokenPolicies taken from the cluster in every state: no
+//!   status yet, reconciling, Ready, revoked, expired, stalled, an old
+//!   `observedGeneration`; and `examples/argocd/argocd-cm.yaml` carries
+//!   exactly that script.
 
 mod common;
 
@@ -162,5 +169,245 @@ async fn printer_columns_show_future_times_as_rfc3339_and_never_invalid() {
             assert_eq!(f["SECRET"], "future", "{text}");
             assert!(p["ISSUER"].ends_with(&format!("/issuers/{ns}/policy")), "{text}");
         }
+    }
+}
+
+/// The health checker's path (`e2e/health/build` builds it once into the cache).
+fn health_checker() -> String {
+    let out = std::process::Command::new(repo().join("e2e/health/build"))
+        .output()
+        .expect("run e2e/health/build");
+    assert!(
+        out.status.success(),
+        "e2e/health/build failed (Go and the Go module proxy are needed):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn health_lua() -> std::path::PathBuf {
+    repo().join("examples/argocd/health.lua")
+}
+
+/// (Argo CD status, message, kstatus status) for each object, in order.
+fn judge(checker: &str, objects: &[Value]) -> Vec<(String, String, String)> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(checker)
+        .arg(health_lua())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the health checker");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(objects).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    answers
+        .iter()
+        .map(|a| {
+            assert!(a["lua"]["error"].is_null(), "the Lua script failed: {a}");
+            assert!(a["kstatus"]["error"].is_null(), "kstatus failed: {a}");
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                s(&a["lua"]["status"]),
+                s(&a["lua"]["message"]),
+                s(&a["kstatus"]["status"]),
+            )
+        })
+        .collect()
+}
+
+/// "Reason: message" of the condition `type_` that is True on `obj`.
+fn described(obj: &Value, type_: &str) -> String {
+    let conds = obj["status"]["conditions"].as_array().expect("conditions");
+    let c = conds
+        .iter()
+        .find(|c| c["type"] == type_ && c["status"] == "True")
+        .unwrap_or_else(|| panic!("{type_} is not True on {obj}"));
+    format!("{}: {}", json_at(c, &["reason"]), json_at(c, &["message"]))
+}
+
+#[test]
+fn the_argocd_cm_snippet_carries_health_lua_for_both_kinds() {
+    let script = std::fs::read_to_string(health_lua()).unwrap();
+    let cm: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("examples/argocd/argocd-cm.yaml")).unwrap(),
+    )
+    .unwrap();
+    for kind in ["ApiKey", "TokenPolicy"] {
+        let key = format!("resource.customizations.health.latchkey.dev_{kind}");
+        assert_eq!(
+            cm["data"][key.as_str()].as_str(),
+            Some(script.as_str()),
+            "examples/argocd/argocd-cm.yaml: {key} is not examples/argocd/health.lua; copy the file in again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn argo_cd_lua_and_kstatus_judge_every_state() {
+    let checker = health_checker();
+    let mut s = Scenario::new("health").await;
+    let ns = s.ns.name.clone();
+    let ns = ns.as_str();
+    // Secrets of those names that latchkey did not create: SecretConflict.
+    for secret in ["conflict", "conflict-policy-signing-keys"] {
+        apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\n  namespace: {ns}\nstringData:\n  other: value\n"
+        ));
+    }
+    for (name, spec) in [
+        ("ready", "  scopes: [a]\n"),
+        ("old-generation", "  scopes: [a]\n"),
+        ("reconciling", "  tokenPolicyRef: {name: not-there}\n"),
+        ("revoked", "  scopes: [a]\n"),
+        ("expired", "  expiresAt: \"2020-01-31T00:00:00Z\"\n"),
+        ("conflict", "  scopes: [a]\n"),
+    ] {
+        apply(&api_key_manifest(ns, name, spec));
+    }
+    for name in ["ready-policy", "old-generation-policy", "conflict-policy"] {
+        apply(&token_policy_manifest(ns, name, "  audiences: [api]\n"));
+    }
+    let wait = |condition: &str, objects: &[&str]| {
+        let mut args = vec!["wait", condition, "-n", ns, "--timeout=60s"];
+        args.extend_from_slice(objects);
+        kubectl_ok(&args);
+    };
+    wait(
+        "--for=condition=Ready",
+        &[
+            "apikey/ready",
+            "apikey/old-generation",
+            "apikey/revoked",
+            "tokenpolicy/ready-policy",
+            "tokenpolicy/old-generation-policy",
+        ],
+    );
+    wait("--for=condition=Reconciling", &["apikey/reconciling"]);
+    revoke(&s.api_keys, "revoked").await;
+    wait(
+        "--for=condition=Stalled",
+        &[
+            "apikey/revoked",
+            "apikey/expired",
+            "apikey/conflict",
+            "tokenpolicy/conflict-policy",
+        ],
+    );
+    // An old observedGeneration: the spec changes while no controller runs.
+    s.controller.kill();
+    kubectl_ok(&[
+        "patch",
+        "apikey",
+        "old-generation",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scopes":["b"]}}"#,
+    ]);
+    kubectl_ok(&[
+        "patch",
+        "tokenpolicy",
+        "old-generation-policy",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"audiences":["api","other"]}}"#,
+    ]);
+    // No status yet: a namespace no controller watches.
+    let quiet = TestNamespace::new("health-quiet").await;
+    apply(&api_key_manifest(&quiet.name, "fresh", "  scopes: [a]\n"));
+    apply(&token_policy_manifest(
+        &quiet.name,
+        "fresh-policy",
+        "  audiences: [api]\n",
+    ));
+
+    let get = |ns: &str, what: &str| -> Value {
+        serde_json::from_str(&kubectl_ok(&["get", what, "-n", ns, "-o", "json"])).unwrap()
+    };
+    let cases = [
+        (ns, "apikey/ready"),
+        (ns, "tokenpolicy/ready-policy"),
+        (ns, "apikey/reconciling"),
+        (ns, "apikey/revoked"),
+        (ns, "apikey/expired"),
+        (ns, "apikey/conflict"),
+        (ns, "tokenpolicy/conflict-policy"),
+        (ns, "apikey/old-generation"),
+        (ns, "tokenpolicy/old-generation-policy"),
+        (quiet.name.as_str(), "apikey/fresh"),
+        (quiet.name.as_str(), "tokenpolicy/fresh-policy"),
+    ];
+    let objects: Vec<Value> = cases.iter().map(|(ns, what)| get(ns, what)).collect();
+    let verdicts = judge(&checker, &objects);
+    let by_name = |what: &str| {
+        let i = cases.iter().position(|(_, w)| *w == what).unwrap();
+        (&objects[i], verdicts[i].clone())
+    };
+    for (what, _, verdict) in cases.iter().map(|(_, w)| (w, (), by_name(w).1)) {
+        println!(
+            "{what:36} argo={:12} kstatus={:11} {}",
+            verdict.0, verdict.2, verdict.1
+        );
+    }
+
+    // Ready: Healthy with Ready's message; Current.
+    for what in ["apikey/ready", "tokenpolicy/ready-policy"] {
+        let (obj, (argo, message, kstatus)) = by_name(what);
+        let ready = described(obj, "Ready");
+        assert_eq!(argo, "Healthy", "{what}");
+        assert_eq!(message, ready.split_once(": ").unwrap().1, "{what}");
+        assert_eq!(kstatus, "Current", "{what}");
+    }
+    let (_, (_, message, _)) = by_name("apikey/ready");
+    assert_eq!(message, "Secret ready holds the current key");
+    // Reconciling: Progressing with Reconciling's reason and message; InProgress.
+    let (obj, (argo, message, kstatus)) = by_name("apikey/reconciling");
+    assert_eq!(argo, "Progressing");
+    assert_eq!(message, described(obj, "Reconciling"));
+    assert!(message.starts_with("TokenPolicyMissing: "), "{message}");
+    assert_eq!(kstatus, "InProgress");
+    // Stalled: Suspended when revoked (asked for), else Degraded; Failed.
+    for (what, argo_want, reason) in [
+        ("apikey/revoked", "Suspended", "Revoked"),
+        ("apikey/expired", "Degraded", "Expired"),
+        ("apikey/conflict", "Degraded", "SecretConflict"),
+        ("tokenpolicy/conflict-policy", "Degraded", "SecretConflict"),
+    ] {
+        let (obj, (argo, message, kstatus)) = by_name(what);
+        assert_eq!(argo, argo_want, "{what}");
+        assert_eq!(message, described(obj, "Stalled"), "{what}");
+        assert!(message.starts_with(&format!("{reason}: ")), "{what}: {message}");
+        assert_eq!(kstatus, "Failed", "{what}");
+    }
+    // An old observedGeneration: Progressing, naming the generation; InProgress.
+    for what in ["apikey/old-generation", "tokenpolicy/old-generation-policy"] {
+        let (obj, (argo, message, kstatus)) = by_name(what);
+        assert_eq!(obj["metadata"]["generation"], 2, "{what}");
+        assert_eq!(obj["status"]["observedGeneration"], 1, "{what}");
+        assert_eq!(argo, "Progressing", "{what}");
+        assert_eq!(message, "Waiting for latchkey to observe generation 2", "{what}");
+        assert_eq!(kstatus, "InProgress", "{what}");
+    }
+    // No status yet: Progressing for Argo CD.
+    for what in ["apikey/fresh", "tokenpolicy/fresh-policy"] {
+        let (obj, (argo, message, kstatus)) = by_name(what);
+        assert!(obj["status"].is_null(), "{what}: {obj}");
+        assert_eq!(argo, "Progressing", "{what}");
+        assert_eq!(message, "Waiting for latchkey", "{what}");
+        assert_eq!(
+            kstatus, "Current",
+            "{what}: kstatus has no condition to go by yet"
+        );
     }
 }
