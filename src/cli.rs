@@ -55,6 +55,10 @@ struct ControllerArgs {
     kube: KubeArgs,
     #[command(flatten)]
     reconcile: ReconcileArgs,
+    /// Serve /livez, /readyz and /metrics on this address (for example
+    /// 0.0.0.0:8080); none without it.
+    #[arg(long, env = "LATCHKEY_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -400,7 +404,19 @@ async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
         .unwrap_or_else(|| controller::DEFAULT_ISSUER_BASE_URL.into());
     let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace, base);
     let lease = args.reconcile.lease(&ctx.client, &options);
-    controller::run(ctx, options, lease, Arc::default()).await
+    let probes = async {
+        match args.http_addr {
+            Some(addr) => {
+                controller::probes::serve(addr, ctx.metrics.clone(), server::shutdown_signal()).await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(
+        controller::run(ctx.clone(), options, lease, Arc::default()),
+        probes
+    )?;
+    Ok(())
 }
 
 /// What `serve` and `run` both start: the client, the auth server's and
@@ -425,14 +441,20 @@ impl Serving {
     }
 
     /// The auth server and the webhook until SIGTERM/SIGINT; either failing
-    /// stops both.
-    async fn run(self) -> Result<(), Error> {
+    /// stops both. `controller`: the metrics of the controller running in
+    /// the same process, served on the auth server's `/metrics`.
+    async fn run(self, controller: Option<Arc<controller::metrics::ControllerMetrics>>) -> Result<(), Error> {
         tokio::try_join!(
-            server::run(
+            server::run_with_metrics(
                 self.client.clone(),
                 Arc::new(SystemClock),
                 self.server,
-                server::shutdown_signal()
+                server::shutdown_signal(),
+                |registry| {
+                    if let Some(m) = &controller {
+                        m.register(registry);
+                    }
+                },
             ),
             run_webhook(self.client, self.webhook),
         )?;
@@ -443,7 +465,7 @@ impl Serving {
 async fn run_server(args: ServeArgs) -> Result<(), Error> {
     Serving::new(&args.kube, &args.server, &args.webhook)
         .await?
-        .run()
+        .run(None)
         .await
 }
 
@@ -463,9 +485,10 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
     });
     // Both stop on SIGTERM/SIGINT; either failing stops the process. The
     // server serves on every replica, the controllers run on the leader.
+    let metrics = ctx.metrics.clone();
     tokio::try_join!(
         controller::run(ctx, controller_options, lease, leading),
-        serving.run(),
+        serving.run(Some(metrics)),
     )?;
     Ok(())
 }

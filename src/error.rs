@@ -53,6 +53,20 @@ impl Error {
 }
 
 impl Error {
+    /// Every value [`metric_label`](Self::metric_label) gives (metrics
+    /// create these series at start, so a dashboard sees zeros).
+    pub const METRIC_LABELS: [&'static str; 9] = [
+        "kube",
+        "missing_object_key",
+        "kubeconfig",
+        "crd_missing",
+        "server",
+        "signing_key",
+        "webhook",
+        "leader_election",
+        "forbidden",
+    ];
+
     /// A short label for metrics and logs.
     pub fn metric_label(&self) -> &'static str {
         match self {

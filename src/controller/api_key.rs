@@ -3,6 +3,7 @@
 
 use super::apply::apply_object;
 use super::failure::Reconciled;
+use super::metrics::Delivered;
 use super::plan::{self, DeliveryCause, PlannedEvent, SecretStamp};
 use super::rotation::{self, Schedule};
 use super::{Context, FIELD_MANAGER, RESYNC};
@@ -127,6 +128,7 @@ impl ApiKeyWrites<'_> {
             "delivered a new key"
         );
         self.publish(&api_key, note).await;
+        self.ctx.metrics.delivered(delivered_reason(cause));
         Ok((api_key, delivered))
     }
 
@@ -164,6 +166,18 @@ impl ApiKeyWrites<'_> {
     /// Events are best effort: a failure to record one is logged, not retried.
     async fn publish(&self, api_key: &ApiKey, note: PlannedEvent) {
         publish(self.ctx, api_key, note).await
+    }
+}
+
+/// The `reason` a delivery is counted under in the controller's metrics.
+fn delivered_reason(cause: &DeliveryCause) -> Delivered {
+    match cause {
+        DeliveryCause::Issue(plan::IssueReason::FirstKey) => Delivered::First,
+        DeliveryCause::Issue(plan::IssueReason::SecretMissing | plan::IssueReason::KeyMismatch) => {
+            Delivered::Repair
+        }
+        DeliveryCause::Rotation(rotation::RotationCause::Scheduled) => Delivered::Scheduled,
+        DeliveryCause::Rotation(rotation::RotationCause::Requested(_)) => Delivered::Requested,
     }
 }
 

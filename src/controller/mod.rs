@@ -13,8 +13,10 @@ mod api_key;
 pub mod apply;
 pub mod failure;
 pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod policy_ref;
+pub mod probes;
 pub mod rotation;
 pub mod token_policy;
 
@@ -62,6 +64,8 @@ pub struct Context {
     /// The TokenPolicy controller's store, for the issuer-uniqueness check
     /// (set while the controllers run).
     token_policies: std::sync::RwLock<Option<reflector::Store<TokenPolicy>>>,
+    /// Reconciles, deliveries, the Lease and readiness (`/metrics`, `/readyz`).
+    pub metrics: Arc<metrics::ControllerMetrics>,
 }
 
 impl Context {
@@ -77,6 +81,7 @@ impl Context {
             issuer_base_url: DEFAULT_ISSUER_BASE_URL.into(),
             failures: Mutex::default(),
             token_policies: std::sync::RwLock::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -133,20 +138,25 @@ pub struct Options {
     pub concurrency: u16,
 }
 
-/// Sets the flag while alive, clears it when dropped (the leader's work is
-/// dropped mid-flight when the Lease is lost).
-struct Leading(Arc<std::sync::atomic::AtomicBool>);
+/// Sets the flag (and `latchkey_leader`) while alive, clears them when
+/// dropped (the leader's work is dropped mid-flight when the Lease is lost).
+struct Leading(
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<metrics::ControllerMetrics>,
+);
 
 impl Leading {
-    fn new(flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    fn new(flag: Arc<std::sync::atomic::AtomicBool>, metrics: Arc<metrics::ControllerMetrics>) -> Self {
         flag.store(true, std::sync::atomic::Ordering::Release);
-        Self(flag)
+        metrics.set_leading(true);
+        Self(flag, metrics)
     }
 }
 
 impl Drop for Leading {
     fn drop(&mut self) {
         self.0.store(false, std::sync::atomic::Ordering::Release);
+        self.1.set_leading(false);
     }
 }
 
@@ -163,9 +173,10 @@ pub async fn run(
 ) -> Result<()> {
     let Some(lease) = lease else {
         tracing::warn!("leader election is off: run only one latchkey controller");
-        let _leading = Leading::new(leading);
+        let _leading = Leading::new(leading, ctx.metrics.clone());
         return run_controllers(ctx, options, None).await;
     };
+    ctx.metrics.set_elected();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown::shutdown_signal().await;
@@ -176,8 +187,9 @@ pub async fn run(
     leader::run(client, lease, shutdown, |trigger| {
         let work = run_controllers(ctx.clone(), options.clone(), Some(trigger));
         let leading = leading.clone();
+        let metrics = ctx.metrics.clone();
         async move {
-            let _leading = Leading::new(leading);
+            let _leading = Leading::new(leading, metrics);
             work.await
         }
     })
@@ -215,6 +227,7 @@ where
 /// in-flight reconciles finish), or, without one, until SIGTERM or SIGINT.
 async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<Shutdown>) -> Result<()> {
     let stop = |c| with_shutdown(c, &shutdown);
+    let ctx_metrics = ctx.metrics.clone();
     let stop_policies = |c| with_shutdown(c, &shutdown);
     let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) =
         watched_apis(&ctx.client, options.namespace.as_deref(), "list ApiKeys").await?;
@@ -231,6 +244,7 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     );
     // Reconcile on changes of spec and annotations (see `spec_changes`).
     let (reader, api_key_changes) = spec_changes(api_keys);
+    let api_keys_listed = reader.clone();
     // A TokenPolicy that appears (or goes) changes the readiness of the
     // ApiKeys naming it (see `policy_ref`).
     let referring = reader.clone();
@@ -281,6 +295,7 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
         .any_semantic();
     let policy_peers = policies.clone();
     let (policy_reader, policy_changes) = spec_changes(policies);
+    let policies_listed = policy_reader.clone();
     *ctx.token_policies.write().expect("token policy store lock") = Some(policy_reader.clone());
     // Any change of a policy (a new one, a deleted one) re-checks the others
     // that share its issuer path: both sides of a conflict show it.
@@ -313,8 +328,18 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
             tracing::debug!(error = %err, "TokenPolicy reconcile round ended with an error");
         }
     });
+    // Ready (`/readyz`) once both stores hold their first list.
+    let metrics = ctx_metrics;
+    let started = async move {
+        if api_keys_listed.wait_until_ready().await.is_ok()
+            && policies_listed.wait_until_ready().await.is_ok()
+        {
+            metrics.set_started();
+            tracing::info!("both controllers have their first list");
+        }
+    };
     let controllers = async {
-        futures::join!(api_key_controller, policy_controller);
+        futures::join!(api_key_controller, policy_controller, started);
     };
     match shutdown {
         // A shutdown right after start can leave a controller waiting for a
@@ -390,7 +415,13 @@ where
     F: AsyncFnOnce(Arc<K>, Arc<Context>) -> Result<Action>,
 {
     let obj = ObjectRef::from_obj(&*object).erase();
-    match reconcile(object.clone(), ctx.clone()).await {
+    let running = ctx.metrics.start(K::KIND);
+    let started = std::time::Instant::now();
+    let result = reconcile(object.clone(), ctx.clone()).await;
+    ctx.metrics
+        .observe(K::KIND, result.as_ref().map(|_| ()), started.elapsed());
+    drop(running);
+    match result {
         Ok(action) => {
             ctx.record_success(&obj);
             Ok(action)

@@ -95,7 +95,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// The server's families, and those `more` registers (under `latchkey
+    /// run`, the controller's: one `/metrics` for the process).
+    pub fn with(more: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::with_prefix("latchkey");
+        more(&mut registry);
         let decisions_family = MetricFamily::<DecisionLabels, Counter>::default();
         let latency_family = MetricFamily::<RouteLabels, Histogram>::new_with_constructor(|| {
             // 10 µs … ~80 ms.

@@ -297,6 +297,17 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    run_with_metrics(client, clock, options, shutdown, |_| {}).await
+}
+
+/// [`run`], with more metric families on `/metrics` (`more` registers them).
+pub async fn run_with_metrics(
+    client: Client,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    more: impl FnOnce(&mut prometheus_client::registry::Registry),
+) -> Result<()> {
     let api_keys: Api<ApiKey> = match &options.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -353,7 +364,7 @@ pub async fn run(
         index,
         tokens,
         clock,
-        metrics: metrics::Metrics::new(),
+        metrics: metrics::Metrics::with(more),
         options,
     });
     let guard = Arc::new(guard::Guard {

@@ -13,6 +13,7 @@ fn helm_lint_passes_for_the_defaults_and_the_variants() {
         vec!["crds.install=false"],
         vec!["webhook.enabled=false"],
         vec!["networkPolicy.enabled=true", "serviceMonitor.enabled=true"],
+        vec!["grafana.dashboard.enabled=true"],
         vec!["watchNamespaces={team-a}"],
     ] {
         let mut args = vec!["lint", "--strict", CHART];
@@ -384,6 +385,21 @@ fn values_turn_parts_off_and_on() {
         .collect();
     assert_eq!(ingress_ports, ["http", "webhook"]);
     find(&docs, "ServiceMonitor", "latchkey");
+
+    // The Grafana dashboard: off by default; on, a ConfigMap for Grafana's
+    // sidecar holding files/grafana/latchkey.json (valid JSON) as it is.
+    // tests/cluster_controller_metrics.rs checks the metrics it names.
+    assert!(!kinds(&template(&[])).contains("ConfigMap/latchkey-dashboard"));
+    let docs = template(&["grafana.dashboard.enabled=true"]);
+    let cm = find(&docs, "ConfigMap", "latchkey-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"].as_str(), Some("1"));
+    let file =
+        std::fs::read_to_string(crate::common::repo().join("charts/latchkey/files/grafana/latchkey.json"))
+            .unwrap();
+    let shipped = cm["data"]["latchkey.json"].as_str().unwrap();
+    assert_eq!(shipped, file.trim_end_matches('\n'));
+    let dashboard: serde_json::Value = serde_json::from_str(shipped).expect("the dashboard is valid JSON");
+    assert_eq!(dashboard["uid"], "latchkey");
 
     // One watched namespace: Roles there, nothing cluster-wide but the webhook.
     let docs = template(&["watchNamespaces={team-a}"]);

@@ -67,7 +67,12 @@ pub async fn reconcile(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Ac
         issuer_base_url: &ctx.issuer_base_url,
         now,
     };
-    let plan = plan::plan(&observed, keys::generate).map_err(|e| Error::SigningKey(e.to_string()))?;
+    let mut generated = false;
+    let plan = plan::plan(&observed, |algorithm| {
+        generated = true;
+        keys::generate(algorithm)
+    })
+    .map_err(|e| Error::SigningKey(e.to_string()))?;
 
     // Apply, in the order that keeps every token verifiable.
     if let Some(data) = plan.secret_data {
@@ -80,6 +85,10 @@ pub async fn reconcile(policy: Arc<TokenPolicy>, ctx: Arc<Context>) -> Result<Ac
         apply_object(&secrets, &secret_name, &secret, "applying the signing-key Secret").await?;
     }
     let policy = write_status(&policies, &policy, plan.status, &plan.phase, now).await?;
+    if generated {
+        // Counted once status (which lists the key) is written.
+        ctx.metrics.signing_key_generated();
+    }
     if let Some(jwks) = plan.jwks {
         let config_map = ConfigMap {
             metadata: owned_metadata(&policy, &config_map_name, labels(&policy)),
