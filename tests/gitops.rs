@@ -4,7 +4,7 @@
 //!
 //! - `kubectl wait --for=condition=Ready` works for ApiKeys and TokenPolicies,
 //!   and Ready carries the current `observedGeneration` (what kstatus and the
-//!   README's Argo CD health check read);
+//!   Argo CD health check, examples/argocd/health.lua, read);
 //! - after latchkey has written status, delivered Secrets and honoured a
 //!   `latchkey.dev/rotate` annotation, `kubectl diff --server-side` and the
 //!   client-side `kubectl diff` of the folder find nothing (exit 0), and a
