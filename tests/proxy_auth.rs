@@ -2,7 +2,8 @@
 //! generates it for `auth-url` + `auth-response-headers` (with the 429
 //! recipe), and Caddy with `forward_auth` + `copy_headers`, both in front of a
 //! `latchkey run` and an upstream that echoes the headers it receives
-//! (`e2e/proxy/`). Traefik ForwardAuth and Envoy ext_authz requests are sent
+//! (`e2e/proxy/`). Envoy ext_authz requests (and a ForwardAuth request, the
+//! contract the real Traefik of tests/proxy_traefik.rs relies on) are sent
 //! to latchkey directly with the headers those proxies send.
 //!
 //! nginx and Caddy come from Debian (`e2e/deps` installs them); without them
@@ -11,16 +12,14 @@
 mod common;
 
 use common::process::{LoggedChild, Stop};
+use common::proxy::*;
 use common::*;
 use kube::Api;
 use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// How long the echo upstream, nginx and Caddy may take to listen.
-const LISTEN_WAIT: Duration = Duration::from_secs(20);
 
 fn require(tool: &str) -> PathBuf {
     let out = Command::new("sh")
@@ -32,23 +31,6 @@ fn require(tool: &str) -> PathBuf {
         "{tool} is not installed: run e2e/deps (it installs nginx, caddy and wrk from Debian)"
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn render(template: &str, out: &Path, vars: &[(&str, String)]) {
-    let mut text = std::fs::read_to_string(repo().join("e2e/proxy").join(template)).unwrap();
-    for (name, value) in vars {
-        text = text.replace(&format!("@{name}@"), value);
-    }
-    let unfilled = text
-        .split('@')
-        .skip(1)
-        .step_by(2)
-        .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()));
-    assert!(
-        unfilled.is_none(),
-        "unfilled placeholder @{unfilled:?}@ in {template}"
-    );
-    std::fs::write(out, text).unwrap();
 }
 
 /// latchkey, the echo upstream, nginx and Caddy for one namespace.
@@ -81,20 +63,11 @@ impl Stack {
         std::fs::create_dir_all(dir.join("static")).unwrap();
         std::fs::write(dir.join("static/index.html"), "ok\n").unwrap();
 
-        let (echo_port, nginx_port, caddy_port) = (free_port(), free_port(), free_port());
+        let (nginx_port, caddy_port) = (free_port(), free_port());
         let mut procs = Vec::new();
-        let mut echo = LoggedChild::spawn(
-            "echo",
-            dir.join("echo.log"),
-            Command::new("python3")
-                .arg(repo().join("e2e/proxy/echo.py"))
-                .arg(echo_port.to_string()),
-            Stop::Term,
-        );
-        echo.wait_listening(echo_port, LISTEN_WAIT);
+        let (echo, upstream) = spawn_echo(&dir);
         procs.push(echo);
 
-        let upstream = format!("127.0.0.1:{echo_port}");
         let vars = [
             ("PREFIX", dir.display().to_string()),
             ("LISTEN", format!("127.0.0.1:{nginx_port}")),
@@ -166,61 +139,9 @@ impl Stack {
     }
 
     async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut req = self.http.request(method, url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req
-            .send()
+        send(&self.http, method, url, headers)
             .await
-            .unwrap_or_else(|e| panic!("{url}: {e}\n{}", self.latchkey.log_text()));
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_default();
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-}
-
-fn refs<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
-    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> &str {
-        header(&self.headers, name)
-    }
-
-    fn echo(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not the echo upstream's JSON ({e}): {}", self.body))
-    }
-
-    /// The headers the echo upstream received.
-    fn upstream_header(&self, name: &str) -> Option<String> {
-        self.echo()["headers"][name].as_str().map(str::to_owned)
-    }
-
-    /// Every (name, value) the echo upstream received, repeats included.
-    fn upstream_headers(&self) -> Vec<(String, String)> {
-        let list = self.echo()["header_list"].as_array().cloned().unwrap_or_default();
-        list.iter()
-            .map(|p| {
-                (
-                    p[0].as_str().unwrap_or_default().to_ascii_lowercase(),
-                    p[1].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
+            .unwrap_or_else(|e| panic!("{url}: {e}\n{}", self.latchkey.log_text()))
     }
 }
 
@@ -536,22 +457,6 @@ async fn a_token_from_an_api_key_passes_nginx_and_caddy_until_the_key_is_revoked
         .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "caddy");
 }
-
-/// Every identity header a client might forge, each with a value that
-/// contains `forged`, one of them twice, and the underscore spellings some
-/// frameworks (CGI, WSGI) read as the same header.
-const FORGED: [(&str, &str); 10] = [
-    ("x-auth-subject", "forged-subject"),
-    ("x-auth-scopes", "orders:read orders:admin forged"),
-    ("x-auth-key-id", "forged-key-id"),
-    ("x-auth-namespace", "forged-namespace"),
-    ("x-auth-role", "forged-role"),
-    ("x-auth-role", "forged-role-again"),
-    ("x-auth-claim-tenant", "forged-tenant"),
-    ("x-auth-claims", "{\"tenant\":\"forged\"}"),
-    ("x_auth_role", "forged-underscore"),
-    ("x_auth_namespace", "forged-underscore"),
-];
 
 #[tokio::test]
 async fn no_client_sent_identity_header_reaches_the_upstream_through_any_location() {

@@ -24,6 +24,7 @@
 //! - [`crash`]: the rotation crash tests' poller and kill points.
 //! - [`webhook`]: a `latchkey run` with its admission webhook registered.
 //! - [`http`]: the small HTTP calls several files make.
+//! - [`proxy`]: the proxy tests' configurations, echo upstream and answers.
 //! - [`stats`]: percentiles (shared with benches/auth).
 //!
 //! Every test binary declares `mod common;` and uses a part of it, so the
@@ -36,6 +37,7 @@ pub mod crash;
 pub mod http;
 pub mod latchkey_process;
 pub mod process;
+pub mod proxy;
 pub mod stats;
 pub mod webhook;
 

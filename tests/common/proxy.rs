@@ -1,0 +1,146 @@
+//! What the tests through real proxies share (tests/proxy_auth.rs: nginx and
+//! Caddy; tests/proxy_traefik.rs: Traefik): the configurations of
+//! `e2e/proxy/` filled in, the echo upstream, an answer and what the
+//! upstream received, and the identity headers a client tries to forge.
+
+use super::process::{LoggedChild, Stop};
+use super::repo;
+use reqwest::{Method, StatusCode};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// How long the echo upstream and a proxy may take to listen.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(20);
+
+/// Writes `e2e/proxy/<template>` to `out` with every `@NAME@` of `vars`
+/// filled; panics if a placeholder is left.
+pub fn render(template: &str, out: &Path, vars: &[(&str, String)]) {
+    let mut text = std::fs::read_to_string(repo().join("e2e/proxy").join(template)).unwrap();
+    for (name, value) in vars {
+        text = text.replace(&format!("@{name}@"), value);
+    }
+    let unfilled = text
+        .split('@')
+        .skip(1)
+        .step_by(2)
+        .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()));
+    assert!(
+        unfilled.is_none(),
+        "unfilled placeholder @{unfilled:?}@ in {template}"
+    );
+    std::fs::write(out, text).unwrap();
+}
+
+/// `e2e/proxy/echo.py` on a free loopback port (log in `dir`), listening;
+/// returns it and its `127.0.0.1:<port>`.
+pub fn spawn_echo(dir: &Path) -> (LoggedChild, String) {
+    let port = super::free_port();
+    let mut echo = LoggedChild::spawn(
+        "echo",
+        dir.join("echo.log"),
+        Command::new("python3")
+            .arg(repo().join("e2e/proxy/echo.py"))
+            .arg(port.to_string()),
+        Stop::Term,
+    );
+    echo.wait_listening(port, LISTEN_WAIT);
+    (echo, format!("127.0.0.1:{port}"))
+}
+
+/// Header pairs as the `&str` pairs [`send`] takes.
+pub fn refs<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `method url` with `headers` (repeated names are sent repeated).
+pub async fn send(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Result<Answer> {
+    let mut req = http.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap_or_default();
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A proxy's answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> &str {
+        super::header(&self.headers, name)
+    }
+
+    /// Whether this is the echo upstream's answer (the request got through).
+    pub fn reached_upstream(&self) -> bool {
+        serde_json::from_str::<serde_json::Value>(&self.body).is_ok_and(|v| v["header_list"].is_array())
+    }
+
+    pub fn echo(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not the echo upstream's JSON ({e}): {}", self.body))
+    }
+
+    /// The headers the echo upstream received.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.echo()["headers"][name].as_str().map(str::to_owned)
+    }
+
+    /// Every (name in lower case, value) the echo upstream received, repeats included.
+    pub fn upstream_headers(&self) -> Vec<(String, String)> {
+        let list = self.echo()["header_list"].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or_default().to_ascii_lowercase(),
+                    p[1].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The one value of `name` the upstream received ("" when none);
+    /// panics, naming `at`, if it arrived more than once.
+    pub fn upstream_one(&self, name: &str, at: &str) -> String {
+        let values: Vec<String> = self
+            .upstream_headers()
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect();
+        assert!(values.len() <= 1, "{at}: {name} arrived {} times", values.len());
+        values.into_iter().next().unwrap_or_default()
+    }
+}
+
+/// Every identity header a client might forge, each with a value that
+/// contains `forged`, one of them twice, and the underscore spellings some
+/// frameworks (CGI, WSGI) read as the same header.
+pub const FORGED: [(&str, &str); 10] = [
+    ("x-auth-subject", "forged-subject"),
+    ("x-auth-scopes", "orders:read orders:admin forged"),
+    ("x-auth-key-id", "forged-key-id"),
+    ("x-auth-namespace", "forged-namespace"),
+    ("x-auth-role", "forged-role"),
+    ("x-auth-role", "forged-role-again"),
+    ("x-auth-claim-tenant", "forged-tenant"),
+    ("x-auth-claims", "{\"tenant\":\"forged\"}"),
+    ("x_auth_role", "forged-underscore"),
+    ("x_auth_namespace", "forged-underscore"),
+];
