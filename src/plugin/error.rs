@@ -1,0 +1,68 @@
+//! The errors of `kubectl latchkey`: each says what to change. None carries
+//! a key, a token or a Secret's data.
+
+/// An error of a `kubectl latchkey` command.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot load the kubeconfig {kubeconfig}: {message}; pass --kubeconfig FILE or set KUBECONFIG")]
+    Kubeconfig { kubeconfig: String, message: String },
+    #[error(
+        "cannot reach the cluster at {server} (context {context:?} of kubeconfig {kubeconfig}): {message}; \
+         check that the cluster is up and that --kubeconfig/--context name the right one"
+    )]
+    Unreachable {
+        server: String,
+        context: String,
+        kubeconfig: String,
+        message: String,
+    },
+    #[error(
+        "forbidden: {user} may not {verb} {resource}{scope} (context {context:?}); \
+         ask for that RBAC right, or use another --context or namespace"
+    )]
+    Forbidden {
+        user: String,
+        verb: &'static str,
+        resource: String,
+        scope: String,
+        context: String,
+    },
+    #[error(
+        "{kind} {name:?} not found in namespace {namespace:?}; list them with `kubectl latchkey status -n {namespace}`"
+    )]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        namespace: String,
+    },
+    #[error("the API server refused to {verb} {resource}: {message}")]
+    Api {
+        verb: &'static str,
+        resource: String,
+        message: String,
+    },
+    #[error(
+        "timed out after {after} waiting for ApiKey {namespace}/{name} to deliver the key asked for with \
+         latchkey.dev/rotate={request:?}; is a latchkey controller watching namespace {namespace}? \
+         (`kubectl latchkey status {name} -n {namespace}` shows its Ready reason)"
+    )]
+    RotateTimeout {
+        namespace: String,
+        name: String,
+        request: String,
+        after: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("the token request to {url} failed: {message}")]
+    Http { url: String, message: String },
+    #[error("the latchkey server at {url} refused the token request ({status}): {error}{description}")]
+    TokenRefused {
+        url: String,
+        status: u16,
+        error: String,
+        description: String,
+    },
+}
