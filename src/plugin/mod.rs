@@ -12,12 +12,14 @@
 
 pub mod cluster;
 pub mod error;
+pub mod inspect;
 pub mod jwt;
 pub mod keys;
 pub mod revoke;
 pub mod rotate;
 pub mod status;
 pub mod table;
+pub mod token;
 
 pub use error::PluginError;
 
@@ -49,6 +51,14 @@ enum Command {
     Rotate(rotate::RotateArgs),
     /// Revoke every key of an ApiKey at once (spec.revoked: true; permanent).
     Revoke(revoke::RevokeArgs),
+    /// Read ONE API key or token on standard input and say what it is:
+    /// format, key id, and which ApiKey lists it in which state; for a JWT
+    /// its header and claims (UNVERIFIED) and which TokenPolicy publishes
+    /// its kid.
+    Inspect(inspect::InspectArgs),
+    /// Exchange the key of an ApiKey's Secret for a token at a latchkey
+    /// server's /token; prints only the token.
+    Token(token::TokenArgs),
 }
 
 impl Plugin {
@@ -58,6 +68,8 @@ impl Plugin {
             Command::Status(args) => status::run(&self.kube, args).await,
             Command::Rotate(args) => rotate::run(&self.kube, args).await,
             Command::Revoke(args) => revoke::run(&self.kube, args).await,
+            Command::Inspect(args) => inspect::run(&self.kube, args).await,
+            Command::Token(args) => token::run(&self.kube, args).await,
         }
     }
 }

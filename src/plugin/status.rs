@@ -126,6 +126,12 @@ async fn token_policies(cluster: &Cluster, args: &StatusArgs, now: Timestamp) ->
                 .items
         }
     };
+    if list.is_empty() {
+        return Ok(match scope {
+            Some(ns) => format!("No TokenPolicies in namespace {ns}.\n"),
+            None => "No TokenPolicies in any namespace.\n".to_owned(),
+        });
+    }
     list.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });

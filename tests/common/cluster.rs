@@ -68,40 +68,39 @@ pub const LEASE_PREFIX: &str = "e2e-";
 pub fn latchkey_kubeconfig() -> &'static Path {
     static SA_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     SA_KUBECONFIG.get_or_init(|| {
-        let admin = kubeconfig();
         let (_, _, _) = kubectl(&["create", "namespace", LATCHKEY_NS]);
         let rbac = chart_rbac();
-        let (ok, out, err) = kubectl_stdin(
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            &rbac,
-        );
+        let (ok, out, err) =
+            kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &rbac);
         assert!(ok, "applying the chart's RBAC failed:\n{out}{err}\n{rbac}");
         remove_stale_leases();
-        let token = kubectl_ok(&[
-            "create",
-            "token",
-            E2E_RELEASE,
-            "-n",
-            LATCHKEY_NS,
-            "--duration=2h",
-        ]);
-        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
-        let cluster = &admin["clusters"][0]["cluster"];
-        let config = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "e2e", "cluster": {
-                "server": cluster["server"].as_str().expect("the admin kubeconfig names the server"),
-                "certificate-authority-data": cluster["certificate-authority-data"].as_str().expect("and its CA"),
-            }}],
-            "users": [{"name": E2E_RELEASE, "user": {"token": token.trim()}}],
-            "contexts": [{"name": "chart-sa", "context": {"cluster": "e2e", "user": E2E_RELEASE}}],
-            "current-context": "chart-sa",
-        });
-        let path = std::env::temp_dir().join(format!("latchkey-e2e-sa-{}.kubeconfig", std::process::id()));
-        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-        path
+        let token = kubectl_ok(&["create", "token", E2E_RELEASE, "-n", LATCHKEY_NS, "--duration=2h"]);
+        token_kubeconfig(token.trim(), E2E_RELEASE, "sa")
     })
+}
+
+/// A kubeconfig (a file in the temp dir, named after `label` and this
+/// process) for the admin kubeconfig's server and CA, authenticating with a
+/// bearer `token` as user `user` (context `<label>-context`).
+pub fn token_kubeconfig(token: &str, user: &str, label: &str) -> PathBuf {
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let context = format!("{label}-context");
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": cluster["server"].as_str().expect("the admin kubeconfig names the server"),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().expect("and its CA"),
+        }}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": "e2e", "user": user}}],
+        "current-context": context,
+    });
+    let path = std::env::temp_dir().join(format!("latchkey-e2e-{label}-{}.kubeconfig", std::process::id()));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
 }
 
 /// `helm template` of the repository's chart, cut down to the ServiceAccount

@@ -1,0 +1,389 @@
+//! `kubectl latchkey` (the built `kubectl-latchkey` binary) against the
+//! local control plane: `status` (one namespace, one ApiKey, all
+//! namespaces), `rotate` (waits; the old key becomes a previous key),
+//! `revoke` (refused on a non-terminal without `--yes`), `inspect` of a
+//! current, a previous, a forged, a retired and a garbage key and of a
+//! token, `token` through a running server, and the errors a person acts on:
+//! a missing ApiKey, an unreachable cluster, a forbidden namespace. No output
+//! may contain a key.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use latchkey::crd::{ApiKey, TokenPolicy};
+use latchkey::key::ApiKeyValue;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Runs `kubectl-latchkey --kubeconfig K ARGS…` with `stdin` (none: an empty,
+/// non-terminal standard input); returns (success, stdout, stderr).
+fn plugin(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-latchkey"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl-latchkey");
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// [`plugin`] as admin, asserting success; returns stdout.
+fn plugin_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let (ok, out, err) = plugin(kubeconfig(), args, stdin);
+    assert!(ok, "kubectl-latchkey {args:?} failed:\n{out}{err}");
+    out
+}
+
+/// [`plugin`] with `kubeconfig`, asserting failure; returns (stdout, stderr).
+fn plugin_fails(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (String, String) {
+    let (ok, out, err) = plugin(kubeconfig, args, stdin);
+    assert!(!ok, "kubectl-latchkey {args:?} succeeded:\n{out}{err}");
+    (out, err)
+}
+
+fn assert_no_key(text: &str, keys: &[&str]) {
+    for key in keys {
+        assert!(!text.contains(key), "a key was printed:\n{text}");
+    }
+}
+
+async fn api_key(ns: &str, name: &str) -> ApiKey {
+    Api::<ApiKey>::namespaced(client().await, ns)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+async fn secret_key(ns: &str, name: &str) -> String {
+    let secret = Api::<Secret>::namespaced(client().await, ns)
+        .get(name)
+        .await
+        .unwrap();
+    String::from_utf8(secret.data.unwrap()["api-key"].0.clone()).unwrap()
+}
+
+fn current_id(ak: &ApiKey) -> String {
+    ak.status
+        .as_ref()
+        .unwrap()
+        .current_key
+        .as_ref()
+        .unwrap()
+        .id
+        .clone()
+}
+
+#[tokio::test]
+async fn status_rotate_inspect_and_revoke() {
+    let ns = TestNamespace::new("plugin").await;
+    let n = ns.name.as_str();
+    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+    let first = served_key(
+        n,
+        "alpha",
+        "  rotation:\n    interval: 720h\n    gracePeriod: 1h\n",
+        &server,
+    )
+    .await;
+    let beta = served_key(n, "beta", "  scopes: [\"x:read\"]\n", &server).await;
+    let old_id = current_id(&api_key(n, "alpha").await);
+    let mut printed = String::new();
+
+    // status: one namespace, one ApiKey with its keys, every namespace.
+    let out = plugin_ok(&["status", "-n", n], None);
+    assert!(out.starts_with("NAME "), "{out}");
+    for needle in ["alpha", "beta", &old_id, "KEY ID", "NEXT ROTATION"] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    // The next rotation is 720h after the key was issued, a moment ago.
+    assert!(out.contains(" in 30d ") || out.contains(" in 29d23h "), "{out}");
+    printed.push_str(&out);
+    let out = plugin_ok(&["status", "alpha", "-n", n], None);
+    assert!(out.contains("STATE") && out.contains("current"), "{out}");
+    printed.push_str(&out);
+    let out = plugin_ok(&["status", "-A"], None);
+    assert!(out.starts_with("NAMESPACE "), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with(n) && l.contains("alpha")),
+        "{out}"
+    );
+    printed.push_str(&out);
+
+    // rotate: waits, prints the new key id; the old key is a previous key.
+    let out = plugin_ok(&["rotate", "alpha", "-n", n, "--timeout", "60s"], None);
+    let after = api_key(n, "alpha").await;
+    let new_id = current_id(&after);
+    assert_ne!(new_id, old_id);
+    assert!(out.contains(&format!("key id {old_id} -> {new_id}")), "{out}");
+    let status = after.status.as_ref().unwrap();
+    assert!(status.previous_keys.iter().any(|k| k.id == old_id));
+    assert!(
+        status.last_rotate_request.is_some(),
+        "the request is recorded in status"
+    );
+    printed.push_str(&out);
+    let out = plugin_ok(&["status", "alpha", "-n", n], None);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("previous") && l.contains(&old_id)),
+        "{out}"
+    );
+    printed.push_str(&out);
+
+    // inspect: the previous key (in grace), the current one, a forged one.
+    let out = plugin_ok(&["inspect"], Some(&format!("{first}\n")));
+    assert!(out.contains(&format!("key id:    {old_id}")), "{out}");
+    assert!(
+        out.contains(&format!("previous key of ApiKey {n}/alpha, in grace until")),
+        "{out}"
+    );
+    assert!(out.contains("valid:     yes"), "{out}");
+    printed.push_str(&out);
+    let current = secret_key(n, "alpha").await;
+    let out = plugin_ok(&["inspect"], Some(&current));
+    assert!(out.contains(&format!("current key of ApiKey {n}/alpha")), "{out}");
+    printed.push_str(&out);
+    let forged = ApiKeyValue::with_random_secret(&new_id);
+    let out = plugin_ok(&["inspect", "-n", n], Some(forged.expose()));
+    assert!(
+        out.contains("does not match") && out.contains("valid:     no"),
+        "{out}"
+    );
+    printed.push_str(&out);
+
+    // inspect: garbage, and a key on the command line (refused, not echoed).
+    let (out, err) = plugin_fails(kubeconfig(), &["inspect"], Some("lk_not-a-key"));
+    assert!(out.contains("not a latchkey API key"), "{out}{err}");
+    let (out, err) = plugin_fails(kubeconfig(), &["inspect", &current], None);
+    assert!(
+        err.contains("standard input, never from the command line"),
+        "{err}"
+    );
+    printed.push_str(&out);
+    printed.push_str(&err);
+
+    // inspect: a retired key (its ApiKey deleted).
+    kubectl_ok(&["delete", "apikey", "beta", "-n", n, "--wait=true"]);
+    let out = plugin_ok(&["inspect"], Some(&beta));
+    assert!(
+        out.contains("unknown or retired") && out.contains("valid:     no"),
+        "{out}"
+    );
+    printed.push_str(&out);
+
+    // revoke: refused on a non-terminal without --yes; then revoked.
+    let (out, err) = plugin_fails(kubeconfig(), &["revoke", "alpha", "-n", n], None);
+    assert!(
+        err.contains("standard input is not a terminal") && err.contains("--yes"),
+        "{err}"
+    );
+    assert!(!api_key(n, "alpha").await.is_revoked());
+    printed.push_str(&out);
+    let out = plugin_ok(&["revoke", "alpha", "-n", n, "--yes"], None);
+    assert!(out.contains("revoked"), "{out}");
+    let revoked = api_key(n, "alpha").await;
+    assert!(revoked.is_revoked());
+    let managers: Vec<String> = revoked
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.iter().any(|m| m == "kubectl-latchkey"), "{managers:?}");
+    let out = plugin_ok(&["inspect"], Some(&current));
+    assert!(out.contains("REVOKED") && out.contains("valid:     no"), "{out}");
+    printed.push_str(&out);
+    let (_, err) = plugin_fails(kubeconfig(), &["rotate", "alpha", "-n", n], None);
+    assert!(err.contains("is revoked"), "{err}");
+
+    assert_no_key(&printed, &[&first, &beta, &current]);
+}
+
+#[tokio::test]
+async fn token_minted_and_inspected() {
+    let ns = TestNamespace::new("plugin-token").await;
+    let n = ns.name.as_str();
+    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+    apply(&token_policy_manifest(
+        n,
+        "login",
+        "  audiences: [calendar, pubsub]\n  allowedScopes: [\"calendar-events:read\", \"calendar-events:write\"]\n",
+    ));
+    let policy = ready_policy(&Api::<TokenPolicy>::namespaced(client().await, n), "login").await;
+    let kid = policy.status.unwrap().active_key_id.unwrap();
+    let key = served_key(
+        n,
+        "frontend",
+        "  subject: login-service\n  scopes: [\"calendar-events:read\"]\n  tokenPolicyRef:\n    name: login\n",
+        &server,
+    )
+    .await;
+    let secret = format!("{n}/frontend");
+
+    // Through --url (the server's base URL) and through the policy's issuer.
+    let out = plugin_ok(
+        &[
+            "token",
+            "login",
+            "-n",
+            n,
+            "--key-from-secret",
+            &secret,
+            "--scope",
+            "calendar-events:read",
+            "--audience",
+            "calendar",
+            "--url",
+            &server,
+        ],
+        None,
+    );
+    let token = out.trim().to_owned();
+    assert_eq!(out.lines().count(), 1, "only the token: {out}");
+    assert_eq!(token.split('.').count(), 3, "{out}");
+    let out = plugin_ok(&["token", "login", "-n", n, "--key-from-secret", &secret], None);
+    assert_eq!(out.trim().split('.').count(), 3, "{out}");
+    assert_no_key(&out, &[&key]);
+
+    // The token works where a key does.
+    let resp = reqwest::Client::new()
+        .get(format!("{server}/auth/nginx"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+
+    // inspect: header and claims, UNVERIFIED, and the policy publishing its kid.
+    let out = plugin_ok(&["inspect"], Some(&token));
+    assert!(out.contains("UNVERIFIED"), "{out}");
+    assert!(out.contains(&format!("kid: \"{kid}\"")), "{out}");
+    assert!(out.contains("sub: \"login-service\""), "{out}");
+    assert!(out.contains("scope: \"calendar-events:read\""), "{out}");
+    assert!(
+        out.contains(&format!(
+            "kid published by TokenPolicy {n}/login (its signing key)"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("is not this policy's issuer"), "{out}");
+
+    // A refused exchange says why, and prints no token.
+    let (out, err) = plugin_fails(
+        kubeconfig(),
+        &[
+            "token",
+            "login",
+            "-n",
+            n,
+            "--key-from-secret",
+            &secret,
+            "--scope",
+            "admin",
+            "--url",
+            &server,
+        ],
+        None,
+    );
+    assert!(out.is_empty() && err.contains("invalid_scope"), "{out}{err}");
+    assert_no_key(&err, &[&key]);
+}
+
+#[tokio::test]
+async fn errors_a_person_can_act_on() {
+    let ns = TestNamespace::new("plugin-errors").await;
+    let n = ns.name.as_str();
+
+    // A missing ApiKey: named, with its namespace.
+    for cmd in [
+        &["status", "nope", "-n", n][..],
+        &["rotate", "nope", "-n", n],
+        &["revoke", "nope", "-n", n, "--yes"],
+    ] {
+        let (_, err) = plugin_fails(kubeconfig(), cmd, None);
+        assert!(
+            err.contains(&format!("ApiKey \"nope\" not found in namespace \"{n}\"")),
+            "{cmd:?}: {err}"
+        );
+    }
+
+    // An unreachable cluster: the server, the context and the kubeconfig.
+    let port = free_port();
+    let closed = std::env::temp_dir().join(format!("latchkey-e2e-closed-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &closed,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\n\
+             users:\n- name: nobody\n  user:\n    token: x\ncontexts:\n- name: gone-context\n  context:\n    cluster: gone\n    user: nobody\n\
+             current-context: gone-context\n"
+        ),
+    )
+    .unwrap();
+    let (_, err) = plugin_fails(&closed, &["status", "-n", n], None);
+    std::fs::remove_file(&closed).unwrap();
+    assert!(
+        err.contains(&format!("cannot reach the cluster at https://127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("gone-context") && err.contains(closed.to_str().unwrap()),
+        "{err}"
+    );
+
+    // A forbidden namespace: a ServiceAccount with no rights at all.
+    kubectl_ok(&["create", "serviceaccount", "nobody", "-n", n]);
+    let token = kubectl_ok(&["create", "token", "nobody", "-n", n, "--duration=10m"]);
+    let forbidden = token_kubeconfig(token.trim(), "nobody", &format!("nobody-{n}"));
+    let (_, err) = plugin_fails(&forbidden, &["status", "-n", n], None);
+    assert!(
+        err.contains(&format!("may not list apikeys.latchkey.dev in namespace \"{n}\"")),
+        "{err}"
+    );
+    let (_, err) = plugin_fails(&forbidden, &["rotate", "x", "-n", n], None);
+    assert!(
+        err.contains(&format!("may not get apikeys.latchkey.dev in namespace \"{n}\"")),
+        "{err}"
+    );
+    let (_, err) = plugin_fails(
+        &forbidden,
+        &[
+            "token",
+            "login",
+            "-n",
+            n,
+            "--key-from-secret",
+            &format!("{n}/frontend"),
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+        None,
+    );
+    assert!(
+        err.contains(&format!("may not get secrets in namespace \"{n}\"")),
+        "{err}"
+    );
+    let (_, err) = plugin_fails(&forbidden, &["status", "-A"], None);
+    assert!(
+        err.contains("may not list apikeys.latchkey.dev in all namespaces"),
+        "{err}"
+    );
+    std::fs::remove_file(&forbidden).unwrap();
+}
