@@ -17,6 +17,7 @@ use latchkey::key::ApiKeyValue;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Runs `kubectl-latchkey --kubeconfig K ARGS…` with `stdin` (none: an empty,
 /// non-terminal standard input); returns (success, stdout, stderr).
@@ -325,6 +326,29 @@ async fn errors_a_person_can_act_on() {
         );
     }
 
+    // A missing Secret (token), an unknown context.
+    let (_, err) = plugin_fails(
+        kubeconfig(),
+        &[
+            "token",
+            "login",
+            "-n",
+            n,
+            "--key-from-secret",
+            &format!("{n}/absent"),
+        ],
+        None,
+    );
+    assert!(
+        err.contains(&format!("Secret \"absent\" not found in namespace \"{n}\"")),
+        "{err}"
+    );
+    let (_, err) = plugin_fails(kubeconfig(), &["--context", "elsewhere", "status"], None);
+    assert!(
+        err.contains("context \"elsewhere\" is not in the kubeconfig"),
+        "{err}"
+    );
+
     // An unreachable cluster: the server, the context and the kubeconfig.
     let port = free_port();
     let closed = std::env::temp_dir().join(format!("latchkey-e2e-closed-{}.kubeconfig", std::process::id()));
@@ -386,4 +410,32 @@ async fn errors_a_person_can_act_on() {
         "{err}"
     );
     std::fs::remove_file(&forbidden).unwrap();
+}
+
+#[tokio::test]
+async fn inspect_a_key_after_its_grace_period() {
+    let ns = TestNamespace::new("plugin-grace").await;
+    let n = ns.name.as_str();
+    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+    let old = served_key(
+        n,
+        "short",
+        "  rotation:\n    interval: 720h\n    gracePeriod: 30s\n",
+        &server,
+    )
+    .await;
+    plugin_ok(&["rotate", "short", "-n", n], None);
+    let out = plugin_ok(&["inspect", "-n", n], Some(&old));
+    assert!(
+        out.contains("in grace until") && out.contains("valid:     yes"),
+        "{out}"
+    );
+    // After the 30s grace period the key is pruned from status: retired.
+    let out = eventually(Duration::from_secs(120), "the old key leaves status", || async {
+        let out = plugin_ok(&["inspect", "-n", n], Some(&old));
+        out.contains("unknown or retired").then_some(out)
+    })
+    .await;
+    assert!(out.contains("valid:     no"), "{out}");
+    assert_no_key(&out, &[&old]);
 }

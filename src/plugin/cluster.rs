@@ -61,6 +61,18 @@ impl Cluster {
             .and_then(|c| c.context.as_ref())
             .and_then(|c| c.user.clone())
             .unwrap_or_else(|| "the kubeconfig's user".to_owned());
+        if !kubeconfig.contexts.iter().any(|c| c.name == context) {
+            let known: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+            return Err(PluginError::UnknownContext {
+                context,
+                kubeconfig: kubeconfig_name,
+                known: if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
         let options = KubeConfigOptions {
             context: flags.context.clone(),
             ..KubeConfigOptions::default()
@@ -98,11 +110,15 @@ impl Cluster {
                 },
                 context: self.context.clone(),
             },
-            kube::Error::Api(status) if status.code == 404 && what.name.is_some() => PluginError::NotFound {
-                kind: what.kind,
-                name: what.name.unwrap_or_default().to_owned(),
-                namespace: what.namespace.unwrap_or_default().to_owned(),
-            },
+            kube::Error::Api(status) if status.code == 404 && what.name.is_some() => {
+                let namespace = what.namespace.unwrap_or_default().to_owned();
+                PluginError::NotFound {
+                    kind: what.kind,
+                    name: what.name.unwrap_or_default().to_owned(),
+                    hint: not_found_hint(what.kind, &namespace),
+                    namespace,
+                }
+            }
             kube::Error::Api(status) => PluginError::Api {
                 verb,
                 resource: what.resource.to_owned(),
@@ -115,6 +131,19 @@ impl Cluster {
                 message: source_chain(&other),
             },
         }
+    }
+}
+
+/// What to run to see the objects of `kind` that do exist.
+fn not_found_hint(kind: &str, namespace: &str) -> String {
+    match kind {
+        "ApiKey" => format!("list them with `kubectl latchkey status -n {namespace}`"),
+        "TokenPolicy" => {
+            format!("list them with `kubectl latchkey status --kind tokenpolicy -n {namespace}`")
+        }
+        _ => format!(
+            "name an ApiKey's Secret (its status.secretName; `kubectl get apikeys -n {namespace} -o wide`)"
+        ),
     }
 }
 

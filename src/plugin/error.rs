@@ -27,13 +27,20 @@ pub enum PluginError {
         scope: String,
         context: String,
     },
-    #[error(
-        "{kind} {name:?} not found in namespace {namespace:?}; list them with `kubectl latchkey status -n {namespace}`"
-    )]
+    #[error("{kind} {name:?} not found in namespace {namespace:?}; {hint}")]
     NotFound {
         kind: &'static str,
         name: String,
         namespace: String,
+        hint: String,
+    },
+    #[error(
+        "context {context:?} is not in the kubeconfig {kubeconfig} (its contexts: {known}); pass --context with one of them"
+    )]
+    UnknownContext {
+        context: String,
+        kubeconfig: String,
+        known: String,
     },
     #[error("the API server refused to {verb} {resource}: {message}")]
     Api {
