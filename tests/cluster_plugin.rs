@@ -59,6 +59,31 @@ fn plugin_fails(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (Strin
     (out, err)
 }
 
+/// Runs the plugin (as admin) with a pseudo-terminal as its standard input
+/// and output, through util-linux `script`, typing `typed`; returns what the
+/// terminal showed.
+fn on_a_terminal(args: &[&str], typed: &str) -> String {
+    let mut line = format!(
+        "{} --kubeconfig {}",
+        env!("CARGO_BIN_EXE_kubectl-latchkey"),
+        kubeconfig().display()
+    );
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux) for a pseudo-terminal");
+    child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 fn assert_no_key(text: &str, keys: &[&str]) {
     for key in keys {
         assert!(!text.contains(key), "a key was printed:\n{text}");
@@ -95,7 +120,8 @@ fn current_id(ak: &ApiKey) -> String {
 async fn status_rotate_inspect_and_revoke() {
     let ns = TestNamespace::new("plugin").await;
     let n = ns.name.as_str();
-    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+    // lastUsedAt is written every second here (60s by default).
+    let (_latchkey, server) = LatchkeyProcess::start_run(n, &["--last-used-flush-seconds", "1"]);
     let first = served_key(
         n,
         "alpha",
@@ -107,6 +133,13 @@ async fn status_rotate_inspect_and_revoke() {
     let old_id = current_id(&api_key(n, "alpha").await);
     let mut printed = String::new();
 
+    // served_key used the keys: the ApiKey's last use reaches status.
+    let api_keys: Api<ApiKey> = Api::namespaced(client().await, n);
+    eventually(WAIT, "status.lastUsedAt of alpha", || async {
+        api_keys.get("alpha").await.ok()?.status?.last_used_at.map(|_| ())
+    })
+    .await;
+
     // status: one namespace, one ApiKey with its keys, every namespace.
     let out = plugin_ok(&["status", "-n", n], None);
     assert!(out.starts_with("NAME "), "{out}");
@@ -115,6 +148,11 @@ async fn status_rotate_inspect_and_revoke() {
     }
     // The next rotation is 720h after the key was issued, a moment ago.
     assert!(out.contains(" in 30d ") || out.contains(" in 29d23h "), "{out}");
+    let alpha_row = out.lines().find(|l| l.starts_with("alpha ")).unwrap();
+    assert!(
+        alpha_row.contains(" ago ") || alpha_row.contains(" now "),
+        "last used: {out}"
+    );
     printed.push_str(&out);
     let out = plugin_ok(&["status", "alpha", "-n", n], None);
     assert!(out.contains("STATE") && out.contains("current"), "{out}");
@@ -156,6 +194,10 @@ async fn status_rotate_inspect_and_revoke() {
         "{out}"
     );
     assert!(out.contains("valid:     yes"), "{out}");
+    assert!(
+        out.contains("last used: ") && !out.contains("last used: -"),
+        "{out}"
+    );
     printed.push_str(&out);
     let current = secret_key(n, "alpha").await;
     let out = plugin_ok(&["inspect"], Some(&current));
@@ -195,6 +237,12 @@ async fn status_rotate_inspect_and_revoke() {
         err.contains("standard input is not a terminal") && err.contains("--yes"),
         "{err}"
     );
+    assert!(!api_key(n, "alpha").await.is_revoked());
+    printed.push_str(&out);
+    // On a terminal (util-linux `script` gives it one) it asks; a wrong answer changes nothing.
+    let out = on_a_terminal(&["revoke", "alpha", "-n", n], "alpha-not\n");
+    assert!(out.contains("Type its name (or yes) to confirm"), "{out}");
+    assert!(out.contains("not confirmed"), "{out}");
     assert!(!api_key(n, "alpha").await.is_revoked());
     printed.push_str(&out);
     let out = plugin_ok(&["revoke", "alpha", "-n", n, "--yes"], None);
@@ -404,6 +452,15 @@ async fn errors_a_person_can_act_on() {
         err.contains(&format!("may not get secrets in namespace \"{n}\"")),
         "{err}"
     );
+    // inspect falls back from every namespace to -n's, then says what is refused.
+    let stray = ApiKeyValue::generate();
+    let (out, err) = plugin_fails(&forbidden, &["inspect", "-n", n], Some(stray.expose()));
+    assert!(out.contains(&format!("key id:    {}", stray.key_id())), "{out}");
+    assert!(
+        err.contains(&format!("may not list apikeys.latchkey.dev in namespace \"{n}\"")),
+        "{err}"
+    );
+    assert_no_key(&(out + &err), &[stray.expose()]);
     let (_, err) = plugin_fails(&forbidden, &["status", "-A"], None);
     assert!(
         err.contains("may not list apikeys.latchkey.dev in all namespaces"),
