@@ -496,3 +496,46 @@ async fn inspect_a_key_after_its_grace_period() {
     assert!(out.contains("valid:     no"), "{out}");
     assert_no_key(&out, &[&old]);
 }
+
+#[tokio::test]
+async fn kubectl_runs_it_as_a_plugin() {
+    let ns = TestNamespace::new("plugin-kubectl").await;
+    let out = Command::new(repo().join("e2e/cluster"))
+        .args(["bin", "kubectl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kubectl = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl-latchkey"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // kubectl passes no flags of its own to a plugin: the kubeconfig comes from $KUBECONFIG.
+    let out = Command::new(&kubectl)
+        .args(["latchkey", "status", "-n", &ns.name])
+        .env("PATH", &path)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "kubectl latchkey status: {stdout}{stderr}");
+    assert_eq!(stdout, format!("No ApiKeys in namespace {}.\n", ns.name));
+    let out = Command::new(&kubectl)
+        .args(["latchkey", "status", "nope", "-n", &ns.name])
+        .env("PATH", &path)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "kubectl passes the plugin's exit status on"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ApiKey \"nope\" not found"));
+}
