@@ -103,13 +103,20 @@ impl Cluster {
             kube::Error::Api(status) if status.code == 403 => PluginError::Forbidden {
                 user: self.user.clone(),
                 verb,
-                resource: what.resource.to_owned(),
-                scope: match what.namespace {
-                    Some(ns) => format!(" in namespace {ns:?}"),
-                    None => " in all namespaces (cluster-wide)".to_owned(),
+                resource: match what.namespace {
+                    Some(ns) => format!("{} in namespace {ns:?}", what.resource),
+                    None => format!("{} in all namespaces (cluster-wide)", what.resource),
                 },
                 context: self.context.clone(),
+                message: status.message.clone(),
             },
+            kube::Error::Api(status) if status.code == 404 && what.name.is_none() => {
+                PluginError::NotInstalled {
+                    verb,
+                    resource: what.resource.to_owned(),
+                    server: self.server.clone(),
+                }
+            }
             kube::Error::Api(status) if status.code == 404 && what.name.is_some() => {
                 let namespace = what.namespace.unwrap_or_default().to_owned();
                 PluginError::NotFound {

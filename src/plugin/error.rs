@@ -17,15 +17,25 @@ pub enum PluginError {
         message: String,
     },
     #[error(
-        "forbidden: {user} may not {verb} {resource}{scope} (context {context:?}); \
+        "forbidden: {user} may not {verb} {resource} (context {context:?}; the API server says: {message}); \
          ask for that RBAC right, or use another --context or namespace"
     )]
     Forbidden {
         user: String,
         verb: &'static str,
+        /// The resource and where: `apikeys.latchkey.dev in namespace "shop"`.
         resource: String,
-        scope: String,
         context: String,
+        message: String,
+    },
+    #[error(
+        "the API server does not serve {resource} (the server at {server} answered 404 to `{verb}`): \
+         install latchkey's CRDs (`kubectl apply -f crds/` or the Helm chart), or use another --context"
+    )]
+    NotInstalled {
+        verb: &'static str,
+        resource: String,
+        server: String,
     },
     #[error("{kind} {name:?} not found in namespace {namespace:?}; {hint}")]
     NotFound {
