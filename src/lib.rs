@@ -25,6 +25,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod validity;
 pub mod webhook;
