@@ -83,7 +83,7 @@ async fn reload_mounted(
                 if let Some(files) = read {
                     current = files;
                 }
-                tracing::info!(dir = %what, "the {listener} listener loaded the renewed mounted certificate");
+                tracing::info!(dir = %what, "the {listener} listener loaded the renewed mounted serving certificate");
             }
             Reload::KeepPrevious(e) => {
                 tracing::warn!(error = %e, "keeping the previous {listener} serving certificate")
