@@ -60,6 +60,8 @@ mod tokens;
 
 #[tokio::main]
 async fn main() {
+    // reqwest comes without a rustls provider (see Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let n = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {

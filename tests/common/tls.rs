@@ -6,6 +6,13 @@ use super::kubectl_ok;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Makes ring the process' rustls provider (once): reqwest has no provider
+/// of its own here (Cargo.toml says why), and every test binary that
+/// touches the cluster passes through [`super::kubeconfig`], which calls this.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The PEM certificate (`tls.crt`) of the CA Secret `ns/name`.
 pub fn ca_pem(ns: &str, name: &str) -> String {
     let b64 = kubectl_ok(&[
