@@ -198,17 +198,6 @@ async fn run_webhook(client: kube::Client, options: Option<crate::webhook::Optio
     }
 }
 
-/// Where the HTTP listener's certificate comes from (`--http-tls`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum HttpTls {
-    /// Plain HTTP: credentials cross the network in clear text (local development).
-    Off,
-    /// A certificate signed by latchkey's CA (the --webhook-ca-secret Secret), renewed in memory.
-    SelfSigned,
-    /// tls.crt and tls.key mounted in --http-tls-cert-dir (cert-manager), reloaded when they change.
-    Dir,
-}
-
 #[derive(clap::Args, Debug)]
 struct ServerArgs {
     /// Address of the HTTP(S) server (external auth, /token, /introspect, probes, /metrics).
@@ -217,7 +206,7 @@ struct ServerArgs {
     /// HTTPS on --http-addr: `self-signed` (latchkey's CA, shared with the
     /// webhook), `dir` (a mounted certificate), or `off` (plain HTTP).
     #[arg(long, env = "LATCHKEY_HTTP_TLS", value_enum, default_value = "off")]
-    http_tls: HttpTls,
+    http_tls: crate::tls::Mode,
     /// With --http-tls dir: the directory holding tls.crt and tls.key.
     #[arg(long, env = "LATCHKEY_HTTP_TLS_CERT_DIR")]
     http_tls_cert_dir: Option<PathBuf>,
@@ -292,7 +281,7 @@ impl ServerArgs {
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let scheme = if self.http_tls == HttpTls::Off {
+        let scheme = if self.http_tls == crate::tls::Mode::Off {
             "http"
         } else {
             "https"
@@ -308,28 +297,19 @@ impl ServerArgs {
         ca_secret: (String, String),
         base_url: &str,
     ) -> Result<Option<crate::tls::Source>, Error> {
-        let secs = std::time::Duration::from_secs;
-        let refuse = |m: &str| Err(crate::webhook::WebhookError::Option(m.to_owned()).into());
-        match (self.http_tls, &self.http_tls_cert_dir) {
-            (HttpTls::Off, None) => Ok(None),
-            (HttpTls::SelfSigned, None) => Ok(Some(crate::tls::Source::Signed {
-                ca_secret,
-                names: crate::tls::serving_names(&self.http_tls_dns_name, &[base_url], true),
-                validity: secs(self.http_tls_cert_validity_seconds),
-                renew_before: secs(self.http_tls_cert_renew_before_seconds),
-                sync_interval: secs(self.http_tls_sync_seconds),
-            })),
-            (HttpTls::Dir, Some(dir)) => Ok(Some(crate::tls::Source::Mounted {
-                dir: dir.clone(),
-                reload_every: secs(self.http_tls_sync_seconds),
-            })),
-            (HttpTls::Dir, None) => {
-                refuse("--http-tls dir needs --http-tls-cert-dir (the directory with tls.crt and tls.key)")
-            }
-            (_, Some(_)) => {
-                refuse("--http-tls-cert-dir is only read with --http-tls dir; add it or drop the directory")
-            }
-        }
+        let flags = crate::tls::Flags {
+            prefix: "--http-tls",
+            mode: self.http_tls,
+            cert_dir: self.http_tls_cert_dir.clone(),
+            names: crate::tls::serving_names(&self.http_tls_dns_name, &[base_url], true),
+            validity_seconds: self.http_tls_cert_validity_seconds,
+            renew_before_seconds: self.http_tls_cert_renew_before_seconds,
+            sync_seconds: self.http_tls_sync_seconds,
+        };
+        flags.source(ca_secret).map_err(|source| Error::Tls {
+            listener: "HTTP",
+            source: Box::new(source),
+        })
     }
 
     fn options(&self, namespace: Option<String>, issuer_base_url: Option<String>) -> crate::server::Options {

@@ -17,7 +17,6 @@ use common::*;
 use kube::Api;
 use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

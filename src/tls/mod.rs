@@ -53,6 +53,8 @@ pub enum TlsError {
     BadName(String),
     #[error("the mounted serving certificate in {0} is unreadable or not PEM (expected tls.crt and tls.key)")]
     BadMounted(String),
+    #[error("{0}")]
+    Flags(String),
     #[error("Kubernetes API call failed while {action}: {source}")]
     Kube {
         action: &'static str,
@@ -100,6 +102,62 @@ impl Source {
                 format!("signed by latchkey's CA ({}/{})", ca_secret.0, ca_secret.1)
             }
             Source::Mounted { dir, .. } => format!("mounted from {}", dir.display()),
+        }
+    }
+}
+
+/// A listener's TLS mode (`--http-tls`, and the gRPC listener's to come).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain text: credentials cross the network in clear text (local development).
+    Off,
+    /// A certificate signed by latchkey's CA (the --webhook-ca-secret Secret), renewed in memory.
+    SelfSigned,
+    /// tls.crt and tls.key mounted in the cert dir (cert-manager), reloaded when they change.
+    Dir,
+}
+
+/// A listener's TLS flags (`<prefix>`, `<prefix>-cert-dir`, …), checked
+/// together into a [`Source`].
+#[derive(Debug, Clone)]
+pub struct Flags {
+    /// The mode flag's name, for errors (`--http-tls`).
+    pub prefix: &'static str,
+    pub mode: Mode,
+    pub cert_dir: Option<PathBuf>,
+    /// SANs for [`Mode::SelfSigned`] (see [`serving_names`]).
+    pub names: Vec<String>,
+    pub validity_seconds: u64,
+    pub renew_before_seconds: u64,
+    pub sync_seconds: u64,
+}
+
+impl Flags {
+    /// The certificate source, `None` for plain text; `ca_secret` is the
+    /// shared CA's Secret. A cert dir without `dir` mode, or `dir` without
+    /// one, is refused naming the flags.
+    pub fn source(&self, ca_secret: (String, String)) -> Result<Option<Source>, TlsError> {
+        let secs = Duration::from_secs;
+        let p = self.prefix;
+        match (self.mode, &self.cert_dir) {
+            (Mode::Off, None) => Ok(None),
+            (Mode::SelfSigned, None) => Ok(Some(Source::Signed {
+                ca_secret,
+                names: self.names.clone(),
+                validity: secs(self.validity_seconds),
+                renew_before: secs(self.renew_before_seconds),
+                sync_interval: secs(self.sync_seconds),
+            })),
+            (Mode::Dir, Some(dir)) => Ok(Some(Source::Mounted {
+                dir: dir.clone(),
+                reload_every: secs(self.sync_seconds),
+            })),
+            (Mode::Dir, None) => Err(TlsError::Flags(format!(
+                "{p} dir needs {p}-cert-dir (the directory with tls.crt and tls.key)"
+            ))),
+            (_, Some(_)) => Err(TlsError::Flags(format!(
+                "{p}-cert-dir is only read with {p} dir; add it or drop the directory"
+            ))),
         }
     }
 }
