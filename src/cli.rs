@@ -42,9 +42,9 @@ struct KubeArgs {
     #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// The URL clients reach the latchkey server at: default TokenPolicy
-    /// issuers are `<URL>/issuers/<namespace>/<name>`. Default: http:// and
-    /// the --http-addr (0.0.0.0 as 127.0.0.1), or http://127.0.0.1:8080 for
-    /// `latchkey controller`.
+    /// issuers are `<URL>/issuers/<namespace>/<name>`. Default: http://
+    /// (https:// with --http-tls) and the --http-addr (0.0.0.0 as
+    /// 127.0.0.1), or http://127.0.0.1:8080 for `latchkey controller`.
     #[arg(long, env = "LATCHKEY_ISSUER_BASE_URL")]
     issuer_base_url: Option<String>,
 }
@@ -145,21 +145,7 @@ impl WebhookArgs {
         let Some(addr) = self.webhook_addr else {
             return Ok(None);
         };
-        let ca_secret = match &self.webhook_ca_secret {
-            Some(s) => match s.split_once('/') {
-                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => (ns.to_owned(), name.to_owned()),
-                _ => {
-                    return Err(crate::webhook::WebhookError::Option(format!(
-                        "--webhook-ca-secret must be NAMESPACE/NAME, not {s:?}"
-                    ))
-                    .into());
-                }
-            },
-            None => (
-                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned()),
-                "latchkey-webhook-ca".to_owned(),
-            ),
-        };
+        let ca_secret = self.ca_secret(client)?;
         Ok(Some(crate::webhook::Options {
             addr,
             url: self.webhook_url.clone(),
@@ -182,6 +168,28 @@ impl WebhookArgs {
     }
 }
 
+impl WebhookArgs {
+    /// The CA Secret (NAMESPACE, NAME) every listener signing with
+    /// latchkey's CA shares.
+    fn ca_secret(&self, client: &kube::Client) -> Result<(String, String), Error> {
+        match &self.webhook_ca_secret {
+            Some(s) => match s.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                    Ok((ns.to_owned(), name.to_owned()))
+                }
+                _ => Err(crate::webhook::WebhookError::Option(format!(
+                    "--webhook-ca-secret must be NAMESPACE/NAME, not {s:?}"
+                ))
+                .into()),
+            },
+            None => Ok((
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned()),
+                "latchkey-webhook-ca".to_owned(),
+            )),
+        }
+    }
+}
+
 /// The webhook server, or nothing (pending forever) when it is off.
 async fn run_webhook(client: kube::Client, options: Option<crate::webhook::Options>) -> Result<(), Error> {
     match options {
@@ -192,9 +200,30 @@ async fn run_webhook(client: kube::Client, options: Option<crate::webhook::Optio
 
 #[derive(clap::Args, Debug)]
 struct ServerArgs {
-    /// Address of the plain-HTTP server (external auth, /introspect, probes, /metrics).
+    /// Address of the HTTP(S) server (external auth, /token, /introspect, probes, /metrics).
     #[arg(long, env = "LATCHKEY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
+    /// HTTPS on --http-addr: `self-signed` (latchkey's CA, shared with the
+    /// webhook), `dir` (a mounted certificate), or `off` (plain HTTP).
+    #[arg(long, env = "LATCHKEY_HTTP_TLS", value_enum, default_value = "off")]
+    http_tls: crate::tls::Mode,
+    /// With --http-tls dir: the directory holding tls.crt and tls.key.
+    #[arg(long, env = "LATCHKEY_HTTP_TLS_CERT_DIR")]
+    http_tls_cert_dir: Option<PathBuf>,
+    /// With --http-tls self-signed: a DNS name (or IP) of the certificate,
+    /// for example latchkey.latchkey-system.svc; repeatable. Default:
+    /// localhost and the loopback addresses. The issuer base URL's host is added.
+    #[arg(long)]
+    http_tls_dns_name: Vec<String>,
+    /// Lifetime of the self-signed serving certificate (tests shorten it).
+    #[arg(long, default_value_t = 30 * 24 * 3600, hide = true)]
+    http_tls_cert_validity_seconds: u64,
+    /// Renew it this long before it expires.
+    #[arg(long, default_value_t = 10 * 24 * 3600, hide = true)]
+    http_tls_cert_renew_before_seconds: u64,
+    /// How often the CA Secret, or the mounted directory, is re-read.
+    #[arg(long, default_value_t = 60, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    http_tls_sync_seconds: u64,
     /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
     #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
     api_key_header: Option<axum::http::HeaderName>,
@@ -245,13 +274,42 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// `http://<http-addr>`, with an unspecified address as loopback.
+    /// `http://<http-addr>` (`https://` with --http-tls), with an
+    /// unspecified address as loopback.
     fn default_base_url(&self) -> String {
         let mut addr = self.http_addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        format!("http://{addr}")
+        let scheme = if self.http_tls == crate::tls::Mode::Off {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{addr}")
+    }
+
+    /// The HTTP listener's certificate source, or `None` for plain HTTP;
+    /// `ca_secret` is the shared CA's Secret, `base_url` the issuer base URL
+    /// (its host becomes a SAN).
+    fn tls_source(
+        &self,
+        ca_secret: (String, String),
+        base_url: &str,
+    ) -> Result<Option<crate::tls::Source>, Error> {
+        let flags = crate::tls::Flags {
+            prefix: "--http-tls",
+            mode: self.http_tls,
+            cert_dir: self.http_tls_cert_dir.clone(),
+            names: crate::tls::serving_names(&self.http_tls_dns_name, &[base_url], true),
+            validity_seconds: self.http_tls_cert_validity_seconds,
+            renew_before_seconds: self.http_tls_cert_renew_before_seconds,
+            sync_seconds: self.http_tls_sync_seconds,
+        };
+        flags.source(ca_secret).map_err(|source| Error::Tls {
+            listener: "HTTP",
+            source: Box::new(source),
+        })
     }
 
     fn options(&self, namespace: Option<String>, issuer_base_url: Option<String>) -> crate::server::Options {
@@ -265,6 +323,7 @@ impl ServerArgs {
             claim_headers: self.claim_headers.clone(),
             require_grants: self.require_grants,
             limits: self.limits(),
+            tls: None,
         }
     }
 
@@ -431,8 +490,11 @@ impl Serving {
     async fn new(kube: &KubeArgs, server_args: &ServerArgs, webhook: &WebhookArgs) -> Result<Self, Error> {
         telemetry::init(kube.log_json);
         let client = crate::client::from_kubeconfig(kube.kubeconfig.as_deref()).await?;
-        let webhook = webhook.options(&client, kube.watch_namespace.clone(), server_args.require_grants)?;
-        let server = server_args.options(kube.watch_namespace.clone(), kube.issuer_base_url.clone());
+        let webhook_options =
+            webhook.options(&client, kube.watch_namespace.clone(), server_args.require_grants)?;
+        let mut server = server_args.options(kube.watch_namespace.clone(), kube.issuer_base_url.clone());
+        server.tls = server_args.tls_source(webhook.ca_secret(&client)?, &server.issuer_base_url)?;
+        let webhook = webhook_options;
         Ok(Self {
             client,
             server,
@@ -577,6 +639,60 @@ mod tests {
         assert!(err.to_string().contains("--webhook-failure-policy"), "{err}");
         let err = Cli::try_parse_from(["latchkey", "serve", "--claim-header", "no spaces"]).unwrap_err();
         assert!(err.to_string().contains("--claim-header"), "{err}");
+    }
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["latchkey", "serve", "--http-addr", "0.0.0.0:8443"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("valid flags").command {
+            Command::Serve(args) => args,
+            _ => panic!("parsed as another subcommand"),
+        }
+    }
+
+    #[test]
+    fn https_changes_the_default_issuer_scheme_and_plain_http_stays_the_default() {
+        let ca = || ("latchkey-system".to_owned(), "latchkey-webhook-ca".to_owned());
+        let plain = serve_args(&[]);
+        assert_eq!(plain.server.default_base_url(), "http://127.0.0.1:8443");
+        assert_eq!(plain.server.tls_source(ca(), "http://x").unwrap(), None);
+        let tls = serve_args(&[
+            "--http-tls",
+            "self-signed",
+            "--http-tls-dns-name",
+            "latchkey.latchkey-system.svc",
+        ]);
+        let base = tls.server.default_base_url();
+        assert_eq!(base, "https://127.0.0.1:8443");
+        let Some(crate::tls::Source::Signed { ca_secret, names, .. }) =
+            tls.server.tls_source(ca(), &base).unwrap()
+        else {
+            panic!("self-signed is latchkey's CA");
+        };
+        assert_eq!(ca_secret, ca(), "the webhook's CA Secret");
+        assert_eq!(names, ["latchkey.latchkey-system.svc", "127.0.0.1"]);
+    }
+
+    #[test]
+    fn a_cert_dir_goes_with_dir_mode_only() {
+        let ca = || ("ns".to_owned(), "ca".to_owned());
+        let dir = serve_args(&["--http-tls", "dir", "--http-tls-cert-dir", "/certs"]);
+        assert!(matches!(
+            dir.server.tls_source(ca(), "https://x").unwrap(),
+            Some(crate::tls::Source::Mounted { .. })
+        ));
+        let err = serve_args(&["--http-tls", "dir"])
+            .server
+            .tls_source(ca(), "https://x")
+            .unwrap_err();
+        assert!(err.to_string().contains("--http-tls-cert-dir"), "{err}");
+        let err = serve_args(&["--http-tls-cert-dir", "/certs"])
+            .server
+            .tls_source(ca(), "http://x")
+            .unwrap_err();
+        assert!(err.to_string().contains("--http-tls dir"), "{err}");
+        let err = Cli::try_parse_from(["latchkey", "serve", "--http-tls", "maybe"]).unwrap_err();
+        assert!(err.to_string().contains("--http-tls"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub enum Error {
     Webhook(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("leader election: {0}")]
     LeaderElection(String),
+    /// A listener's certificate could not be made or read
+    /// (`tls::TlsError`, boxed for the same reason as `Webhook`).
+    #[error("TLS of the {listener} listener: {source}")]
+    Tls {
+        listener: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(
         "latchkey may not {action} ({source}); give its ServiceAccount the chart's RBAC for this namespace, or watch another one"
     )]
@@ -78,6 +86,7 @@ impl Error {
             Error::SigningKey(_) => "signing_key",
             Error::Webhook(_) => "webhook",
             Error::LeaderElection(_) => "leader_election",
+            Error::Tls { .. } => "tls",
             Error::Forbidden { .. } => "forbidden",
         }
     }

@@ -26,6 +26,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod validity;
 pub mod webhook;

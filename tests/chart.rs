@@ -20,7 +20,7 @@
 //! One file per job under tests/chart/ (this file is the root, so the
 //! binary keeps its name `chart`): running helm and reading its output
 //! (helm.rs), the chart's files (files.rs), lint and template (render.rs),
-//! rights (rbac.rs), install (install.rs).
+//! rights (rbac.rs), install (install.rs), HTTPS on the HTTP port (tls.rs).
 
 mod common;
 
@@ -34,3 +34,5 @@ mod install;
 mod rbac;
 #[path = "chart/render.rs"]
 mod render;
+#[path = "chart/tls.rs"]
+mod tls;

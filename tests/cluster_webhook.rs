@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::tls::connector;
 use common::webhook::{WEBHOOK_LISTENING, Webhook, assert_refused};
 use common::{
     LatchkeyProcess, TestNamespace, api_key_manifest as apikey, apply_result, eventually, free_port, kubectl,
@@ -13,7 +14,6 @@ use common::{
 };
 use latchkey::{conditions, crd::ApiKey};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn exists(kind: &str, name: &str, ns: &str) -> bool {
@@ -254,63 +254,7 @@ async fn only_latchkey_changes_or_deletes_its_secrets() {
 
 /// The PEM CA of the webhook, from its Secret.
 fn ca_pem(ns: &str) -> String {
-    let b64 = kubectl_ok(&[
-        "get",
-        "secret",
-        "webhook-ca",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.data.tls\\.crt}",
-    ]);
-    use base64::Engine;
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-/// A TLS client configuration that trusts only `ca` (what the API server
-/// does with caBundle).
-fn connector(ca: &str) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    // A full handshake every time: a resumed session shows the old certificate.
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
-}
-
-/// One HTTPS request over a fresh connection (blocking); returns the leaf
-/// certificate served and the raw response.
-fn https(config: &Arc<rustls::ClientConfig>, port: u16, request: &str) -> Result<(Vec<u8>, String), String> {
-    use std::io::{Read, Write};
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    // The server closes after the response (Connection: close); a missing
-    // close_notify is not an error here.
-    if let Err(e) = tls.read_to_end(&mut response)
-        && response.is_empty()
-    {
-        return Err(e.to_string());
-    }
-    let leaf = tls.conn.peer_certificates().ok_or("no certificate")?[0].to_vec();
-    Ok((leaf, String::from_utf8_lossy(&response).into_owned()))
+    common::tls::ca_pem(ns, "webhook-ca")
 }
 
 fn post(body: &str) -> String {
@@ -337,6 +281,7 @@ async fn the_serving_certificate_rotates_under_load_without_a_failed_call_and_a_
     let ca = ca_pem(n);
     let bundle = webhook.ca_bundle();
     let tls = connector(&ca);
+    let https = |tls: &_, port, request: &str| common::tls::https(tls, port, "127.0.0.1", request);
 
     // A malformed review: a clear 400, over TLS that verifies with the CA.
     let (_, response) = https(&tls, webhook.port, &post("{\"kind\":\"nonsense\"")).unwrap();

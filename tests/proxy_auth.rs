@@ -17,21 +17,8 @@ use common::*;
 use kube::Api;
 use latchkey::crd::ApiKey;
 use reqwest::{Method, StatusCode};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn require(tool: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{tool} is not installed: run e2e/deps (it installs nginx, caddy and wrk from Debian)"
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 /// latchkey, the echo upstream, nginx and Caddy for one namespace.
 struct Stack {
@@ -52,7 +39,7 @@ impl Stack {
 
     /// With more environment variables for latchkey (`RUST_LOG`).
     async fn start_env(prefix: &str, env: &[(&str, &str)]) -> Self {
-        let (nginx_bin, caddy_bin) = (require("nginx"), require("caddy"));
+        let caddy_bin = require("caddy");
         let ns = TestNamespace::new(prefix).await;
         // The test configurations copy X-Auth-Claim-tenant (see e2e/proxy/).
         let (latchkey, latchkey_url) =
@@ -76,20 +63,7 @@ impl Stack {
             ("STATIC", dir.join("static").display().to_string()),
         ];
         render("nginx.conf.in", &dir.join("nginx.conf"), &vars);
-        let mut nginx = LoggedChild::spawn(
-            "nginx",
-            dir.join("nginx.log"),
-            Command::new(nginx_bin)
-                .arg("-p")
-                .arg(&dir)
-                .arg("-c")
-                .arg(dir.join("nginx.conf"))
-                .arg("-e")
-                .arg(dir.join("error.log")),
-            Stop::Term,
-        );
-        nginx.wait_listening(nginx_port, LISTEN_WAIT);
-        procs.push(nginx);
+        procs.push(start_nginx(&dir, &dir.join("nginx.conf"), nginx_port));
 
         let vars = [
             ("LISTEN", format!("127.0.0.1:{caddy_port}")),

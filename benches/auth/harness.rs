@@ -98,6 +98,12 @@ impl Bench {
     /// and the server's few info lines (startup, index loads; none per
     /// request) for that line.
     pub fn latchkey(&self, mode: &str, ns: &str) -> (LoggedChild, u16) {
+        self.latchkey_with(mode, ns, &[])
+    }
+
+    /// [`latchkey`](Self::latchkey) with `extra` flags; with `--http-tls`
+    /// among them, ready over HTTPS.
+    pub fn latchkey_with(&self, mode: &str, ns: &str, extra: &[&str]) -> (LoggedChild, u16) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut child = LoggedChild::spawn(
@@ -105,26 +111,61 @@ impl Bench {
             self.dir.join(format!("latchkey-{mode}-{port}.log")),
             Command::new(&self.latchkey)
                 .args([mode, "--http-addr", &addr, "--watch-namespace", ns])
+                .args(extra)
                 .args(["--kubeconfig", &self.kubeconfig])
                 .env("RUST_LOG", "warn,latchkey::server=info"),
             Stop::Term,
         );
-        child.wait_serving(&addr, Duration::from_secs(300));
+        if extra.contains(&"--http-tls") {
+            child.wait_serving_https(&addr, Duration::from_secs(300));
+        } else {
+            child.wait_serving(&addr, Duration::from_secs(300));
+        }
         (child, port)
     }
 
     /// nginx from `e2e/proxy/nginx.conf.in` in front of latchkey on `latchkey_port`.
     pub fn nginx(&self, latchkey_port: u16) -> (LoggedChild, u16) {
+        self.nginx_from(
+            "nginx.conf.in",
+            &[
+                ("@LATCHKEY@", format!("127.0.0.1:{latchkey_port}")),
+                ("@UPSTREAM@", "127.0.0.1:9".to_owned()),
+            ],
+        )
+    }
+
+    /// nginx from `e2e/proxy/nginx-tls.conf.in` in front of latchkey's
+    /// HTTPS listener on `latchkey_port`, verifying it against the CA file
+    /// `ca` for the name `latchkey.test`.
+    pub fn nginx_tls(&self, latchkey_port: u16, ca: &Path) -> (LoggedChild, u16) {
+        self.nginx_from(
+            "nginx-tls.conf.in",
+            &[
+                ("@LATCHKEY@", format!("127.0.0.1:{latchkey_port}")),
+                ("@CA@", ca.display().to_string()),
+                ("@TLS_NAME@", "latchkey.test".to_owned()),
+            ],
+        )
+    }
+
+    /// nginx from `e2e/proxy/<template>` with `vars` and the prefix, listen
+    /// address and static directory filled in.
+    fn nginx_from(&self, template: &str, vars: &[(&str, String)]) -> (LoggedChild, u16) {
         let port = free_port();
-        let template =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/proxy/nginx.conf.in"))
-                .unwrap();
-        let conf = template
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("e2e/proxy")
+                .join(template),
+        )
+        .unwrap();
+        let mut conf = template
             .replace("@PREFIX@", &self.dir.display().to_string())
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
-            .replace("@LATCHKEY@", &format!("127.0.0.1:{latchkey_port}"))
-            .replace("@UPSTREAM@", "127.0.0.1:9")
             .replace("@STATIC@", &self.dir.join("static").display().to_string());
+        for (name, value) in vars {
+            conf = conf.replace(name, value);
+        }
         let path = self.dir.join(format!("nginx-{port}.conf"));
         std::fs::write(&path, conf).unwrap();
         let mut child = LoggedChild::spawn(

@@ -17,6 +17,12 @@
 //!   first seen (every request a different token, pre-signed with the
 //!   policy's key from its Secret) vs repeated (the same token: cached), next
 //!   to the `/livez` ceiling and the API-key route, medians of `BENCH_REPEAT`.
+//! - `tls`: wrk with keepalive against `/auth/nginx` over HTTPS (`latchkey
+//!   serve --http-tls self-signed`) vs plain HTTP on a second `latchkey
+//!   serve`, in the same run, as a ratio (goal: TLS costs at most 15 %);
+//!   and nginx with `auth_request` to latchkey over HTTPS (upstream
+//!   keepalive, `proxy_ssl_verify on`) vs nginx alone and vs the same over
+//!   plain HTTP. Medians of `BENCH_REPEAT` interleaved rounds.
 //! - `cache-flood N`: one `latchkey serve` (default limits) and ten ApiKeys
 //!   of one TokenPolicy; N distinct valid big tokens (~6 KiB, sixteen
 //!   250-character custom claims each, signed with the policy's key, spread
@@ -49,21 +55,25 @@ mod revocation;
 #[allow(dead_code)]
 mod stats;
 mod throughput;
+mod tls;
 mod tokens;
 
 #[tokio::main]
 async fn main() {
+    // reqwest comes without a rustls provider (see Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let n = |default: usize| args.get(1).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("throughput") => throughput::throughput().await,
         Some("revocation") => revocation::revocation(n(20)).await,
         Some("tokens") => tokens::tokens().await,
+        Some("tls") => tls::tls().await,
         Some("cache-flood") => cache_flood::cache_flood(n(200_000)).await,
         Some("index-synthetic") => index::index_synthetic(n(100_000)),
         Some("index-real") => index::index_real(n(10_000)).await,
         other => panic!(
-            "unknown benchmark {other:?}: throughput | revocation N | tokens | cache-flood N | index-synthetic N | index-real N"
+            "unknown benchmark {other:?}: throughput | revocation N | tokens | tls | cache-flood N | index-synthetic N | index-real N"
         ),
     }
 }

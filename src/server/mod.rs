@@ -76,6 +76,9 @@ pub struct Options {
     pub require_grants: bool,
     /// Connection, body, throttle and cache limits.
     pub limits: Limits,
+    /// Serve HTTPS with certificates from here (`--http-tls`); `None`:
+    /// plain HTTP, for local development.
+    pub tls: Option<crate::tls::Source>,
 }
 
 #[cfg(test)]
@@ -92,6 +95,7 @@ impl Options {
             claim_headers: Vec::new(),
             limits: Default::default(),
             require_grants: false,
+            tls: None,
         }
     }
 }
@@ -335,6 +339,7 @@ pub async fn run_with_metrics(
         tokens.clone(),
         options.issuer_base_url.clone(),
     ));
+    let client_for_tls = client.clone();
     let flusher = tokio::spawn(usage::run(client, index.clone(), options.last_used_flush));
     let sweeper = {
         let (tokens, clock) = (tokens.clone(), clock.clone());
@@ -345,6 +350,19 @@ pub async fn run_with_metrics(
             }
         })
     };
+    // The certificate first: a missing CA right or a bad mounted file stops
+    // the start before anything listens.
+    let tls = match &options.tls {
+        Some(source) => Some(
+            crate::tls::start(&client_for_tls, source, "HTTP")
+                .await
+                .map_err(|e| Error::Tls {
+                    listener: "HTTP",
+                    source: Box::new(e),
+                })?,
+        ),
+        None => None,
+    };
     let listener = listener::bind(options.http_addr)
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", options.http_addr)))?;
     let limits = options.limits;
@@ -352,8 +370,17 @@ pub async fn run_with_metrics(
     // port 0); logged only once bound, so a supervisor that waits for this
     // line knows the port is this process's.
     let bound = listener.local_addr().unwrap_or(options.http_addr);
+    let (scheme, certificate) = match &options.tls {
+        Some(source) => ("HTTPS", source.describe()),
+        None => (
+            "plain HTTP",
+            "none: API keys, tokens and identities cross the network in clear text (local development only; --http-tls self-signed or dir outside it)".to_owned(),
+        ),
+    };
     tracing::info!(
         addr = %bound,
+        scheme,
+        certificate = %certificate,
         max_connections = limits.hygiene.max_connections,
         header_read_timeout_s = limits.hygiene.header_read_timeout.as_secs_f64(),
         idle_timeout_s = limits.hygiene.idle_timeout.as_secs_f64(),
@@ -375,8 +402,22 @@ pub async fn run_with_metrics(
     });
     let open = state.metrics.http_connections();
     let app = router(state).layer(axum::middleware::from_fn_with_state(guard, guard::guard));
-    let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
-    listener::serve(listener, limits.hygiene, open, plain, app, shutdown, "http").await;
+    match &tls {
+        Some(serving) => {
+            let acceptor = serving.acceptor(&[b"http/1.1"]).map_err(|e| Error::Tls {
+                listener: "HTTP",
+                source: Box::new(e),
+            })?;
+            let handshake = move |tcp, peer| crate::tls::accept(acceptor.clone(), tcp, peer, "HTTP");
+            listener::serve(listener, limits.hygiene, open, handshake, app, shutdown, "http").await;
+        }
+        None => {
+            let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
+            listener::serve(listener, limits.hygiene, open, plain, app, shutdown, "http").await;
+        }
+    }
+    // Stops the certificate's renewal and reload tasks.
+    drop(tls);
     feeder.abort();
     grant_feeder.abort();
     token_feeder.abort();

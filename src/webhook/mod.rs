@@ -3,8 +3,9 @@
 //! ([`tls`]) and the ValidatingWebhookConfiguration it keeps pointing at
 //! them ([`configuration`]).
 //!
-//! **Certificates.** A CA (rcgen, ECDSA P-256, ten years) lives in one
-//! Secret of latchkey's namespace (`--webhook-ca-secret NS/NAME`, type
+//! **Certificates** come from [`crate::tls`], shared with the auth
+//! server's HTTPS listener. A CA (rcgen, ECDSA P-256, ten years) lives in
+//! one Secret of latchkey's namespace (`--webhook-ca-secret NS/NAME`, type
 //! `kubernetes.io/tls`): the first replica creates it, the others (and every
 //! restart) load it, and a lost create race re-reads the winner's. Each
 //! process then signs its own short-lived serving certificate in memory
@@ -38,26 +39,21 @@
 //! (garbage collector, namespace controller, kube-controller-manager) is
 //! always allowed ([`crate::admission::SYSTEM_USERS`]).
 //!
-//! **Files.** [`ca_store`] (the CA Secret), [`serving_cert`] (the serving
-//! certificate and its renewal), [`mounted`] (cert-manager mode), [`sync`]
-//! (the CA Secret and the configuration, every sync interval),
-//! [`configuration`] (the configuration's pure builders), [`review`] (the
-//! `/validate` handler), [`serve`] (the TLS listener), [`tls`] (certificate
-//! making and swapping); here: the options, the error and [`run`].
+//! **Files.** [`sync`] (the CA Secret and the configuration, every sync
+//! interval), [`configuration`] (the configuration's pure builders),
+//! [`review`] (the `/validate` handler), [`serve`] (the TLS listener); here:
+//! the options, the error and [`run`].
 
-mod ca_store;
 pub mod configuration;
-mod mounted;
 mod review;
 mod serve;
-mod serving_cert;
 mod sync;
-pub mod tls;
 
-pub use ca_store::load_or_create_ca;
+pub use crate::tls::{load_or_create_ca, url_host};
 pub use serve::MAX_CONNECTIONS;
 pub use sync::sync_configuration;
 
+use crate::tls::{self, TlsError};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -65,7 +61,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tls::TlsError;
 
 /// The field manager of latchkey's writes to the configuration and CA Secret.
 const FIELD_MANAGER: &str = "latchkey";
@@ -104,15 +99,6 @@ impl From<WebhookError> for crate::Error {
 /// Wraps a kube error of the API call made while `action`.
 fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> WebhookError {
     move |source| WebhookError::Kube { action, source }
-}
-
-/// A kube error as a status code and reason, never the server's message
-/// (which could echo a request body).
-fn short_error(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
-        _ => "API server unreachable".into(),
-    }
 }
 
 /// Options of the webhook server (flags `--webhook-*`).
@@ -169,18 +155,6 @@ impl Options {
     }
 }
 
-/// The host of `https://HOST[:PORT]/…` (brackets of an IPv6 address removed).
-pub fn url_host(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("https://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    (!host.is_empty()).then(|| host.to_owned())
-}
-
 /// latchkey's username as the API server sees it.
 pub async fn own_username(client: &Client) -> Result<String, WebhookError> {
     let api: Api<SelfSubjectReview> = Api::all(client.clone());
@@ -217,18 +191,19 @@ pub async fn run(
     tracing::info!(users = ?allowed_users, "only these users (and Kubernetes' cleanup) may change latchkey's Secrets");
     // The serving certificate, and the tasks that keep it (and, with
     // latchkey's own CA, the CA Secret and the configuration) current.
-    let (tls_config, background) = if let Some(dir) = options.cert_dir.clone() {
+    let (certs, background) = if let Some(dir) = options.cert_dir.clone() {
         // cert-manager mode: its certificate, its CA injection; no CA Secret
         // and no configuration writes of ours.
-        let (tls_config, reloader) = mounted::serve_mounted(dir, options.sync_interval)?;
-        (tls_config, vec![reloader])
+        let (certs, reloader) = tls::mounted::serve_mounted(dir, options.sync_interval, "webhook")?;
+        (certs, vec![reloader])
     } else {
-        let (serving, tls_config, renewer) = serving_cert::serve_signed(
+        let (serving, renewer) = tls::signed::serve_signed(
             &client,
             &options.ca_secret,
             options.serving_names(),
             options.cert_validity,
             options.renew_before,
+            "webhook",
         )
         .await?;
         // The CA Secret and the configuration, checked every sync interval.
@@ -238,8 +213,9 @@ pub async fn run(
             serving.clone(),
         ));
         tracing::info!(names = ?serving.names, "serving certificates of latchkey's CA");
-        (tls_config, vec![renewer, syncer])
+        (serving.certs.clone(), vec![renewer, syncer])
     };
+    let tls_config = tls::certs::server_config(certs, &[b"http/1.1"])?;
     let served = serve::listen_and_serve(&options, tls_config, client, allowed_users, shutdown).await;
     for task in background {
         task.abort();

@@ -3,9 +3,9 @@
 //! TokenPolicy, every policy's issuer, the cached CredentialGrants) and
 //! answers with their verdict.
 
-use super::short_error;
 use crate::admission::{self, Facts, Found, Lookups, review};
 use crate::crd::TokenPolicy;
+use crate::tls::short_error;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};

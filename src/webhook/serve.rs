@@ -57,16 +57,7 @@ async fn serve_tls(
         ..Default::default()
     };
     let handshake = move |tcp: tokio::net::TcpStream, peer: SocketAddr| {
-        let acceptor = acceptor.clone();
-        async move {
-            match acceptor.accept(tcp).await {
-                Ok(tls) => Some(tls),
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                    None
-                }
-            }
-        }
+        crate::tls::accept(acceptor.clone(), tcp, peer, "webhook")
     };
     let open = prometheus_client::metrics::gauge::Gauge::default();
     crate::listener::serve(listener, hygiene, open, handshake, app, shutdown, "webhook").await;

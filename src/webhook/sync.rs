@@ -3,11 +3,9 @@
 //! deleted one re-created), and the leader writes the configuration (the
 //! whole object out of cluster, only `caBundle` in cluster).
 
-use super::ca_store::{ca_from_secret, ca_secret};
-use super::serving_cert::Serving;
-use super::{FIELD_MANAGER, Options, WebhookError, configuration, kube_err, short_error};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use super::{FIELD_MANAGER, Options, WebhookError, configuration, kube_err};
+use crate::tls::signed::Signed;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use std::sync::Arc;
 
@@ -55,7 +53,7 @@ pub async fn sync_configuration(
 
 /// A sync round now, then one every `options.sync_interval`, forever (abort
 /// the task when serving ends).
-pub(super) async fn keep_in_sync(client: Client, options: Options, serving: Arc<Serving>) {
+pub(super) async fn keep_in_sync(client: Client, options: Options, serving: Arc<Signed>) {
     loop {
         sync_round(&client, &options, &serving).await;
         tokio::time::sleep(options.sync_interval).await;
@@ -63,38 +61,9 @@ pub(super) async fn keep_in_sync(client: Client, options: Options, serving: Arc<
 }
 
 /// One round of keeping the CA Secret and the configuration in line.
-async fn sync_round(client: &Client, options: &Options, serving: &Serving) {
+async fn sync_round(client: &Client, options: &Options, serving: &Signed) {
     // The Secret is the truth: adopt a replaced CA, re-create a deleted one.
-    let (ns, name) = &options.ca_secret;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    match secrets.get_opt(name).await {
-        Ok(Some(secret)) => match ca_from_secret(&secret, &format!("{ns}/{name}")) {
-            Ok(stored) if stored.cert_pem != serving.ca_pem() => {
-                *serving.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(stored);
-                match serving.renew() {
-                    Ok(_) => tracing::info!("adopted the CA of the webhook CA Secret"),
-                    Err(e) => tracing::warn!(error = %e, "could not sign with the new CA"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "the webhook CA Secret is unusable; keeping the CA in memory")
-            }
-        },
-        Ok(None) => {
-            let ca = serving.ca.read().unwrap_or_else(|e| e.into_inner()).clone();
-            match secrets
-                .create(&PostParams::default(), &ca_secret(name, &ca))
-                .await
-            {
-                Ok(_) => tracing::info!("re-created the deleted webhook CA Secret"),
-                Err(e) => {
-                    tracing::warn!(error = %short_error(&e), "could not re-create the webhook CA Secret")
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %short_error(&e), "could not read the webhook CA Secret"),
-    }
+    crate::tls::signed::sync_ca_secret(client, &options.ca_secret, serving).await;
     let leads = options
         .leading
         .as_ref()

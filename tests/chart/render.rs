@@ -15,6 +15,8 @@ fn helm_lint_passes_for_the_defaults_and_the_variants() {
         vec!["networkPolicy.enabled=true", "serviceMonitor.enabled=true"],
         vec!["grafana.dashboard.enabled=true"],
         vec!["watchNamespaces={team-a}"],
+        vec!["server.tls.mode=certManager", "webhook.certManager.enabled=true"],
+        vec!["server.tls.mode=off"],
     ] {
         let mut args = vec!["lint", "--strict", CHART];
         args.extend(sets(&values));
@@ -282,7 +284,13 @@ fn values_turn_parts_off_and_on() {
     assert!(!have.contains("ClusterRole/latchkey-webhook"));
     let deploy = find(&docs, "Deployment", "latchkey");
     let args = strings(&deploy["spec"]["template"]["spec"]["containers"][0]["args"]);
-    assert!(!args.iter().any(|a| a.starts_with("--webhook")), "{args:?}");
+    // Only the CA Secret stays, for the HTTPS listener (tests/chart/tls.rs).
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--webhook") && a != "--webhook-ca-secret"),
+        "{args:?}"
+    );
     let svc = find(&docs, "Service", "latchkey");
     assert_eq!(svc["spec"]["ports"].as_sequence().unwrap().len(), 1);
 
@@ -447,7 +455,8 @@ fn values_turn_parts_off_and_on() {
 
 #[test]
 fn cert_manager_mode_mounts_its_certificate_and_lets_it_inject_the_ca() {
-    let docs = template(&["webhook.certManager.enabled=true"]);
+    // The HTTP listener on cert-manager too, or it would keep latchkey's CA.
+    let docs = template(&["webhook.certManager.enabled=true", "server.tls.mode=certManager"]);
     let cert = find(&docs, "Certificate", "latchkey-webhook");
     assert_eq!(cert["spec"]["secretName"].as_str(), Some("latchkey-webhook-tls"));
     assert_eq!(

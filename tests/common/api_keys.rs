@@ -87,6 +87,18 @@ pub async fn ready_policy(policies: &Api<TokenPolicy>, name: &str) -> TokenPolic
 /// waits until it is Ready and until the latchkey server at `server` (a base
 /// URL) accepts the key its Secret holds; returns that key.
 pub async fn served_key(ns: &str, name: &str, spec: &str, server: &str) -> String {
+    served_key_with(ns, name, spec, server, &reqwest::Client::new()).await
+}
+
+/// [`served_key`] asking the server with `http` (an HTTPS client trusting
+/// the server's CA).
+pub async fn served_key_with(
+    ns: &str,
+    name: &str,
+    spec: &str,
+    server: &str,
+    http: &reqwest::Client,
+) -> String {
     apply(&api_key_manifest(ns, name, spec));
     let client = client().await;
     let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), ns);
@@ -99,7 +111,6 @@ pub async fn served_key(ns: &str, name: &str, spec: &str, server: &str) -> Strin
         String::from_utf8(secret.data?.get("api-key")?.0.clone()).ok()
     })
     .await;
-    let http = reqwest::Client::new();
     eventually(wait, "the latchkey server accepts the new key", || async {
         let resp = http
             .get(format!("{server}/auth/envoy"))

@@ -19,6 +19,7 @@ fn cluster_script() -> PathBuf {
 pub fn kubeconfig() -> &'static Path {
     static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
     KUBECONFIG.get_or_init(|| {
+        super::tls::install_crypto_provider();
         let out = Command::new(cluster_script())
             .arg("up")
             .output()

@@ -78,14 +78,20 @@ impl LatchkeyProcess {
     }
 
     /// `latchkey <args…> --http-addr <a free port> --kubeconfig <kubeconfig>`
-    /// (`args[0]` is the mode); returns once its server is ready.
+    /// (`args[0]` is the mode); returns once its server is ready (over
+    /// HTTPS when `args` say `--http-tls`).
     pub fn spawn_http(args: &[&str], kubeconfig: &Path, env: &[(&str, &str)], label: &str) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut all = vec![args[0], "--http-addr", &addr];
         all.extend_from_slice(&args[1..]);
         let mut process = Self::spawn(&all, kubeconfig, env, label);
-        process.child.wait_serving(&addr, SERVING_WAIT);
-        process.url = Some(format!("http://{addr}"));
+        if serves_https(args) {
+            process.child.wait_serving_https(&addr, SERVING_WAIT);
+            process.url = Some(format!("https://{addr}"));
+        } else {
+            process.child.wait_serving(&addr, SERVING_WAIT);
+            process.url = Some(format!("http://{addr}"));
+        }
         process
     }
 
@@ -112,7 +118,8 @@ impl LatchkeyProcess {
         Self { child, url: None }
     }
 
-    /// The auth server's base URL (`http://127.0.0.1:<port>`).
+    /// The auth server's base URL (`http://127.0.0.1:<port>`, `https://`
+    /// with `--http-tls`).
     pub fn url(&self) -> &str {
         self.url.as_deref().expect("this latchkey serves no HTTP")
     }
@@ -142,6 +149,14 @@ impl LatchkeyProcess {
     pub fn log_text(&self) -> String {
         self.child.log_text()
     }
+}
+
+/// Whether `args` turn HTTPS on (`--http-tls MODE` other than `off`).
+fn serves_https(args: &[&str]) -> bool {
+    args.windows(2).any(|w| w[0] == "--http-tls" && w[1] != "off")
+        || args
+            .iter()
+            .any(|a| a.starts_with("--http-tls=") && *a != "--http-tls=off")
 }
 
 /// A Lease of its own for one process in `namespace`.

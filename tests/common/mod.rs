@@ -23,8 +23,10 @@
 //!   key a Secret holds, revocation, Events.
 //! - [`crash`]: the rotation crash tests' poller and kill points.
 //! - [`webhook`]: a `latchkey run` with its admission webhook registered.
+//! - [`tls`]: TLS clients trusting one CA (the webhook, HTTPS listeners).
 //! - [`http`]: the small HTTP calls several files make.
-//! - [`proxy`]: the proxy tests' configurations, echo upstream and answers.
+//! - [`proxy`]: the proxy tests' configurations, echo upstream, answers,
+//!   and nginx started on a rendered configuration.
 //! - [`stats`]: percentiles (shared with benches/auth).
 //!
 //! Every test binary declares `mod common;` and uses a part of it, so the
@@ -39,6 +41,7 @@ pub mod latchkey_process;
 pub mod process;
 pub mod proxy;
 pub mod stats;
+pub mod tls;
 pub mod webhook;
 
 // Files that name what they use (`use common::{…}`) leave some unused.

@@ -103,9 +103,20 @@ impl LoggedChild {
     /// Waits until this latchkey has bound `addr` (its `auth server
     /// listening` line) and then until `GET /readyz` there answers 200.
     pub fn wait_serving(&mut self, addr: &str, timeout: Duration) {
+        self.wait_serving_with(addr, timeout, http_get_ok);
+    }
+
+    /// [`wait_serving`](Self::wait_serving) for a server on HTTPS
+    /// (`--http-tls`): `/readyz` through curl (readiness only: the tests
+    /// that check the certificate verify it themselves).
+    pub fn wait_serving_https(&mut self, addr: &str, timeout: Duration) {
+        self.wait_serving_with(addr, timeout, https_get_ok);
+    }
+
+    fn wait_serving_with(&mut self, addr: &str, timeout: Duration, ready: fn(&str, &str) -> bool) {
         let deadline = Instant::now() + timeout;
         self.wait_logged("auth server listening", addr, deadline);
-        while !http_get_ok(addr, "/readyz") {
+        while !ready(addr, "/readyz") {
             self.assert_running();
             assert!(
                 Instant::now() < deadline,
@@ -189,6 +200,16 @@ fn without_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `GET https://<addr><path>` answers 200 within 2 s, the
+/// certificate not checked (curl -k).
+pub fn https_get_ok(addr: &str, path: &str) -> bool {
+    Command::new("curl")
+        .args(["-sk", "--max-time", "2", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .is_ok_and(|o| o.stdout == b"200")
 }
 
 /// Whether `GET http://<addr><path>` answers 200 within 2 s (a blocking

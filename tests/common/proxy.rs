@@ -6,12 +6,43 @@
 use super::process::{LoggedChild, Stop};
 use super::repo;
 use reqwest::{Method, StatusCode};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 /// How long the echo upstream and a proxy may take to listen.
 pub const LISTEN_WAIT: Duration = Duration::from_secs(20);
+
+/// The path of `tool`; fails the test, saying how to install it, when it is missing.
+pub fn require(tool: &str) -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} is not installed: run e2e/deps (it installs nginx, caddy and wrk from Debian)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// nginx with prefix `dir` on the configuration `conf`, once it listens on `port`.
+pub fn start_nginx(dir: &Path, conf: &Path, port: u16) -> LoggedChild {
+    let mut nginx = LoggedChild::spawn(
+        "nginx",
+        dir.join(format!("nginx-{port}.log")),
+        Command::new(require("nginx"))
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(conf)
+            .arg("-e")
+            .arg(dir.join("error.log")),
+        Stop::Term,
+    );
+    nginx.wait_listening(port, LISTEN_WAIT);
+    nginx
+}
 
 /// Writes `e2e/proxy/<template>` to `out` with every `@NAME@` of `vars`
 /// filled; panics if a placeholder is left.
@@ -24,7 +55,7 @@ pub fn render(template: &str, out: &Path, vars: &[(&str, String)]) {
         .split('@')
         .skip(1)
         .step_by(2)
-        .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()));
+        .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
     assert!(
         unfilled.is_none(),
         "unfilled placeholder @{unfilled:?}@ in {template}"

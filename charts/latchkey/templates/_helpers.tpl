@@ -98,3 +98,26 @@ rather than silently watching only part of it. */}}
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/*
+HTTPS on the HTTP port: "self-signed", "dir" or "off" (--http-tls), from
+server.tls.mode; fails on any other mode.
+*/}}
+{{- define "latchkey.httpTls" -}}
+{{- $mode := .Values.server.tls.mode -}}
+{{- if eq $mode "selfSigned" -}}self-signed
+{{- else if eq $mode "certManager" -}}dir
+{{- else if eq $mode "off" -}}off
+{{- else -}}{{- fail (printf "server.tls.mode must be selfSigned, certManager or off, not %q" $mode) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The DNS names of the HTTP certificate: the Service's names, then server.tls.dnsNames.
+*/}}
+{{- define "latchkey.httpDnsNames" -}}
+{{- $fullname := include "latchkey.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $names := list $fullname (printf "%s.%s" $fullname $ns) (printf "%s.%s.svc" $fullname $ns) (printf "%s.%s.svc.cluster.local" $fullname $ns) -}}
+{{- toYaml (concat $names .Values.server.tls.dnsNames) -}}
+{{- end }}

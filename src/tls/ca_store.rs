@@ -1,9 +1,10 @@
 //! The shared CA's Secret: loaded by every replica, created by the first
-//! (a lost create race re-reads the winner's), so every replica signs with
-//! the same CA and writes the same `caBundle`.
+//! (a lost create race re-reads the winner's), so every replica and every
+//! listener signs with the same CA, the webhook writes the same `caBundle`
+//! and a proxy trusts one `ca.crt` whichever replica it reaches.
 
-use super::tls::{Ca, TlsError};
-use super::{WebhookError, kube_err};
+use super::certs::Ca;
+use super::{TlsError, kube_err};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -12,13 +13,13 @@ use kube::{Api, Client};
 use std::time::SystemTime;
 
 /// The shared CA: loaded from its Secret, or made and stored there.
-pub async fn load_or_create_ca(client: &Client, (ns, name): &(String, String)) -> Result<Ca, WebhookError> {
+pub async fn load_or_create_ca(client: &Client, (ns, name): &(String, String)) -> Result<Ca, TlsError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let what = format!("{ns}/{name}");
     if let Some(secret) = secrets
         .get_opt(name)
         .await
-        .map_err(kube_err("reading the webhook CA Secret"))?
+        .map_err(kube_err("reading the CA Secret"))?
     {
         return ca_from_secret(&secret, &what);
     }
@@ -26,7 +27,7 @@ pub async fn load_or_create_ca(client: &Client, (ns, name): &(String, String)) -
     let secret = ca_secret(name, &ca);
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
-            tracing::info!(secret = %what, "created the webhook CA");
+            tracing::info!(secret = %what, "created the CA Secret");
             Ok(ca)
         }
         // Another replica was faster: use its CA.
@@ -34,15 +35,15 @@ pub async fn load_or_create_ca(client: &Client, (ns, name): &(String, String)) -
             let secret = secrets
                 .get(name)
                 .await
-                .map_err(kube_err("reading the webhook CA Secret"))?;
+                .map_err(kube_err("reading the CA Secret"))?;
             ca_from_secret(&secret, &what)
         }
-        Err(e) => Err(kube_err("creating the webhook CA Secret")(e)),
+        Err(e) => Err(kube_err("creating the CA Secret")(e)),
     }
 }
 
 /// The Secret `name` holding `ca` (type `kubernetes.io/tls`).
-pub(super) fn ca_secret(name: &str, ca: &Ca) -> Secret {
+pub fn ca_secret(name: &str, ca: &Ca) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -68,7 +69,7 @@ pub(super) fn ca_secret(name: &str, ca: &Ca) -> Secret {
 }
 
 /// The CA a Secret holds; `what` (`NS/NAME`) names it in the error.
-pub(super) fn ca_from_secret(secret: &Secret, what: &str) -> Result<Ca, WebhookError> {
+pub fn ca_from_secret(secret: &Secret, what: &str) -> Result<Ca, TlsError> {
     let field = |k: &str| {
         secret
             .data
@@ -78,7 +79,7 @@ pub(super) fn ca_from_secret(secret: &Secret, what: &str) -> Result<Ca, WebhookE
             .map(str::to_owned)
     };
     match (field("tls.crt"), field("tls.key")) {
-        (Some(cert), Some(key)) => Ok(Ca::from_pem(&cert, &key, what)?),
-        _ => Err(TlsError::BadCaSecret(what.into()).into()),
+        (Some(cert), Some(key)) => Ca::from_pem(&cert, &key, what),
+        _ => Err(TlsError::BadCaSecret(what.into())),
     }
 }

@@ -1,7 +1,7 @@
-//! The webhook's certificates, made with rcgen: a CA (kept in a Secret so
-//! every replica and every restart uses the same one, and the
-//! ValidatingWebhookConfiguration's `caBundle` stays valid) and a serving
-//! certificate per process, signed by the CA, renewed in memory before it
+//! Certificates, made with rcgen: a CA (kept in a Secret so every replica
+//! and every restart uses the same one, and the webhook's `caBundle` and the
+//! proxies' trusted CA file stay valid) and a serving certificate per
+//! process and listener, signed by the CA, renewed in memory before it
 //! expires and swapped into the TLS listener without a restart
 //! ([`SwappableCert`]).
 //!
@@ -18,20 +18,7 @@ use rustls::sign::CertifiedKey;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-/// Errors of certificate handling. They never contain key material.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("generating a key or certificate failed: {0}")]
-    Generate(#[from] rcgen::Error),
-    #[error("the CA Secret {0} is incomplete or not PEM (expected tls.crt and tls.key)")]
-    BadCaSecret(String),
-    #[error("the serving key is not usable by rustls: {0}")]
-    Rustls(#[from] rustls::Error),
-    #[error("a SAN {0:?} is neither an IP address nor a DNS name")]
-    BadName(String),
-    #[error("the mounted serving certificate in {0} is unreadable or not PEM (expected tls.crt and tls.key)")]
-    BadMounted(String),
-}
+use super::TlsError;
 
 /// A serving certificate from PEM files someone else issued (cert-manager):
 /// the chain in `tls.crt`, the key in `tls.key`.
@@ -54,7 +41,8 @@ pub fn certified_key_from_pem(
 }
 
 /// The CA's subject. Never change it: the issuer of serving certificates is
-/// rebuilt from it and the stored key (see [`Ca::from_pem`]).
+/// rebuilt from it and the stored key (see [`Ca::from_pem`]). It names the
+/// webhook because the webhook had it first; every listener shares the CA.
 const CA_COMMON_NAME: &str = "latchkey webhook CA";
 
 /// How long a CA is valid. Renewing the CA is a manual step (delete the
@@ -201,14 +189,15 @@ impl ResolvesServerCert for SwappableCert {
     }
 }
 
-/// A rustls server configuration (ring, TLS 1.2 and 1.3, HTTP/1.1) over `certs`.
-pub fn server_config(certs: Arc<SwappableCert>) -> Result<rustls::ServerConfig, TlsError> {
+/// A rustls server configuration (ring, TLS 1.2 and 1.3) over `certs`,
+/// offering `alpn` (`http/1.1` for the HTTP listeners; `h2` for gRPC).
+pub fn server_config(certs: Arc<SwappableCert>, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
