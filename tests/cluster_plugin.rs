@@ -312,6 +312,41 @@ async fn token_minted_and_inspected() {
     assert_eq!(out.trim().split('.').count(), 3, "{out}");
     assert_no_key(&out, &[&key]);
 
+    // Over HTTPS (the chart's default): --cacert trusts latchkey's CA only;
+    // without it the handshake fails and nothing is printed on stdout.
+    let (_https_server, https_url) = LatchkeyProcess::start_http(
+        "serve",
+        n,
+        &[
+            "--http-tls",
+            "self-signed",
+            "--webhook-ca-secret",
+            &format!("{n}/plugin-ca"),
+            "--http-tls-dns-name",
+            "127.0.0.1",
+        ],
+    );
+    assert!(https_url.starts_with("https://"), "{https_url}");
+    let ca_file = std::env::temp_dir().join(format!("latchkey-plugin-ca-{n}.crt"));
+    std::fs::write(&ca_file, common::tls::ca_pem(n, "plugin-ca")).unwrap();
+    let base = [
+        "token",
+        "login",
+        "-n",
+        n,
+        "--key-from-secret",
+        &secret,
+        "--url",
+        &https_url,
+    ];
+    let cacert = ["--cacert", ca_file.to_str().unwrap()];
+    let out = plugin_ok(&[&base[..], &cacert[..]].concat(), None);
+    assert_eq!(out.trim().split('.').count(), 3, "a token over HTTPS: {out}");
+    let (out, err) = plugin_fails(kubeconfig(), &base, None);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains(&https_url), "names the URL: {err}");
+    std::fs::remove_file(&ca_file).unwrap();
+
     // The token works where a key does.
     let resp = reqwest::Client::new()
         .get(format!("{server}/auth/nginx"))

@@ -32,6 +32,45 @@ pub struct TokenArgs {
     /// (status.issuer) + /token.
     #[arg(long)]
     pub url: Option<String>,
+    /// A PEM file of the CA to trust for an https URL (and only it), for
+    /// example latchkey's own CA (the chart's HTTPS default): `kubectl get
+    /// secret -n latchkey-system latchkey-webhook-ca -o
+    /// jsonpath='{.data.tls\.crt}' | base64 -d > ca.crt`.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+}
+
+/// The HTTP client: one that trusts only the CA of `cacert` when given
+/// (latchkey's own CA is in no system store), the default one otherwise.
+fn http_client(cacert: Option<&std::path::Path>) -> Result<reqwest::Client, PluginError> {
+    let Some(path) = cacert else {
+        return Ok(reqwest::Client::new());
+    };
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let unreadable =
+        |e: &dyn std::fmt::Display| PluginError::Input(format!("--cacert {}: {e}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| unreadable(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no PEM certificate in it"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| unreadable(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .build()
+        .map_err(|e| unreadable(&e))
 }
 
 /// `NS/NAME` split, or a message saying what is expected.
@@ -104,7 +143,7 @@ pub async fn run(flags: &KubeFlags, args: TokenArgs) -> Result<(), PluginError> 
             source_chain(&e)
         ),
     };
-    let resp = reqwest::Client::new()
+    let resp = http_client(args.cacert.as_deref())?
         .post(&url)
         .basic_auth("kubectl-latchkey", Some(key))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -145,6 +184,7 @@ mod tests {
             audiences: vec!["calendar".to_owned(), "pubsub".to_owned()],
             role: None,
             url: None,
+            cacert: None,
         }
     }
 
