@@ -191,6 +191,11 @@ struct ServerArgs {
     /// Address of the plain-HTTP server (external auth, /introspect, probes, /metrics).
     #[arg(long, env = "LATCHKEY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
+    /// Serve Envoy's gRPC external authorization
+    /// (envoy.service.auth.v3.Authorization/Check, h2c) on this address too,
+    /// for example 0.0.0.0:9001. Off without it.
+    #[arg(long, env = "LATCHKEY_GRPC_ADDR")]
+    grpc_addr: Option<std::net::SocketAddr>,
     /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
     #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
     api_key_header: Option<axum::http::HeaderName>,
@@ -254,6 +259,7 @@ impl ServerArgs {
         crate::server::Options {
             issuer_base_url: issuer_base_url.unwrap_or_else(|| self.default_base_url()),
             http_addr: self.http_addr,
+            grpc_addr: self.grpc_addr,
             namespace,
             api_key_header: self.api_key_header.clone(),
             decision_cache_seconds: self.decision_cache_seconds,
@@ -522,6 +528,8 @@ mod tests {
             "--no-leader-election",
             "--concurrency",
             "4",
+            "--grpc-addr",
+            "127.0.0.1:9001",
         ])
         .expect("valid flags");
         let Command::Run(args) = cli.command else {
@@ -531,6 +539,7 @@ mod tests {
         let options = args.server.options(args.kube.watch_namespace.clone(), None);
         assert_eq!(options.namespace.as_deref(), Some("team-a"));
         assert_eq!(options.issuer_base_url, "http://127.0.0.1:9000");
+        assert_eq!(options.grpc_addr, Some("127.0.0.1:9001".parse().unwrap()));
         assert!(args.reconcile.lease.no_leader_election);
         assert_eq!(args.reconcile.concurrency, 4);
     }
@@ -542,6 +551,11 @@ mod tests {
             panic!("parsed as another subcommand");
         };
         assert_eq!(args.server.default_base_url(), "http://127.0.0.1:8080");
+        assert_eq!(
+            args.server.options(None, None).grpc_addr,
+            None,
+            "gRPC is off by default"
+        );
     }
 
     #[test]
