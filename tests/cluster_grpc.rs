@@ -190,6 +190,11 @@ async fn check_answers_like_the_http_routes_and_revocation_reaches_it() {
             json!({"x-api-key": key}),
             json!({"audience": "billing"})
         ),
+        case(
+            "other namespace",
+            json!({"x-api-key": key}),
+            json!({"namespace": "kube-system default"})
+        ),
         case("limited 1", json!({"x-api-key": limited}), json!({})),
         case("limited 2", json!({"x-api-key": limited}), json!({})),
         case("limited 3", json!({"x-api-key": limited}), json!({})),
@@ -244,6 +249,13 @@ async fn check_answers_like_the_http_routes_and_revocation_reaches_it() {
     }
     assert_denied(
         &answers["wrong audience"],
+        UNAUTHENTICATED,
+        401,
+        "Bearer realm=\"latchkey\", error=\"invalid_token\"",
+    );
+    // A route that accepts only other namespaces' credentials refuses this one.
+    assert_denied(
+        &answers["other namespace"],
         UNAUTHENTICATED,
         401,
         "Bearer realm=\"latchkey\", error=\"invalid_token\"",

@@ -32,7 +32,8 @@ pub fn repeat() -> usize {
     env_or("BENCH_REPEAT", 3)
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -98,6 +99,11 @@ impl Bench {
     /// and the server's few info lines (startup, index loads; none per
     /// request) for that line.
     pub fn latchkey(&self, mode: &str, ns: &str) -> (LoggedChild, u16) {
+        self.latchkey_with(mode, ns, &[])
+    }
+
+    /// [`latchkey`](Self::latchkey) with more flags (`--grpc-addr …`).
+    pub fn latchkey_with(&self, mode: &str, ns: &str, extra: &[&str]) -> (LoggedChild, u16) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut child = LoggedChild::spawn(
@@ -105,6 +111,7 @@ impl Bench {
             self.dir.join(format!("latchkey-{mode}-{port}.log")),
             Command::new(&self.latchkey)
                 .args([mode, "--http-addr", &addr, "--watch-namespace", ns])
+                .args(extra)
                 .args(["--kubeconfig", &self.kubeconfig])
                 .env("RUST_LOG", "warn,latchkey::server=info"),
             Stop::Term,

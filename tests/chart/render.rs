@@ -289,13 +289,22 @@ fn values_turn_parts_off_and_on() {
     // gRPC ext_authz: off by default (no flag, no port); on, the flag, the
     // container port and a Service port `grpc` that says h2c.
     assert!(!args.iter().any(|a| a == "--grpc-addr"), "{args:?}");
-    let docs = template(&["server.grpc.enabled=true", "server.grpc.port=9101", "service.grpcPort=9001"]);
+    let docs = template(&[
+        "server.grpc.enabled=true",
+        "server.grpc.port=9101",
+        "service.grpcPort=9001",
+    ]);
     let container = &find(&docs, "Deployment", "latchkey")["spec"]["template"]["spec"]["containers"][0];
     let args = strings(&container["args"]);
-    assert!(args.windows(2).any(|w| w == ["--grpc-addr", "0.0.0.0:9101"]), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--grpc-addr", "0.0.0.0:9101"]),
+        "{args:?}"
+    );
     let ports = container["ports"].as_sequence().unwrap();
     assert!(
-        ports.iter().any(|p| p["name"] == "grpc" && p["containerPort"] == 9101),
+        ports
+            .iter()
+            .any(|p| p["name"] == "grpc" && p["containerPort"] == 9101),
         "{ports:?}"
     );
     let svc = find(&docs, "Service", "latchkey");
