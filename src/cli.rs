@@ -274,7 +274,11 @@ impl ServerArgs {
         use crate::listener;
         let soft = listener::raise_open_files_limit();
         let requested = usize::try_from(self.http_max_connections).unwrap_or(usize::MAX);
-        let max_connections = listener::connection_cap(requested, soft, crate::webhook::MAX_CONNECTIONS);
+        // With --grpc-addr, the HTTP and the gRPC listener each have this cap
+        // and share the open files.
+        let listeners = if self.grpc_addr.is_some() { 2 } else { 1 };
+        let max_connections =
+            listener::connection_cap_shared(requested, soft, crate::webhook::MAX_CONNECTIONS, listeners);
         if max_connections < requested {
             tracing::warn!(
                 requested,

@@ -123,7 +123,13 @@ pub fn raise_open_files_limit() -> u64 {
 /// `requested` connections, but at most the open-file soft limit minus
 /// [`FD_RESERVE`] and minus `others` (the other listeners' caps); at least 1.
 pub fn connection_cap(requested: usize, soft_limit: u64, others: usize) -> usize {
-    let room = soft_limit.saturating_sub(FD_RESERVE + others as u64).max(1);
+    connection_cap_shared(requested, soft_limit, others, 1)
+}
+
+/// [`connection_cap`] for each of `listeners` listeners with the same cap
+/// (the HTTP and the gRPC one): the room is shared evenly.
+pub fn connection_cap_shared(requested: usize, soft_limit: u64, others: usize, listeners: u64) -> usize {
+    let room = (soft_limit.saturating_sub(FD_RESERVE + others as u64) / listeners.max(1)).max(1);
     requested.min(usize::try_from(room).unwrap_or(usize::MAX)).max(1)
 }
 
@@ -418,6 +424,12 @@ mod tests {
         assert_eq!(connection_cap(4096, 1_048_576, 256), 4096);
         assert_eq!(connection_cap(4096, 1024, 256), 512);
         assert_eq!(connection_cap(4096, 100, 0), 1);
+        assert_eq!(
+            connection_cap_shared(4096, 1024, 256, 2),
+            256,
+            "two listeners share the room"
+        );
+        assert_eq!(connection_cap_shared(4096, 1_048_576, 256, 2), 4096);
     }
 
     #[test]
