@@ -87,7 +87,7 @@ pub async fn grpc() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let token = loop {
         let out = Command::new("curl")
-            .args(["-s", "-X", "POST", "-H", &format!("X-Api-Key: {key}")])
+            .args(["-s", "-X", "POST", "-H", &format!("Authorization: Bearer {key}")])
             .args(["-d", "grant_type=client_credentials", &token_url])
             .output()
             .expect("curl");
