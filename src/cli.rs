@@ -224,6 +224,11 @@ struct ServerArgs {
     /// How often the CA Secret, or the mounted directory, is re-read.
     #[arg(long, default_value_t = 60, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     http_tls_sync_seconds: u64,
+    /// Serve Envoy's gRPC external authorization
+    /// (envoy.service.auth.v3.Authorization/Check, h2c) on this address too,
+    /// for example 0.0.0.0:9001. Off without it.
+    #[arg(long, env = "LATCHKEY_GRPC_ADDR")]
+    grpc_addr: Option<std::net::SocketAddr>,
     /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
     #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
     api_key_header: Option<axum::http::HeaderName>,
@@ -316,6 +321,7 @@ impl ServerArgs {
         crate::server::Options {
             issuer_base_url: issuer_base_url.unwrap_or_else(|| self.default_base_url()),
             http_addr: self.http_addr,
+            grpc_addr: self.grpc_addr,
             namespace,
             api_key_header: self.api_key_header.clone(),
             decision_cache_seconds: self.decision_cache_seconds,
@@ -331,7 +337,11 @@ impl ServerArgs {
         use crate::listener;
         let soft = listener::raise_open_files_limit();
         let requested = usize::try_from(self.http_max_connections).unwrap_or(usize::MAX);
-        let max_connections = listener::connection_cap(requested, soft, crate::webhook::MAX_CONNECTIONS);
+        // With --grpc-addr, the HTTP and the gRPC listener each have this cap
+        // and share the open files.
+        let listeners = if self.grpc_addr.is_some() { 2 } else { 1 };
+        let max_connections =
+            listener::connection_cap_shared(requested, soft, crate::webhook::MAX_CONNECTIONS, listeners);
         if max_connections < requested {
             tracing::warn!(
                 requested,
@@ -607,6 +617,8 @@ mod tests {
             "--no-leader-election",
             "--concurrency",
             "4",
+            "--grpc-addr",
+            "127.0.0.1:9001",
         ])
         .expect("valid flags");
         let Command::Run(args) = cli.command else {
@@ -616,6 +628,7 @@ mod tests {
         let options = args.server.options(args.kube.watch_namespace.clone(), None);
         assert_eq!(options.namespace.as_deref(), Some("team-a"));
         assert_eq!(options.issuer_base_url, "http://127.0.0.1:9000");
+        assert_eq!(options.grpc_addr, Some("127.0.0.1:9001".parse().unwrap()));
         assert!(args.reconcile.lease.no_leader_election);
         assert_eq!(args.reconcile.concurrency, 4);
     }
@@ -627,6 +640,11 @@ mod tests {
             panic!("parsed as another subcommand");
         };
         assert_eq!(args.server.default_base_url(), "http://127.0.0.1:8080");
+        assert_eq!(
+            args.server.options(None, None).grpc_addr,
+            None,
+            "gRPC is off by default"
+        );
     }
 
     #[test]

@@ -27,6 +27,16 @@
 //!
 //! The peer address is put into each request's extensions as axum's
 //! `ConnectInfo<SocketAddr>` (for the per-source throttle).
+//!
+//! **HTTP/2** ([`Protocol::Http2`], the gRPC listener): the same cap,
+//! handshake deadline, idle timeout and drain (a GOAWAY, then the streams in
+//! flight finish). A connection is idle while no stream is open; bytes
+//! without a stream (PINGs, SETTINGS, a HEADERS frame still arriving) do not
+//! start the header-read clock (hyper calls the service only once a
+//! stream's headers are complete, at most [`MAX_HEAD_BYTES`] of them), so a
+//! half-sent stream is closed by the idle timeout. At most
+//! [`MAX_STREAMS`] streams at once per connection; a PING every
+//! [`H2_KEEPALIVE`] finds dead peers.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -34,7 +44,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,6 +75,21 @@ impl Default for Hygiene {
             max_connections: 4096,
         }
     }
+}
+
+/// Streams served at once on one HTTP/2 connection.
+pub const MAX_STREAMS: u32 = 1024;
+/// How often an HTTP/2 connection is pinged (a peer that does not answer
+/// within the same time is dropped).
+pub const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// What a listener speaks after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive (the auth server, the webhook).
+    Http1,
+    /// HTTP/2 only (gRPC; h2c without TLS, prior knowledge).
+    Http2,
 }
 
 /// The listen backlog: a burst of new connections waits in the kernel's
@@ -98,7 +123,13 @@ pub fn raise_open_files_limit() -> u64 {
 /// `requested` connections, but at most the open-file soft limit minus
 /// [`FD_RESERVE`] and minus `others` (the other listeners' caps); at least 1.
 pub fn connection_cap(requested: usize, soft_limit: u64, others: usize) -> usize {
-    let room = soft_limit.saturating_sub(FD_RESERVE + others as u64).max(1);
+    connection_cap_shared(requested, soft_limit, others, 1)
+}
+
+/// [`connection_cap`] for each of `listeners` listeners with the same cap
+/// (the HTTP and the gRPC one): the room is shared evenly.
+pub fn connection_cap_shared(requested: usize, soft_limit: u64, others: usize, listeners: u64) -> usize {
+    let room = (soft_limit.saturating_sub(FD_RESERVE + others as u64) / listeners.max(1)).max(1);
     requested.min(usize::try_from(room).unwrap_or(usize::MAX)).max(1)
 }
 
@@ -112,6 +143,8 @@ struct ConnState {
     epoch: Instant,
     phase: AtomicU8,
     since_ms: AtomicU64,
+    /// Requests being served (at most one on HTTP/1.1).
+    in_flight: AtomicUsize,
 }
 
 impl ConnState {
@@ -120,6 +153,18 @@ impl ConnState {
             epoch: Instant::now(),
             phase: AtomicU8::new(IDLE),
             since_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.enter(BUSY);
+    }
+
+    fn request_ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.enter(IDLE);
         }
     }
 
@@ -154,6 +199,9 @@ impl ConnState {
 struct Watched<IO> {
     inner: IO,
     state: Arc<ConnState>,
+    /// Whether arriving bytes start a request head (HTTP/1.1; not HTTP/2,
+    /// where they may be PINGs or frames of streams already open).
+    heads: bool,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -164,7 +212,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        if self.heads && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.state.bytes_arrived();
         }
         polled
@@ -227,11 +275,14 @@ async fn watchdog(state: &ConnState, hygiene: &Hygiene) {
     }
 }
 
-/// Accepts connections on `listener` and serves `app` on each (HTTP/1.1,
-/// after `handshake`: TLS, or none) under `hygiene` until `shutdown`, then
-/// drains. `open` counts the connections open; `name` goes into logs.
+/// Accepts connections on `listener` and serves `app` on each (`protocol`,
+/// after `handshake`: TLS, or none; the one place accepted connections come
+/// from) under `hygiene` until `shutdown`, then drains. `open` counts the
+/// connections open; `name` goes into logs.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<IO, H, HF>(
     listener: TcpListener,
+    protocol: Protocol,
     hygiene: Hygiene,
     open: prometheus_client::metrics::gauge::Gauge,
     handshake: H,
@@ -295,34 +346,43 @@ pub async fn serve<IO, H, HF>(
             let io = hyper_util::rt::TokioIo::new(Watched {
                 inner: io,
                 state: state.clone(),
+                heads: protocol == Protocol::Http1,
             });
             let service = {
                 let state = state.clone();
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    state.enter(BUSY);
+                    state.request_started();
                     req.extensions_mut().insert(ConnectInfo(peer));
                     let mut app = app.clone();
                     let state = state.clone();
                     async move {
                         let resp = tower_service::Service::call(&mut app, req).await;
-                        state.enter(IDLE);
+                        state.request_ended();
                         resp
                     }
                 })
             };
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .max_buf_size(MAX_HEAD_BYTES)
-                .header_read_timeout(None)
-                .keep_alive(true);
-            let conn = watcher.watch(builder.serve_connection(io, service));
-            tokio::select! {
-                served = conn => match served {
-                    Ok(()) => {}
-                    Err(e) => tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error"),
-                },
-                () = watchdog(&state, &hygiene) => {
-                    tracing::debug!(listener = name, %peer, "closed an idle or slow connection");
+            match protocol {
+                Protocol::Http1 => {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .max_buf_size(MAX_HEAD_BYTES)
+                        .header_read_timeout(None)
+                        .keep_alive(true);
+                    let conn = watcher.watch(builder.serve_connection(io, service));
+                    drive(conn, &state, &hygiene, name, peer).await;
+                }
+                Protocol::Http2 => {
+                    let mut builder =
+                        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    builder
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .max_header_list_size(MAX_HEAD_BYTES as u32)
+                        .max_concurrent_streams(MAX_STREAMS)
+                        .keep_alive_interval(Some(H2_KEEPALIVE))
+                        .keep_alive_timeout(H2_KEEPALIVE);
+                    let conn = watcher.watch(builder.serve_connection(io, service));
+                    drive(conn, &state, &hygiene, name, peer).await;
                 }
             }
         });
@@ -336,6 +396,25 @@ pub async fn serve<IO, H, HF>(
     }
 }
 
+/// Serves one connection until it ends or the watchdog closes it.
+async fn drive<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    state: &ConnState,
+    hygiene: &Hygiene,
+    name: &'static str,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        served = conn => match served {
+            Ok(()) => {}
+            Err(e) => tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error"),
+        },
+        () = watchdog(state, hygiene) => {
+            tracing::debug!(listener = name, %peer, "closed an idle or slow connection");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +424,12 @@ mod tests {
         assert_eq!(connection_cap(4096, 1_048_576, 256), 4096);
         assert_eq!(connection_cap(4096, 1024, 256), 512);
         assert_eq!(connection_cap(4096, 100, 0), 1);
+        assert_eq!(
+            connection_cap_shared(4096, 1024, 256, 2),
+            256,
+            "two listeners share the room"
+        );
+        assert_eq!(connection_cap_shared(4096, 1_048_576, 256, 2), 4096);
     }
 
     #[test]
@@ -360,8 +445,14 @@ mod tests {
         s.bytes_arrived();
         let head = s.deadline(&h).unwrap();
         assert!(head < idle);
-        s.enter(BUSY);
+        s.request_started();
+        s.request_started();
         assert_eq!(s.deadline(&h), None);
+        s.request_ended();
+        assert_eq!(s.deadline(&h), None, "a stream is still open");
+        s.request_ended();
+        assert!(s.deadline(&h).is_some(), "idle again");
+        s.request_started();
         s.bytes_arrived();
         assert_eq!(s.deadline(&h), None, "bytes of a body do not start a head");
     }

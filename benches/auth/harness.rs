@@ -32,7 +32,8 @@ pub fn repeat() -> usize {
     env_or("BENCH_REPEAT", 3)
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -101,8 +102,8 @@ impl Bench {
         self.latchkey_with(mode, ns, &[])
     }
 
-    /// [`latchkey`](Self::latchkey) with `extra` flags; with `--http-tls`
-    /// among them, ready over HTTPS.
+    /// [`latchkey`](Self::latchkey) with `extra` flags (`--grpc-addr …`);
+    /// with `--http-tls` among them, ready over HTTPS.
     pub fn latchkey_with(&self, mode: &str, ns: &str, extra: &[&str]) -> (LoggedChild, u16) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");

@@ -8,6 +8,13 @@
 //!   latchkey. Each is run `BENCH_REPEAT` times (default 3), interleaved, and
 //!   the median is printed with the ratios; then the API-key route at half of
 //!   its measured maximum rate, open loop (evenly spaced requests), for p99.
+//! - `grpc`: one `latchkey serve --grpc-addr`: gRPC `Check` per second
+//!   (e2e/extauthz-client, Go, on Envoy's generated types, `-bench` with
+//!   many concurrent calls over a few HTTP/2 connections) with a valid key
+//!   and with a repeated token, against wrk on HTTP `/auth/envoy` with the
+//!   same credential on the same server, interleaved rounds of
+//!   `BENCH_REPEAT`; prints the medians and the gRPC/HTTP ratios (goal
+//!   ≥ 0.8).
 //! - `revocation N`: N times, create an ApiKey, wait until nginx lets it
 //!   through, patch `revoked: true` and time from the patch's return to the
 //!   first 401 through nginx; prints p50, p99 and max.
@@ -45,6 +52,7 @@
 //! harness.
 
 mod cache_flood;
+mod grpc;
 mod harness;
 mod index;
 #[path = "../../tests/common/process.rs"]
@@ -69,11 +77,12 @@ async fn main() {
         Some("revocation") => revocation::revocation(n(20)).await,
         Some("tokens") => tokens::tokens().await,
         Some("tls") => tls::tls().await,
+        Some("grpc") => grpc::grpc().await,
         Some("cache-flood") => cache_flood::cache_flood(n(200_000)).await,
         Some("index-synthetic") => index::index_synthetic(n(100_000)),
         Some("index-real") => index::index_real(n(10_000)).await,
         other => panic!(
-            "unknown benchmark {other:?}: throughput | revocation N | tokens | tls | cache-flood N | index-synthetic N | index-real N"
+            "unknown benchmark {other:?}: throughput | revocation N | tokens | tls | grpc | cache-flood N | index-synthetic N | index-real N"
         ),
     }
 }

@@ -76,7 +76,18 @@ pub async fn serve(
     };
     let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
     let open = prometheus_client::metrics::gauge::Gauge::default();
-    listener::serve(tcp, hygiene, open, plain, router(metrics), shutdown, "probes").await;
+    let protocol = listener::Protocol::Http1;
+    listener::serve(
+        tcp,
+        protocol,
+        hygiene,
+        open,
+        plain,
+        router(metrics),
+        shutdown,
+        "probes",
+    )
+    .await;
     Ok(())
 }
 

@@ -66,17 +66,32 @@ pub struct Requirement {
 }
 
 impl Requirement {
+    /// The names a requirement is made of (the auth URL's query parameters,
+    /// the gRPC `context_extensions` keys); any other name is ignored.
+    pub const NAMES: [&'static str; 4] = ["scope", "audience", "namespace", "issuer"];
+
     pub fn from_query(query: Option<&str>) -> Self {
+        Self::from_pairs(form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
+    }
+
+    /// The requirement of `(name, value)` pairs: a query's parameters, or
+    /// gRPC `context_extensions`. Unknown names are ignored.
+    pub fn from_pairs<N, V>(pairs: impl IntoIterator<Item = (N, V)>) -> Self
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
         let mut req = Requirement::default();
-        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            match &*name {
+        for (name, value) in pairs {
+            let value = value.as_ref();
+            match name.as_ref() {
                 // `scope=a b` (OAuth style) and `scope=a&scope=b` both work.
                 "scope" => req
                     .scopes
                     .extend(value.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
-                "audience" if !value.is_empty() => req.audience = Some(value.into_owned()),
-                "namespace" if !value.is_empty() => req.namespaces.push(value.into_owned()),
-                "issuer" if !value.is_empty() => req.issuers.push(value.into_owned()),
+                "audience" if !value.is_empty() => req.audience = Some(value.to_owned()),
+                "namespace" if !value.is_empty() => req.namespaces.push(value.to_owned()),
+                "issuer" if !value.is_empty() => req.issuers.push(value.to_owned()),
                 _ => {}
             }
         }
@@ -347,6 +362,7 @@ pub fn conclude(
     };
     let mut identity = identity();
     identity.namespace = copy(&owner.namespace_header);
+    identity.api_key_name = copy(&owner.name_header);
     Decision::Allow {
         identity: Box::new(identity),
         max_age,
@@ -404,6 +420,12 @@ impl Decision {
     /// The HTTP answer, with a header of its own for each of the operator's
     /// `claim_headers` on an allow (empty when the credential lacks it).
     pub fn into_response_with(self, claim_headers: &[ClaimHeader]) -> Response {
+        self.into_parts_with(claim_headers).into_response()
+    }
+
+    /// The HTTP answer's status and headers: the one table of what each
+    /// decision answers, for the HTTP routes and the gRPC front end alike.
+    pub fn into_parts_with(self, claim_headers: &[ClaimHeader]) -> (StatusCode, HeaderMap) {
         let mut headers = HeaderMap::new();
         let status = match self {
             Decision::Allow { identity, max_age } => {
@@ -412,6 +434,7 @@ impl Decision {
                     scopes,
                     key_id,
                     namespace,
+                    api_key_name: _,
                     role,
                     claims,
                     claim_values,
@@ -466,7 +489,7 @@ impl Decision {
         if !headers.contains_key(CACHE_CONTROL) {
             headers.insert(CACHE_CONTROL, NO_STORE);
         }
-        (status, headers).into_response()
+        (status, headers)
     }
 }
 

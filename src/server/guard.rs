@@ -38,6 +38,18 @@ pub struct Guard {
     pub body_timeout: Duration,
 }
 
+impl Guard {
+    /// The API key an auth request presents (not a JWT: tokens are not
+    /// throttled by key id), for the per-key-id throttle.
+    pub(crate) fn auth_credential(&self, headers: &HeaderMap) -> Option<String> {
+        decision::credential(headers, self.state.options.api_key_header.as_ref())
+            .ok()
+            .flatten()
+            .filter(|c| !crate::token::claims::looks_like_jwt(c))
+            .map(str::to_owned)
+    }
+}
+
 /// The routes the guard tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -79,7 +91,7 @@ fn client_credential(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The key id inside a well-formed API key (format and checksum pass).
-fn key_id_of(credential: &str) -> Option<KeyId> {
+pub(crate) fn key_id_of(credential: &str) -> Option<KeyId> {
     let id = crate::key::check(credential).ok()?;
     KeyId::try_from(id.as_bytes()).ok()
 }
@@ -123,11 +135,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         _ => None,
     };
     let credential = match class {
-        Class::Auth => decision::credential(request.headers(), guard.state.options.api_key_header.as_ref())
-            .ok()
-            .flatten()
-            .filter(|c| !crate::token::claims::looks_like_jwt(c))
-            .map(str::to_owned),
+        Class::Auth => guard.auth_credential(request.headers()),
         _ => client_credential(request.headers()),
     };
     let key_id = credential.as_deref().and_then(key_id_of);

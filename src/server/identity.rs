@@ -81,8 +81,11 @@ pub struct Identity {
     pub subject: HeaderValue,
     pub scopes: HeaderValue,
     pub key_id: HeaderValue,
-    /// Set by [`admit`] from the ApiKey the credential comes from.
+    /// Set by `conclude` from the ApiKey the credential comes from.
     pub namespace: HeaderValue,
+    /// The name of that ApiKey (set with the namespace; no header of its
+    /// own: the gRPC answer's dynamic metadata carries it).
+    pub api_key_name: HeaderValue,
     /// Empty without a role.
     pub role: HeaderValue,
     /// A JSON object, `{}` without custom claims.
@@ -100,6 +103,7 @@ impl Identity {
             scopes: copy(&owner.scopes_header),
             key_id: HeaderValue::from_bytes(key_id).unwrap_or(EMPTY),
             namespace: EMPTY,
+            api_key_name: EMPTY,
             role: EMPTY,
             claims: NO_CLAIMS,
             claim_values: Vec::new(),
@@ -115,6 +119,7 @@ impl Identity {
             scopes: copy(&self.scopes),
             key_id: copy(&self.key_id),
             namespace: copy(&self.namespace),
+            api_key_name: copy(&self.api_key_name),
             role: copy(&self.role),
             claims: copy(&self.claims),
             claim_values: self

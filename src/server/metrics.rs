@@ -85,6 +85,7 @@ pub struct Metrics {
     token_cache_entries: Gauge,
     token_cache_bytes: Gauge,
     http_connections: Gauge,
+    grpc_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -180,8 +181,15 @@ impl Metrics {
             "Connections the HTTP server holds open",
             http_connections.clone(),
         );
+        let grpc_connections = Gauge::default();
+        registry.register(
+            "grpc_connections",
+            "Connections the gRPC ext_authz listener holds open",
+            grpc_connections.clone(),
+        );
         Self {
             http_connections,
+            grpc_connections,
             registry,
             decisions,
             latency,
@@ -215,6 +223,10 @@ impl Metrics {
         self.http_connections.clone()
     }
 
+    pub fn grpc_connections(&self) -> Gauge {
+        self.grpc_connections.clone()
+    }
+
     /// One request refused by the throttle.
     pub fn observe_throttled(&self, by: By) {
         self.throttled[by.index()].inc();
@@ -246,12 +258,15 @@ mod tests {
         m.observe(Proxy::Nginx, &Decision::NoCredential, Duration::from_micros(20));
         m.observe(Proxy::Nginx, &Decision::NoCredential, Duration::from_micros(20));
         m.observe(Proxy::Envoy, &Decision::NotReady, Duration::from_micros(20));
+        m.observe(Proxy::Grpc, &Decision::NoCredential, Duration::from_micros(20));
         let text = m.encode(3, 2).unwrap();
         assert!(
             text.contains(r#"latchkey_auth_decisions_total{route="nginx",result="no_credential"} 2"#),
             "{text}"
         );
         assert!(text.contains(r#"latchkey_auth_decisions_total{route="envoy",result="not_ready"} 1"#));
+        assert!(text.contains(r#"latchkey_auth_decisions_total{route="grpc",result="no_credential"} 1"#));
+        assert!(text.contains(r#"latchkey_auth_decision_seconds_count{route="grpc"} 1"#));
         assert!(text.contains("latchkey_index_keys 3"));
         assert!(text.contains(r#"latchkey_auth_decision_seconds_count{route="nginx"} 2"#));
         m.observe_throttled(By::KeyId);

@@ -19,10 +19,14 @@
 //!   only goes into debug logs: decisions depend on the key and the route's
 //!   requirement, never on headers a client could forge.
 //! - `POST /introspect`: RFC 7662 (see [`introspect`]).
+//! - On `--grpc-addr`, a second listener: Envoy's gRPC
+//!   `envoy.service.auth.v3.Authorization/Check` (see [`grpc`]), with the
+//!   route's requirement in `context_extensions`.
 //! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
 
 pub mod decision;
 pub mod grants;
+pub mod grpc;
 pub mod guard;
 pub mod identity;
 pub mod index;
@@ -58,6 +62,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub http_addr: SocketAddr,
+    /// The gRPC ext_authz listener (`--grpc-addr`), off when `None`.
+    pub grpc_addr: Option<SocketAddr>,
     /// Watch only this namespace (all namespaces when `None`).
     pub namespace: Option<String>,
     /// A header that carries the API key besides `Authorization: Bearer` and `X-Api-Key`.
@@ -87,6 +93,7 @@ impl Options {
     pub fn for_tests(issuer_base_url: &str) -> Self {
         Self {
             http_addr: "127.0.0.1:0".parse().expect("an address"),
+            grpc_addr: None,
             namespace: None,
             api_key_header: None,
             decision_cache_seconds: 1,
@@ -136,16 +143,19 @@ pub enum Proxy {
     Nginx,
     Forward,
     Envoy,
+    /// Envoy's gRPC ext_authz (`--grpc-addr`).
+    Grpc,
 }
 
 impl Proxy {
-    pub const ALL: [Proxy; 3] = [Proxy::Nginx, Proxy::Forward, Proxy::Envoy];
+    pub const ALL: [Proxy; 4] = [Proxy::Nginx, Proxy::Forward, Proxy::Envoy, Proxy::Grpc];
 
     pub fn label(self) -> &'static str {
         match self {
             Proxy::Nginx => "nginx",
             Proxy::Forward => "forward",
             Proxy::Envoy => "envoy",
+            Proxy::Grpc => "grpc",
         }
     }
 
@@ -170,6 +180,8 @@ impl Proxy {
                     get("x-forwarded-uri")
                 ),
             ),
+            // The gRPC front end logs from the CheckRequest itself.
+            Proxy::Grpc => (String::new(), request_path.to_owned()),
             Proxy::Envoy => (
                 String::new(),
                 request_path
@@ -206,22 +218,7 @@ async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Reques
         _ => Requirement::from_query(request.uri().query()),
     };
     let headers = request.headers();
-    let now = state.clock.now();
-    let cache_seconds = state.options.decision_cache_seconds;
-    let decision = match decision::credential(headers, state.options.api_key_header.as_ref()) {
-        Err(refused) => refused,
-        Ok(Some(token)) if crate::token::claims::looks_like_jwt(token) => tokens::decide_token(
-            token,
-            &requirement,
-            &state.index,
-            &state.tokens,
-            now,
-            cache_seconds,
-        ),
-        Ok(presented) => {
-            decision::decide_key_request(presented, &requirement, &state.index, now, cache_seconds)
-        }
-    };
+    let decision = decide(&state, headers, &requirement);
     if tracing::enabled!(tracing::Level::DEBUG) {
         // The original URL may carry credentials (`?api_key=`, user info):
         // redacted here, and again by the log writer.
@@ -231,6 +228,28 @@ async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Reques
     }
     state.metrics.observe(family, &decision, started.elapsed());
     decision.into_response_with(&state.options.claim_headers)
+}
+
+/// The decision for a request's `headers` under `requirement`: the
+/// credential (an API key, or a JWT), then the one pure decision. Every
+/// front end (the HTTP routes, gRPC) calls this.
+pub fn decide(state: &AppState, headers: &HeaderMap, requirement: &Requirement) -> decision::Decision {
+    let now = state.clock.now();
+    let cache_seconds = state.options.decision_cache_seconds;
+    match decision::credential(headers, state.options.api_key_header.as_ref()) {
+        Err(refused) => refused,
+        Ok(Some(token)) if crate::token::claims::looks_like_jwt(token) => tokens::decide_token(
+            token,
+            requirement,
+            &state.index,
+            &state.tokens,
+            now,
+            cache_seconds,
+        ),
+        Ok(presented) => {
+            decision::decide_key_request(presented, requirement, &state.index, now, cache_seconds)
+        }
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -401,20 +420,50 @@ pub async fn run_with_metrics(
         body_timeout: limits.hygiene.header_read_timeout,
     });
     let open = state.metrics.http_connections();
+    // One shutdown signal for both listeners.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let grpc = match state.options.grpc_addr {
+        Some(addr) => Some(grpc::listen(
+            addr,
+            state.clone(),
+            guard.clone(),
+            limits.hygiene,
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     let app = router(state).layer(axum::middleware::from_fn_with_state(guard, guard::guard));
-    match &tls {
-        Some(serving) => {
-            let acceptor = serving.acceptor(&[b"http/1.1"]).map_err(|e| Error::Tls {
-                listener: "HTTP",
-                source: Box::new(e),
-            })?;
-            let handshake = move |tcp, peer| crate::tls::accept(acceptor.clone(), tcp, peer, "HTTP");
-            listener::serve(listener, limits.hygiene, open, handshake, app, shutdown, "http").await;
+    // The HTTP listener over TLS or plain (see `tls`); the gRPC one beside it.
+    let acceptor = match &tls {
+        Some(serving) => Some(serving.acceptor(&[b"http/1.1"]).map_err(|e| Error::Tls {
+            listener: "HTTP",
+            source: Box::new(e),
+        })?),
+        None => None,
+    };
+    let hygiene = limits.hygiene;
+    let http = async move {
+        match acceptor {
+            Some(acceptor) => {
+                let handshake = move |tcp, peer| crate::tls::accept(acceptor.clone(), tcp, peer, "HTTP");
+                let protocol = listener::Protocol::Http1;
+                listener::serve(
+                    listener, protocol, hygiene, open, handshake, app, shutdown, "http",
+                )
+                .await;
+            }
+            None => {
+                let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
+                let protocol = listener::Protocol::Http1;
+                listener::serve(listener, protocol, hygiene, open, plain, app, shutdown, "http").await;
+            }
         }
-        None => {
-            let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
-            listener::serve(listener, limits.hygiene, open, plain, app, shutdown, "http").await;
+    };
+    match grpc {
+        Some(grpc) => {
+            tokio::join!(http, grpc);
         }
+        None => http.await,
     }
     // Stops the certificate's renewal and reload tasks.
     drop(tls);

@@ -60,5 +60,9 @@ async fn serve_tls(
         crate::tls::accept(acceptor.clone(), tcp, peer, "webhook")
     };
     let open = prometheus_client::metrics::gauge::Gauge::default();
-    crate::listener::serve(listener, hygiene, open, handshake, app, shutdown, "webhook").await;
+    let http1 = crate::listener::Protocol::Http1;
+    crate::listener::serve(
+        listener, http1, hygiene, open, handshake, app, shutdown, "webhook",
+    )
+    .await;
 }

@@ -17,6 +17,7 @@ fn helm_lint_passes_for_the_defaults_and_the_variants() {
         vec!["watchNamespaces={team-a}"],
         vec!["server.tls.mode=certManager", "webhook.certManager.enabled=true"],
         vec!["server.tls.mode=off"],
+        vec!["server.grpc.enabled=true", "networkPolicy.enabled=true"],
     ] {
         let mut args = vec!["lint", "--strict", CHART];
         args.extend(sets(&values));
@@ -293,6 +294,48 @@ fn values_turn_parts_off_and_on() {
     );
     let svc = find(&docs, "Service", "latchkey");
     assert_eq!(svc["spec"]["ports"].as_sequence().unwrap().len(), 1);
+
+    // gRPC ext_authz: off by default (no flag, no port); on, the flag, the
+    // container port and a Service port `grpc` that says h2c.
+    assert!(!args.iter().any(|a| a == "--grpc-addr"), "{args:?}");
+    let docs = template(&[
+        "server.grpc.enabled=true",
+        "server.grpc.port=9101",
+        "service.grpcPort=9001",
+    ]);
+    let container = &find(&docs, "Deployment", "latchkey")["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&container["args"]);
+    assert!(
+        args.windows(2).any(|w| w == ["--grpc-addr", "0.0.0.0:9101"]),
+        "{args:?}"
+    );
+    let ports = container["ports"].as_sequence().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "grpc" && p["containerPort"] == 9101),
+        "{ports:?}"
+    );
+    let svc = find(&docs, "Service", "latchkey");
+    let grpc = svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .expect("a Service port named grpc");
+    assert_eq!(grpc["port"], 9001);
+    assert_eq!(grpc["targetPort"], "grpc");
+    assert_eq!(grpc["appProtocol"], "kubernetes.io/h2c");
+    let docs = template(&["server.grpc.enabled=true", "networkPolicy.enabled=true"]);
+    let np = find(&docs, "NetworkPolicy", "latchkey");
+    assert!(
+        np["spec"]["ingress"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["ports"][0]["port"] == "grpc"),
+        "{np:?}"
+    );
 
     // Leader election off (one replica) or with other timing; the timing checked.
     let args_of = |docs: &[Value]| {

@@ -176,6 +176,7 @@ pub(super) fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> Ca
         scopes: header(&claims.scope),
         key_id: header(&claims.client_id),
         namespace: HeaderValue::from_static(""),
+        api_key_name: HeaderValue::from_static(""),
         role: header(claims.role.as_deref().unwrap_or_default()),
         claims: decision::claims_header(&claims.custom),
         claim_values: claims
