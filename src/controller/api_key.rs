@@ -70,6 +70,9 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
             if let Some(note) = plan.event {
                 writer.publish(&api_key, note).await;
             }
+            for note in plan.in_use {
+                writer.publish(&api_key, note).await;
+            }
             (api_key, plan.status)
         }
         Some(cause) => {
@@ -81,10 +84,18 @@ pub async fn reconcile(api_key: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Action
             if let Some(note) = plan.event {
                 writer.publish(&api_key, note).await;
             }
+            for note in plan.in_use {
+                writer.publish(&api_key, note).await;
+            }
             (api_key, status)
         }
     };
     let deadline = rotation::next_deadline(&api_key, &status, &schedule, now);
+    // While a replaced key may still warn, look at the flushed usage again.
+    let deadline = match plan::next_check(&status, &schedule, now) {
+        Some(check) => Some(deadline.map_or(check, |d| d.min(check))),
+        None => deadline,
+    };
     Ok(Action::requeue(rotation::requeue_after(deadline, now)))
 }
 
@@ -144,11 +155,11 @@ impl ApiKeyWrites<'_> {
         Ok(())
     }
 
-    /// Writes `status` unless the object already has it (`lastUsedAt`, which
-    /// the auth server writes, is left out of both the comparison and the
-    /// body); returns the object as it is after the write.
-    async fn write_status(&self, api_key: &ApiKey, mut status: ApiKeyStatus) -> Result<ApiKey> {
-        status.last_used_at = None;
+    /// Writes `status` unless the object already has it (the usage fields,
+    /// which the auth server writes, are left out of both the comparison and
+    /// the body); returns the object as it is after the write.
+    async fn write_status(&self, api_key: &ApiKey, status: ApiKeyStatus) -> Result<ApiKey> {
+        let mut status = status.without_server_fields();
         if let Some(policy) = &self.missing_policy {
             super::policy_ref::note_missing_policy(
                 &mut status,
@@ -181,13 +192,9 @@ fn delivered_reason(cause: &DeliveryCause) -> Delivered {
     }
 }
 
-/// Whether `have` equals `want`, ignoring `lastUsedAt`.
+/// Whether `have` equals `want`, ignoring the auth server's usage fields.
 fn same_status(have: Option<&ApiKeyStatus>, want: &ApiKeyStatus) -> bool {
-    have.is_some_and(|have| {
-        let mut have = have.clone();
-        have.last_used_at = None;
-        have == *want
-    })
+    have.is_some_and(|have| have.clone().without_server_fields() == *want)
 }
 
 /// Server-Side Apply of the whole status (without `lastUsedAt`).

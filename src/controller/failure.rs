@@ -46,10 +46,9 @@ impl Reconciled for ApiKey {
     fn conditions(status: &mut ApiKeyStatus) -> &mut Vec<Condition> {
         &mut status.conditions
     }
-    /// `lastUsedAt` is the auth server's.
-    fn without_foreign_fields(mut status: ApiKeyStatus) -> ApiKeyStatus {
-        status.last_used_at = None;
-        status
+    /// `lastUsedAt`, `keyUsage` and `retiredKeyPresented` are the auth server's.
+    fn without_foreign_fields(status: ApiKeyStatus) -> ApiKeyStatus {
+        status.without_server_fields()
     }
 }
 

@@ -1,7 +1,9 @@
 //! The ApiKey custom resource (`latchkey.dev/v1alpha1`, short name `ak`).
 //!
 //! Spec is owned by the user (or their GitOps tool): latchkey never writes it.
-//! Status is written only by the controller, with Server-Side Apply.
+//! Status is written by the controller, with Server-Side Apply, except the
+//! usage fields (`lastUsedAt`, `keyUsage`, `retiredKeyPresented`), which the
+//! auth server writes with an optimistic-lock merge patch.
 
 // Several `printcolumn(...)` entries look like duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
@@ -237,6 +239,60 @@ pub struct KeyRecord {
     pub valid_until: Option<Time>,
 }
 
+/// The use of one key, as the auth server records it (`status.keyUsage`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUsage {
+    /// When this key (or a token it obtained) was last accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+    /// Requests accepted with this key or its tokens, since it was issued
+    /// (approximate: a server replica that dies loses at most one flush
+    /// interval of its counts).
+    #[serde(default)]
+    pub allowed: i64,
+    /// Requests with this key or its tokens refused by a route's
+    /// requirement or the rate limit, by reason.
+    #[serde(default)]
+    pub denied: DeniedCounts,
+}
+
+/// Refused uses of a valid key, by the reason of the refusal.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeniedCounts {
+    /// A scope the route requires is missing (403).
+    #[serde(default)]
+    pub scope: i64,
+    /// Not valid for the route's audience.
+    #[serde(default)]
+    pub audience: i64,
+    /// From a namespace the route does not accept.
+    #[serde(default)]
+    pub namespace: i64,
+    /// The route accepts only tokens of some issuers.
+    #[serde(default)]
+    pub issuer: i64,
+    /// Over the ApiKey's rate limit (429).
+    #[serde(default)]
+    pub rate_limited: i64,
+}
+
+/// Presentations of keys that are no longer valid (`status.retiredKeyPresented`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredKeyPresented {
+    /// How many requests presented one (approximate).
+    #[serde(default)]
+    pub count: i64,
+    /// When one was last presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_presented_at: Option<Time>,
+    /// The id of the key last presented (an id, never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_id: Option<String>,
+}
+
 /// Observed state of an ApiKey, written by latchkey.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -296,10 +352,52 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Time>,
 
+    /// Use of each key that status lists, by key id: when it was last
+    /// accepted and approximate counts since it was issued. Written by the
+    /// auth server (batched, about once a minute), never by the controller;
+    /// an entry goes when its key leaves status. Informational: anyone who
+    /// may patch `apikeys/status` can change it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub key_usage: BTreeMap<String, KeyUsage>,
+
+    /// Keys of this ApiKey presented after they stopped being valid (grace
+    /// period over, ApiKey revoked or expired): a consumer that never
+    /// reloaded, or a leaked key. Written by the auth server, approximate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_key_presented: Option<RetiredKeyPresented>,
+
+    /// Ids of replaced keys for which the controller published the
+    /// `PreviousKeyStillInUse` Warning Event (once per key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub still_in_use_reported: Vec<String>,
+
     /// `Ready`, `Reconciling` and `Stalled` (kstatus conventions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+impl ApiKeyStatus {
+    /// This status without the fields the auth server writes (`lastUsedAt`,
+    /// `keyUsage`, `retiredKeyPresented`): what the controller compares and
+    /// applies, so that its Server-Side Apply neither owns nor removes them.
+    pub fn without_server_fields(mut self) -> Self {
+        self.last_used_at = None;
+        self.key_usage.clear();
+        self.retired_key_presented = None;
+        self
+    }
+
+    /// The ids of the keys status lists (current, pending, previous).
+    pub fn listed_ids(&self) -> impl Iterator<Item = &str> {
+        self.current_key
+            .iter()
+            .chain(self.pending_key.iter())
+            .chain(self.previous_keys.iter())
+            .map(|k| k.id.as_str())
+    }
 }
 
 impl ApiKey {

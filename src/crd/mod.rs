@@ -13,7 +13,8 @@ mod rules;
 mod token_policy;
 
 pub use api_key::{
-    ApiKey, ApiKeySpec, ApiKeyStatus, KeyRecord, RateLimit, Rotation, SecretTemplate, TokenPolicyRef,
+    ApiKey, ApiKeySpec, ApiKeyStatus, DeniedCounts, KeyRecord, KeyUsage, RateLimit, RetiredKeyPresented,
+    Rotation, SecretTemplate, TokenPolicyRef,
 };
 pub use credential_grant::{CredentialGrant, CredentialGrantSpec};
 pub use token_policy::{

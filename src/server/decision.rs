@@ -33,6 +33,7 @@
 //! its tokens') and every denial are `no-store` (a cached allow would skip
 //! the metering).
 
+use super::counters::{Denied, KeyCounters};
 pub use super::identity::{
     CLAIM_HEADER_PREFIX, ClaimHeader, IDENTITY_HEADERS, Identity, X_AUTH_CLAIMS, X_AUTH_KEY_ID,
     X_AUTH_NAMESPACE, X_AUTH_ROLE, X_AUTH_SCOPES, X_AUTH_SUBJECT, claims_header,
@@ -159,6 +160,9 @@ pub enum Invalid {
     Unknown,
     /// Listed, but its grace period or the ApiKey's expiry has passed.
     Expired,
+    /// No longer listed, but a key an ApiKey recently retired (grace over,
+    /// or the ApiKey revoked): answered exactly like [`Invalid::Unknown`].
+    Retired,
     /// Valid, but not for the audience the route requires.
     Audience,
     /// Valid, but from an ApiKey outside the namespaces the route requires.
@@ -176,8 +180,9 @@ impl Invalid {
     fn description(self) -> &'static str {
         match self {
             Invalid::Malformed => "the credential is not a well-formed latchkey API key",
-            Invalid::Unknown => "the API key is unknown or revoked",
-            Invalid::Expired => "the API key has expired",
+            // A key that was valid once gets the answer of one that never
+            // was: the client learns nothing about a key's history.
+            Invalid::Unknown | Invalid::Expired | Invalid::Retired => "the API key is unknown or revoked",
             Invalid::Audience => "the credential is not valid for this audience",
             Invalid::Namespace => "the credential comes from a namespace this route does not accept",
             Invalid::Issuer => "the credential is not a token of an issuer this route accepts",
@@ -191,6 +196,7 @@ impl Invalid {
             Invalid::Malformed => "malformed",
             Invalid::Unknown => "unknown",
             Invalid::Expired => "expired",
+            Invalid::Retired => "retired_key",
             Invalid::Audience => "audience",
             Invalid::Namespace => "namespace",
             Invalid::Issuer => "issuer",
@@ -223,6 +229,25 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Whether a key that is no longer valid was presented (grace over, its
+    /// ApiKey revoked or expired): `latchkey_retired_key_presented_total`.
+    pub fn retired_key_presented(&self) -> bool {
+        matches!(self, Decision::Invalid(Invalid::Expired | Invalid::Retired))
+    }
+
+    /// The counter of `status.keyUsage[].denied` a denial of a valid key
+    /// goes to.
+    pub fn denied(&self) -> Option<Denied> {
+        match self {
+            Decision::Invalid(Invalid::Audience) => Some(Denied::Audience),
+            Decision::Invalid(Invalid::Namespace) => Some(Denied::Namespace),
+            Decision::Invalid(Invalid::Issuer) => Some(Denied::Issuer),
+            Decision::InsufficientScope { .. } => Some(Denied::Scope),
+            Decision::RateLimited { .. } => Some(Denied::RateLimited),
+            _ => None,
+        }
+    }
+
     /// The `result` label of the decision metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -313,11 +338,13 @@ pub struct Limited {
 /// One use of an ApiKey's key, whoever makes it: the key itself, a token
 /// minted with it, or `/token` with it. Takes one request from the ApiKey's
 /// bucket (when it has a rate limit) and records the use for
-/// `status.lastUsedAt`; the one metering path.
-pub fn use_key(usage: &Usage, now: Timestamp) -> Result<(), Limited> {
+/// `status.lastUsedAt` and the key's `status.keyUsage` (allowed, or denied
+/// by the rate limit); the one metering path.
+pub fn use_key(usage: &Usage, key: &KeyCounters, now: Timestamp) -> Result<(), Limited> {
     if let (Some(limiter), Some(limit)) = (&usage.limiter, &usage.rate_limit)
         && let Err(not_until) = limiter.check()
     {
+        key.deny(Denied::RateLimited);
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return Err(Limited {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
@@ -330,6 +357,7 @@ pub fn use_key(usage: &Usage, now: Timestamp) -> Result<(), Limited> {
     if last_used.load(Ordering::Relaxed) != now.as_second() {
         last_used.store(now.as_second(), Ordering::Relaxed);
     }
+    key.allow(now.as_second());
     Ok(())
 }
 
@@ -339,19 +367,24 @@ pub fn use_key(usage: &Usage, now: Timestamp) -> Result<(), Limited> {
 /// `X-Auth-Namespace`, cacheable until `until` (the credential's end, unix
 /// seconds) and `--decision-cache-seconds` at most, and never under a rate
 /// limit.
+#[allow(clippy::too_many_arguments)]
 pub fn conclude(
     requirement: &Requirement,
     offer: &impl Offer,
     owner: &IndexedApiKey,
+    key: &KeyCounters,
     until: Option<i64>,
     now: Timestamp,
     cache_seconds: u64,
     identity: impl FnOnce() -> Identity,
 ) -> Decision {
     if let Err(denied) = requirement.check(offer, owner.namespace()) {
+        if let Some(why) = denied.denied() {
+            key.deny(why);
+        }
         return denied;
     }
-    if let Err(Limited { retry_after, limit }) = use_key(&owner.usage, now) {
+    if let Err(Limited { retry_after, limit }) = use_key(&owner.usage, key, now) {
         return Decision::RateLimited { retry_after, limit };
     }
     let max_age = if owner.usage.limiter.is_some() {
@@ -392,17 +425,61 @@ pub fn decide_key_request(
     };
     // Everything below runs under the index's read lock and takes no
     // reference to the entry out of it.
-    let decided = index.find_with(&id, &key::sha256(presented.as_bytes()), |entry| {
+    let sha256 = key::sha256(presented.as_bytes());
+    let decided = index.find_with(&id, &sha256, |entry| {
         if entry.valid_until.is_some_and(|t| t <= now) {
+            entry.owner.usage.retired.presented(&id, now.as_second());
             return Decision::Invalid(Invalid::Expired);
         }
         let owner = &*entry.owner;
         let until = entry.valid_until.map(|t| t.as_second());
-        conclude(requirement, owner, owner, until, now, cache_seconds, || {
-            Identity::of_key(owner, &id)
-        })
+        conclude(
+            requirement,
+            owner,
+            owner,
+            &entry.counters,
+            until,
+            now,
+            cache_seconds,
+            || Identity::of_key(owner, &id),
+        )
     });
-    decided.unwrap_or(Decision::Invalid(Invalid::Unknown))
+    decided.unwrap_or_else(|| retired_or_unknown(index, &id, &sha256, now))
+}
+
+/// After [`verify`] refused `presented` with `invalid` (for `/token`): a
+/// key no longer valid is counted for its ApiKey like on the auth routes.
+/// Returns the refusal as [`decide_key_request`] would word it.
+pub fn note_retired(presented: &str, invalid: Invalid, index: &Index, now: Timestamp) -> Decision {
+    let Ok(id) = key::check(presented).map(|id| KeyId::try_from(id.as_bytes())) else {
+        return Decision::Invalid(invalid);
+    };
+    let Ok(id) = id else {
+        return Decision::Invalid(invalid);
+    };
+    let sha256 = key::sha256(presented.as_bytes());
+    match invalid {
+        Invalid::Expired => {
+            index.find_with(&id, &sha256, |e| {
+                e.owner.usage.retired.presented(&id, now.as_second())
+            });
+            Decision::Invalid(invalid)
+        }
+        Invalid::Unknown => retired_or_unknown(index, &id, &sha256, now),
+        other => Decision::Invalid(other),
+    }
+}
+
+/// A key the index does not list: counted for its ApiKey when it is one
+/// that ApiKey recently retired, refused as unknown either way.
+pub fn retired_or_unknown(index: &Index, id: &KeyId, sha256: &[u8; 32], now: Timestamp) -> Decision {
+    match index.retired_owner(id, sha256) {
+        Some(owner) => {
+            owner.usage.retired.presented(id, now.as_second());
+            Decision::Invalid(Invalid::Retired)
+        }
+        None => Decision::Invalid(Invalid::Unknown),
+    }
 }
 
 fn quoted(value: &str) -> String {
@@ -663,12 +740,13 @@ mod tests {
     fn use_key_meters_and_records_the_use() {
         let (key, index) = rate_limited_key(2);
         let owner = index.owners().pop().unwrap();
+        let counters = KeyCounters::default();
         assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), 0);
-        assert_eq!(use_key(&owner.usage, t(5)), Ok(()));
+        assert_eq!(use_key(&owner.usage, &counters, t(5)), Ok(()));
         assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), t(5).as_second());
-        assert_eq!(use_key(&owner.usage, t(6)), Ok(()));
+        assert_eq!(use_key(&owner.usage, &counters, t(6)), Ok(()));
         assert_eq!(
-            use_key(&owner.usage, t(7)),
+            use_key(&owner.usage, &counters, t(7)),
             Err(Limited {
                 retry_after: 1,
                 limit: 1
@@ -676,11 +754,98 @@ mod tests {
         );
         // A refused use is not a use.
         assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), t(6).as_second());
+        assert_eq!(counters.last_used.load(Ordering::Relaxed), t(6).as_second());
+        let d = counters.deltas();
+        assert_eq!((d.allowed, d.denied[Denied::RateLimited as usize]), (2, 1));
         // The key's own decision shares the bucket.
         assert!(matches!(
             decide_key_request(Some(key.expose()), &req(""), &index, t(7), 1),
             Decision::RateLimited { .. }
         ));
+    }
+
+    #[test]
+    fn each_key_counts_its_own_allows_and_denials_by_reason() {
+        let (new, old) = (ApiKeyValue::generate(), ApiKeyValue::generate());
+        let index = index_of(&[api_key(&new, Some((&old, 100)))]);
+        let decide =
+            |k: &ApiKeyValue, q: &str| decide_key_request(Some(k.expose()), &req(q), &index, t(0), 1);
+        assert!(matches!(decide(&old, ""), Decision::Allow { .. }));
+        assert!(matches!(
+            decide(&old, "scope=admin"),
+            Decision::InsufficientScope { .. }
+        ));
+        assert!(matches!(
+            decide(&old, "audience=other"),
+            Decision::Invalid(Invalid::Audience)
+        ));
+        assert!(matches!(
+            decide(&old, "namespace=other"),
+            Decision::Invalid(Invalid::Namespace)
+        ));
+        assert!(matches!(
+            decide(&old, "issuer=https://x"),
+            Decision::Invalid(Invalid::Issuer)
+        ));
+        let (_, keys) = index.flush_view().pop().unwrap();
+        let of = |k: &ApiKeyValue| {
+            let c = &keys.iter().find(|(i, _)| *i == k.key_id().as_bytes()).unwrap().1;
+            (c.deltas(), c.last_used.load(Ordering::Relaxed))
+        };
+        let (d, last) = of(&old);
+        assert_eq!(d.allowed, 1);
+        assert_eq!(d.denied, [1, 1, 1, 1, 0]);
+        assert_eq!(last, t(0).as_second());
+        assert_eq!(of(&new), (Default::default(), 0), "the new key was not used");
+    }
+
+    #[test]
+    fn a_retired_key_is_counted_for_its_api_key_and_answered_like_an_unknown_one() {
+        let (new, old) = (ApiKeyValue::generate(), ApiKeyValue::generate());
+        let index = index_of(&[api_key(&new, Some((&old, 100)))]);
+        // Still listed, grace over.
+        let expired = decide_key_request(Some(old.expose()), &req(""), &index, t(100), 1);
+        assert!(expired.retired_key_presented());
+        // Pruned from status: the index remembers it.
+        index.apply(&api_key(&new, None));
+        let retired = decide_key_request(Some(old.expose()), &req(""), &index, t(200), 1);
+        assert!(matches!(retired, Decision::Invalid(Invalid::Retired)));
+        let never = decide_key_request(
+            Some(ApiKeyValue::generate().expose()),
+            &req(""),
+            &index,
+            t(200),
+            1,
+        );
+        assert!(matches!(never, Decision::Invalid(Invalid::Unknown)));
+        assert!(!never.retired_key_presented());
+        let owner = index.owners().pop().unwrap();
+        assert_eq!(owner.usage.retired.count.load(Ordering::Relaxed), 2);
+        let header = |d: Decision| {
+            let r = d.into_response();
+            (r.status(), r.headers()[WWW_AUTHENTICATE].clone())
+        };
+        assert_eq!(
+            header(retired),
+            header(never),
+            "never tells that the key was valid once"
+        );
+        assert_eq!(
+            header(expired),
+            header(decide_key_request(
+                Some(ApiKeyValue::generate().expose()),
+                &req(""),
+                &index,
+                t(200),
+                1
+            ))
+        );
+        // Revoked: every key it listed counts.
+        let mut revoked = api_key(&new, None);
+        revoked.spec.revoked = Some(true);
+        index.apply(&revoked);
+        let d = decide_key_request(Some(new.expose()), &req(""), &index, t(300), 1);
+        assert!(matches!(d, Decision::Invalid(Invalid::Retired)));
     }
 
     #[test]
@@ -745,9 +910,10 @@ mod tests {
         let mut revoked = expiring;
         revoked.spec.revoked = Some(true);
         index.apply(&revoked);
+        // Counted as a retired key, answered like an unknown one.
         assert!(matches!(
             decide_key_request(Some(key.expose()), &req(""), &index, t(0), 1),
-            Decision::Invalid(Invalid::Unknown)
+            Decision::Invalid(Invalid::Retired)
         ));
     }
 

@@ -8,6 +8,8 @@
 //! revoked ApiKey contributes no key; grace ends and expiry are compared with
 //! the clock on each request, so they take effect without any write.
 
+pub use super::counters::StoredUsage;
+use super::counters::{KeyCounters, RetiredCounter, RetiredKeys};
 use super::grants::{Claimed, granted, regranted};
 use crate::crd::{ApiKey, RateLimit};
 use crate::grants::Grants;
@@ -33,6 +35,8 @@ pub struct KeyEntry {
     /// revocation or expiry is written).
     pub valid_until: Option<Timestamp>,
     pub owner: Arc<IndexedApiKey>,
+    /// This key's use on this replica (for `status.keyUsage`).
+    pub counters: Arc<KeyCounters>,
 }
 
 /// What a decision needs to know about the ApiKey a key belongs to. Kept
@@ -55,6 +59,12 @@ pub struct IndexedApiKey {
     /// them, for the lastUsedAt writer's optimistic lock.
     pub resource_version: Box<str>,
     pub status_last_used: Option<Timestamp>,
+    /// `status.keyUsage` as the watch saw it, for the keys status lists.
+    pub stored_usage: Box<[(KeyId, StoredUsage)]>,
+    /// Ids in `status.keyUsage` whose key status no longer lists (to prune).
+    pub stale_usage: Box<[Box<str>]>,
+    /// `status.retiredKeyPresented` as the watch saw it: count, last time.
+    pub stored_retired: (i64, i64),
     /// `spec.tokenPolicyRef.name`.
     pub token_policy: Option<Box<str>>,
     /// The ApiKey's labels (for TokenPolicy `apiKeySelector`s).
@@ -97,6 +107,8 @@ pub struct Usage {
     pub limiter: Option<Box<DefaultDirectRateLimiter>>,
     /// Unix seconds of the last accepted request (0: none since start).
     pub last_used: AtomicI64,
+    /// Retired keys of this ApiKey presented here, not written yet.
+    pub retired: Arc<RetiredCounter>,
 }
 
 impl Usage {
@@ -110,9 +122,13 @@ impl Usage {
             rate_limit,
             limiter,
             last_used: AtomicI64::new(0),
+            retired: Arc::default(),
         }
     }
 }
+
+/// An ApiKey and the counters of the keys it lists, for the usage writer.
+pub type FlushView = (Arc<IndexedApiKey>, Vec<(KeyId, Arc<KeyCounters>)>);
 
 /// `<namespace>/<name>` of an ApiKey.
 type NamespacedName = Box<str>;
@@ -125,6 +141,9 @@ struct Inner {
     by_object: HashMap<NamespacedName, (Arc<IndexedApiKey>, Box<[KeyId]>)>,
     /// The CredentialGrants every IndexedApiKey was computed with.
     grants: Arc<Grants>,
+    /// Keys that left the index (or that a revoked ApiKey lists), to count
+    /// when presented.
+    retired: RetiredKeys,
 }
 
 /// The index, shared by every request handler.
@@ -156,8 +175,8 @@ impl Rebuild {
                 regrant_all(&mut self.inner);
             }
         }
-        let usage = previous.and_then(|p| p.usage_of(api_key));
-        upsert(&mut self.inner, api_key, usage);
+        let carried = previous.map(|p| p.carried(api_key)).unwrap_or_default();
+        upsert(&mut self.inner, api_key, carried);
     }
 }
 
@@ -175,6 +194,12 @@ impl Index {
             rebuild.inner.grants = inner.grants.clone();
             regrant_all(&mut rebuild.inner);
         }
+        // What this replica saw retired survives a re-list.
+        let mut retired = std::mem::take(&mut inner.retired);
+        retired.merge_from(std::mem::take(&mut rebuild.inner.retired));
+        let objects = &rebuild.inner.by_object;
+        retired.retain_objects(|o| objects.contains_key(o));
+        rebuild.inner.retired = retired;
         *inner = rebuild.inner;
         self.synced.store(true, Ordering::Release);
     }
@@ -225,14 +250,36 @@ impl Index {
 
     /// A new or changed ApiKey.
     pub fn apply(&self, api_key: &ApiKey) {
-        let usage = self.usage_of(api_key);
-        upsert(&mut self.inner.write().expect("index lock"), api_key, usage);
+        let mut inner = self.inner.write().expect("index lock");
+        let carried = carried(&inner, api_key);
+        upsert(&mut inner, api_key, carried);
     }
 
     /// A deleted ApiKey.
     pub fn delete(&self, api_key: &ApiKey) {
         let mut inner = self.inner.write().expect("index lock");
-        remove(&mut inner, &namespaced_name(api_key));
+        let name = namespaced_name(api_key);
+        remove(&mut inner, &name);
+        inner.retired.forget(&name);
+    }
+
+    /// The ApiKey that recently retired the key with this id and hash (a
+    /// key out of status after its grace period, or of a revoked ApiKey).
+    pub fn retired_owner(&self, key_id: &KeyId, sha256: &[u8; 32]) -> Option<Arc<IndexedApiKey>> {
+        let inner = self.inner.read().expect("index lock");
+        let name = inner.retired.owner_of(key_id, sha256)?;
+        inner.by_object.get(name).map(|(o, _)| o.clone())
+    }
+
+    /// Every indexed ApiKey with the counters of the keys it lists (for the
+    /// usage writer).
+    pub fn flush_view(&self) -> Vec<FlushView> {
+        let inner = self.inner.read().expect("index lock");
+        inner
+            .by_object
+            .values()
+            .map(|(owner, ids)| (owner.clone(), counters_of(&inner, owner, ids).collect()))
+            .collect()
     }
 
     /// The key listed under `key_id` whose hash is `sha256`, compared in
@@ -328,11 +375,42 @@ impl Index {
         inner.by_object.values().map(|(o, _)| o.clone()).collect()
     }
 
-    fn usage_of(&self, api_key: &ApiKey) -> Option<Arc<Usage>> {
-        let inner = self.inner.read().expect("index lock");
-        let (owner, _) = inner.by_object.get(&namespaced_name(api_key))?;
-        Some(owner.usage.clone())
+    fn carried(&self, api_key: &ApiKey) -> Carried {
+        carried(&self.inner.read().expect("index lock"), api_key)
     }
+}
+
+/// What a new version of an ApiKey takes over from the one indexed: its
+/// usage (bucket, last use, retired count) and its keys' counters.
+#[derive(Default)]
+struct Carried {
+    usage: Option<Arc<Usage>>,
+    counters: HashMap<KeyId, Arc<KeyCounters>>,
+}
+
+fn carried(inner: &Inner, api_key: &ApiKey) -> Carried {
+    let Some((owner, ids)) = inner.by_object.get(&namespaced_name(api_key)) else {
+        return Carried::default();
+    };
+    Carried {
+        usage: Some(owner.usage.clone()),
+        counters: counters_of(inner, owner, ids).collect(),
+    }
+}
+
+fn counters_of<'a>(
+    inner: &'a Inner,
+    owner: &'a Arc<IndexedApiKey>,
+    ids: &'a [KeyId],
+) -> impl Iterator<Item = (KeyId, Arc<KeyCounters>)> + 'a {
+    ids.iter().filter_map(move |id| {
+        let entry = inner
+            .by_key_id
+            .get(id)?
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.owner, owner))?;
+        Some((*id, entry.counters.clone()))
+    })
 }
 
 fn namespaced_name(api_key: &ApiKey) -> NamespacedName {
@@ -344,18 +422,30 @@ fn namespaced_name(api_key: &ApiKey) -> NamespacedName {
     .into()
 }
 
-fn remove(inner: &mut Inner, name: &NamespacedName) {
+/// Removes an ApiKey's keys; returns each key's id and hash.
+fn remove(inner: &mut Inner, name: &NamespacedName) -> Vec<(KeyId, [u8; 32])> {
     let Some((owner, ids)) = inner.by_object.remove(name) else {
-        return;
+        return Vec::new();
     };
+    let mut removed = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(entries) = inner.by_key_id.get_mut(&id) {
+            for e in entries.iter().filter(|e| Arc::ptr_eq(&e.owner, &owner)) {
+                removed.push((id, e.sha256));
+            }
             entries.retain(|e| !Arc::ptr_eq(&e.owner, &owner));
             if entries.is_empty() {
                 inner.by_key_id.remove(&id);
             }
         }
     }
+    removed
+}
+
+fn parse_record(id: &str, sha256: &str) -> Option<(KeyId, [u8; 32])> {
+    let id = KeyId::try_from(id.as_bytes()).ok()?;
+    let hash = <[u8; 32]>::try_from(hex::decode(sha256).ok()?).ok()?;
+    Some((id, hash))
 }
 
 pub(crate) fn header(value: &str) -> HeaderValue {
@@ -389,22 +479,45 @@ fn swap_owners(inner: &mut Inner, mut fresh: impl FnMut(&Arc<IndexedApiKey>) -> 
     }
 }
 
-fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
+fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
     let name_in_index = namespaced_name(api_key);
-    remove(inner, &name_in_index);
+    let before = remove(inner, &name_in_index);
     let rate_limit = api_key.spec.rate_limit.clone();
-    let usage = match usage {
+    let usage = match carried.usage {
         Some(u) if u.rate_limit == rate_limit => u,
         Some(u) => {
-            let fresh = Usage::new(rate_limit);
+            let mut fresh = Usage::new(rate_limit);
             fresh
                 .last_used
                 .store(u.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+            fresh.retired = u.retired.clone();
             Arc::new(fresh)
         }
         None => Arc::new(Usage::new(rate_limit)),
     };
     let status = api_key.status.as_ref();
+    let stored_usage: Box<[(KeyId, StoredUsage)]> = status
+        .into_iter()
+        .flat_map(|s| s.key_usage.iter())
+        .filter_map(|(id, u)| Some((KeyId::try_from(id.as_bytes()).ok()?, StoredUsage::from(u))))
+        .collect();
+    let stale_usage: Box<[Box<str>]> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.key_usage
+                .keys()
+                .filter(|id| !s.listed_ids().any(|l| l == id.as_str()))
+        })
+        .map(|id| id.as_str().into())
+        .collect();
+    let stored_retired = status
+        .and_then(|s| s.retired_key_presented.as_ref())
+        .map_or((0, 0), |r| {
+            (
+                r.count,
+                r.last_presented_at.as_ref().map_or(0, |t| t.0.as_second()),
+            )
+        });
     let (namespace, name) = (
         api_key.metadata.namespace.as_deref().unwrap_or_default(),
         api_key.metadata.name.as_deref().unwrap_or_default(),
@@ -425,6 +538,9 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
             .unwrap_or_default()
             .into(),
         status_last_used: status.and_then(|s| s.last_used_at.as_ref()).map(|t| t.0),
+        stored_usage,
+        stale_usage,
+        stored_retired,
         token_policy: api_key
             .spec
             .token_policy_ref
@@ -441,12 +557,10 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
     });
     let mut ids = Vec::new();
     for (record, valid_until) in validity::all_keys(api_key) {
-        let (Ok(id), Ok(hash)) = (
-            KeyId::try_from(record.id.as_bytes()),
-            <[u8; 32]>::try_from(hex::decode(&record.sha256).unwrap_or_default()),
-        ) else {
+        let Some((id, hash)) = parse_record(&record.id, &record.sha256) else {
             continue;
         };
+        inner.retired.unretire(&id);
         inner
             .by_key_id
             .entry(id)
@@ -455,8 +569,25 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, usage: Option<Arc<Usage>>) {
                 sha256: hash,
                 valid_until,
                 owner: owner.clone(),
+                counters: carried.counters.get(&id).cloned().unwrap_or_default(),
             });
         ids.push(id);
+    }
+    // Keys the previous version listed and this one does not (grace over,
+    // revoked), and a revoked ApiKey's keys: remembered as retired.
+    let unlisted = status
+        .into_iter()
+        .flat_map(|s| {
+            s.current_key
+                .iter()
+                .chain(s.pending_key.iter())
+                .chain(s.previous_keys.iter())
+        })
+        .filter_map(|r| parse_record(&r.id, &r.sha256));
+    for (id, hash) in before.into_iter().chain(unlisted) {
+        if !ids.contains(&id) {
+            inner.retired.retire(id, hash, &name_in_index);
+        }
     }
     inner
         .by_object

@@ -15,13 +15,14 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// Every `result` label value, in [`Decision::label`]'s words.
-const RESULTS: [&str; 22] = [
+const RESULTS: [&str; 23] = [
     "allow",
     "no_credential",
     "invalid_request",
     "malformed",
     "unknown",
     "expired",
+    "retired_key",
     "audience",
     "namespace",
     "issuer",
@@ -86,6 +87,9 @@ pub struct Metrics {
     token_cache_bytes: Gauge,
     http_connections: Gauge,
     grpc_connections: Gauge,
+    /// Keys no longer valid presented (no label: which ApiKey is in its
+    /// status, never in a label).
+    retired_key_presented: Counter,
 }
 
 impl Default for Metrics {
@@ -175,6 +179,12 @@ impl Metrics {
             "Bytes the verified-token cache accounts for",
             token_cache_bytes.clone(),
         );
+        let retired_key_presented = Counter::default();
+        registry.register(
+            "retired_key_presented",
+            "Requests that presented a key no longer valid (grace period over, ApiKey revoked or expired)",
+            retired_key_presented.clone(),
+        );
         let http_connections = Gauge::default();
         registry.register(
             "http_connections",
@@ -188,6 +198,7 @@ impl Metrics {
             grpc_connections.clone(),
         );
         Self {
+            retired_key_presented,
             http_connections,
             grpc_connections,
             registry,
@@ -208,6 +219,15 @@ impl Metrics {
             self.decisions[route][i].inc();
         }
         self.latency[route].observe(elapsed.as_secs_f64());
+        if decision.retired_key_presented() {
+            self.retired_key_presented.inc();
+        }
+    }
+
+    /// A key no longer valid presented where no [`Decision`] is observed
+    /// (`/token`).
+    pub fn observe_retired_key(&self) {
+        self.retired_key_presented.inc();
     }
 
     /// One token request: `None` when a token was issued, else the error code.

@@ -24,6 +24,7 @@
 //!   route's requirement in `context_extensions`.
 //! - `/livez`, `/readyz` (after the first full list of ApiKeys), `/metrics`.
 
+pub mod counters;
 pub mod decision;
 pub mod grants;
 pub mod grpc;

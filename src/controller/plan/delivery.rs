@@ -52,8 +52,8 @@ pub fn delivered_status(
 
 /// Fills the fields every status write carries: generation, Secret name,
 /// revision and rotation time defaults, the schedule, `previousKeys` without
-/// ended grace periods, the conditions for `phase`; never `lastUsedAt` (the
-/// auth server owns it).
+/// ended grace periods (and their `stillInUseReported` ids), the conditions
+/// for `phase`; never the usage fields (the auth server owns them).
 pub fn complete_status(
     api_key: &ApiKey,
     mut status: ApiKeyStatus,
@@ -73,7 +73,11 @@ pub fn complete_status(
         None => rotation::next_rotation_at(&status, schedule).map(Time),
     };
     status.previous_keys = rotation::prune_ended(&status.previous_keys, now);
-    status.last_used_at = None;
+    let previous = &status.previous_keys;
+    status
+        .still_in_use_reported
+        .retain(|id| previous.iter().any(|k| k.id == *id));
+    let mut status = status.without_server_fields();
     conditions::apply_phase(&mut status.conditions, phase, generation, now);
     status
 }

@@ -30,11 +30,13 @@
 //! Secret we want) and [`phases`] (conditions and Events).
 
 mod delivery;
+mod in_use;
 mod observe;
 mod phases;
 mod secret;
 
 pub use delivery::*;
+pub use in_use::*;
 pub use observe::*;
 pub use phases::*;
 pub use secret::*;
@@ -84,6 +86,9 @@ pub struct Plan {
     pub deliver: Option<DeliveryCause>,
     /// An Event to publish once `status` is written.
     pub event: Option<PlannedEvent>,
+    /// `PreviousKeyStillInUse` Events to publish once `status` (which
+    /// records their key ids) is written.
+    pub in_use: Vec<PlannedEvent>,
 }
 
 /// Decides the whole reconcile of `api_key`, whose Secret looks like
@@ -93,6 +98,11 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
     let decision = key_decision(Some(&before), observation);
     let mut status = before.clone();
     let mut event = None;
+    let mut in_use = Vec::new();
+    for (id, note) in still_in_use(&before, schedule) {
+        status.still_in_use_reported.push(id);
+        in_use.push(note);
+    }
     let held = match &decision {
         KeyDecision::Keep {
             key,
@@ -153,6 +163,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
             refresh_secret: None,
             deliver: None,
             event,
+            in_use: Vec::new(),
         };
     }
 
@@ -169,6 +180,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 refresh_secret: None,
                 deliver: None,
                 event,
+                in_use,
             }
         }
         KeyDecision::Issue(reason) => {
@@ -178,6 +190,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 refresh_secret: None,
                 deliver: Some(cause),
                 event: None,
+                in_use,
             }
         }
         KeyDecision::Keep { .. } | KeyDecision::Promote { .. } => {
@@ -205,6 +218,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 refresh_secret,
                 deliver,
                 event,
+                in_use,
             }
         }
     }

@@ -777,3 +777,48 @@ fn events_name_key_ids_never_keys() {
         ["KeyIssued", "KeyRotated", "SecretRecreated", "Revoked"]
     );
 }
+
+#[test]
+fn a_replaced_key_used_late_in_its_grace_warns_once_and_usage_is_never_applied() {
+    let (cur, old) = (ApiKeyValue::generate(), ApiKeyValue::generate());
+    let mut ak = with_status(api_key(), Some(&cur), None);
+    let grace = Schedule::default().grace.as_secs();
+    let until = now().as_second() + 100;
+    let status = ak.status.as_mut().unwrap();
+    let mut replaced = record_for(&old, now());
+    replaced.valid_until = Some(Time(Timestamp::from_second(until).unwrap()));
+    status.previous_keys.push(replaced);
+    // The auth server's fields, as the fresh read shows them.
+    status.key_usage.insert(
+        old.key_id().into(),
+        crate::crd::KeyUsage {
+            last_used_at: Some(Time(Timestamp::from_second(until - grace / 4 + 1).unwrap())),
+            allowed: 7,
+            ..Default::default()
+        },
+    );
+    status.retired_key_presented = Some(Default::default());
+    let secret = applied(&ak, &cur);
+    let obs = observe_secret(&ak, Some(&secret), MANAGER);
+    let p = plan(&ak, &obs, &Schedule::default(), now());
+    assert_eq!(p.in_use.len(), 1);
+    assert_eq!(p.in_use[0].reason, "PreviousKeyStillInUse");
+    assert!(p.in_use[0].message.contains(old.key_id()));
+    assert!(!p.in_use[0].message.contains(&old.sha256_hex()) && !p.in_use[0].message.contains(old.expose()));
+    assert_eq!(p.status.still_in_use_reported, vec![old.key_id().to_owned()]);
+    assert!(
+        p.status.key_usage.is_empty(),
+        "the controller never applies the server's usage"
+    );
+    assert_eq!(p.status.retired_key_presented, None);
+    // The next reconcile reads the recorded id: no second Event.
+    let mut again = ak.clone();
+    again.status.as_mut().unwrap().still_in_use_reported = p.status.still_in_use_reported.clone();
+    let p = plan(&again, &obs, &Schedule::default(), now());
+    assert!(p.in_use.is_empty());
+    assert_eq!(p.status.still_in_use_reported, vec![old.key_id().to_owned()]);
+    // Grace over: the key and its id go.
+    let later = Timestamp::from_second(until).unwrap();
+    let p = plan(&again, &obs, &Schedule::default(), later);
+    assert!(p.status.previous_keys.is_empty() && p.status.still_in_use_reported.is_empty());
+}

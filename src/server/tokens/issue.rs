@@ -98,11 +98,15 @@ pub fn issue(
         ));
     }
     let now = state.clock.now();
-    let (entry, key_id) = decision::verify(&presented, &state.index, now)
-        .map_err(|_| TokenError::InvalidClient("the API key is unknown, revoked or expired".into()))?;
+    let (entry, key_id) = decision::verify(&presented, &state.index, now).map_err(|invalid| {
+        if decision::note_retired(&presented, invalid, &state.index, now).retired_key_presented() {
+            state.metrics.observe_retired_key();
+        }
+        TokenError::InvalidClient("the API key is unknown, revoked or expired".into())
+    })?;
     let owner = &entry.owner;
     // A use of the key like any other: its bucket, its lastUsedAt.
-    decision::use_key(&owner.usage, now).map_err(|l| TokenError::RateLimited {
+    decision::use_key(&owner.usage, &entry.counters, now).map_err(|l| TokenError::RateLimited {
         retry_after: l.retry_after,
         limit: l.limit,
     })?;

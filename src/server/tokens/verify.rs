@@ -230,6 +230,7 @@ pub fn decide_token(
                     requirement,
                     t,
                     &entry.owner,
+                    &entry.counters,
                     Some(until),
                     now,
                     cache_seconds,
