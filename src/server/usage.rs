@@ -190,6 +190,8 @@ pub async fn run(client: Client, index: Arc<Index>, every: Duration) {
                     tracing::debug!(
                         namespace = owner.namespace(),
                         name = owner.name(),
+                        // Key ids and counts, never a key or hash.
+                        usage = %flush.patch["status"],
                         "recorded usage"
                     )
                 }
@@ -401,5 +403,64 @@ mod tests {
         assert_eq!(r["lastKeyId"], old.key_id());
         flush.written(&o);
         assert!(plan_flush(&o, &keys, 60).is_none());
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+    use crate::crd::{ApiKeySpec, ApiKeyStatus, KeyRecord};
+    use crate::key::ApiKeyValue;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// RFC 7386 merge of `patch` into `target`.
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    #[test]
+    fn once_written_and_seen_back_nothing_is_due() {
+        let index = Index::default();
+        let key = ApiKeyValue::generate();
+        let mut ak = ApiKey::new("k", ApiKeySpec::default());
+        ak.metadata.namespace = Some("ns".into());
+        ak.metadata.resource_version = Some("1".into());
+        ak.status = Some(ApiKeyStatus {
+            current_key: Some(KeyRecord {
+                id: key.key_id().into(),
+                sha256: key.sha256_hex(),
+                issued_at: Time(Timestamp::UNIX_EPOCH),
+                valid_until: None,
+            }),
+            ..Default::default()
+        });
+        index.apply(&ak);
+        let (o, keys) = index.flush_view().pop().unwrap();
+        o.usage.last_used.store(5_000, Ordering::Relaxed);
+        keys[0].1.allow(5_000);
+        let flush = plan_flush(&o, &keys, 1).unwrap();
+        flush.written(&o);
+        let mut json = serde_json::to_value(&ak).unwrap();
+        merge(&mut json, &flush.patch);
+        json["metadata"]["resourceVersion"] = "2".into();
+        let seen: ApiKey = serde_json::from_value(json).unwrap();
+        index.apply(&seen);
+        let (o, keys) = index.flush_view().pop().unwrap();
+        assert!(
+            plan_flush(&o, &keys, 1).is_none(),
+            "{:?}",
+            plan_flush(&o, &keys, 1)
+        );
     }
 }
