@@ -219,12 +219,7 @@ async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys
         .unwrap()
         .retired_key_presented
         .map_or(0, |r| r.count);
-    let unknown = auth(
-        &a,
-        &latchkey::key::ApiKeyValue::generate().expose().to_owned(),
-        "",
-    )
-    .await;
+    let unknown = auth(&a, latchkey::key::ApiKeyValue::generate().expose(), "").await;
     for server in [&a, &b, &a] {
         let answer = eventually(WAIT, "both replicas see the prune", || async {
             let answer = auth(server, &old, "").await;

@@ -840,6 +840,10 @@ mod tests {
                 1
             ))
         );
+        // /token refuses with verify(); note_retired counts the same way.
+        let refused = verify(old.expose(), &index, t(200)).unwrap_err();
+        assert!(note_retired(old.expose(), refused, &index, t(200)).retired_key_presented());
+        assert_eq!(index.owners()[0].usage.retired.count.load(Ordering::Relaxed), 3);
         // Revoked: every key it listed counts.
         let mut revoked = api_key(&new, None);
         revoked.spec.revoked = Some(true);
