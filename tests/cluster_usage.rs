@@ -49,6 +49,41 @@ async fn usage_of(api_keys: &Api<ApiKey>, id: &str) -> Option<KeyUsage> {
     api_keys.get("svc").await.ok()?.status?.key_usage.get(id).cloned()
 }
 
+/// Whether the cluster's ApiKey CRD knows `status.keyUsage`. The control
+/// plane is shared: another worktree's test binary re-applies its own
+/// `crds/` at start, and an older schema prunes the field the servers write
+/// (their patches then succeed without effect). A timeout says so.
+fn crd_knows_key_usage() -> bool {
+    let (_, out, _) = kubectl(&[
+        "get",
+        "crd",
+        "apikeys.latchkey.dev",
+        "-o",
+        "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.status.properties.keyUsage.type}",
+    ]);
+    out.trim() == "object"
+}
+
+/// Re-applies this worktree's CRDs when the shared cluster holds an older
+/// ApiKey schema (see [`crd_knows_key_usage`]).
+fn ensure_crd() {
+    if !crd_knows_key_usage() {
+        kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            repo().join("crds").to_str().unwrap(),
+        ]);
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/apikeys.latchkey.dev",
+            "--timeout=60s",
+        ]);
+    }
+}
+
 /// Waits until the stored usage of `id` has `allowed` and `scope` denials
 /// exactly (no replica died, so nothing is lost: the bound is exact here;
 /// see README "Usage per key" for the general one).
@@ -71,7 +106,11 @@ async fn counted(api_keys: &Api<ApiKey>, id: &str, allowed: i64, scope: i64) -> 
             );
         }
         last = u.or(last);
-        assert!(Instant::now() < deadline, "{what}: last seen {last:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last seen {last:?}; the cluster's ApiKey CRD knows keyUsage: {}",
+            crd_knows_key_usage()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -102,6 +141,7 @@ async fn in_use_events(ns: &str, id: &str) -> Vec<Event> {
 #[tokio::test]
 async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys() {
     let s = Scenario::new("usage").await;
+    ensure_crd();
     let ns = s.ns.name.clone();
     let flush = ["--last-used-flush-seconds", "1"];
     let (a_proc, a) = LatchkeyProcess::start_http("serve", &ns, &flush);
@@ -124,7 +164,11 @@ async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys
     assert_eq!(ak.status.unwrap().previous_keys[0].id, old_id);
 
     // The uses before the rotation (served_key's probes) settle first.
-    let base = eventually(WAIT, "the first uses flushed and settled", || async {
+    let settled = format!(
+        "the first uses flushed and settled (the cluster's CRD knows keyUsage: {})",
+        crd_knows_key_usage()
+    );
+    let base = eventually(WAIT, &settled, || async {
         let before = usage_of(&s.api_keys, &old_id).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = usage_of(&s.api_keys, &old_id).await?;
