@@ -4,19 +4,20 @@
 
 use super::table::{absolute_and_relative, relative, relative_or_dash};
 use crate::conditions;
-use crate::crd::{ApiKey, KeyRecord};
+use crate::crd::{ApiKey, ApiKeyStatus, KeyRecord};
 use k8s_openapi::jiff::Timestamp;
 
-/// When one key of an ApiKey was last accepted, when status records it per
-/// key.
-///
-/// PER-KEY USAGE: the one place to read a key record's own `lastUsedAt`
-/// once the CRD's `KeyRecord` has it (issue 19, part 1, on another branch):
-/// return `record.last_used_at.as_ref().map(|t| t.0)`. Until then status
-/// records usage only for the whole ApiKey (`status.lastUsedAt`).
-pub fn key_last_used(record: &KeyRecord) -> Option<Timestamp> {
-    let _ = record;
-    None
+/// When one key of an ApiKey was last accepted: the auth server's
+/// `status.keyUsage[<key id>].lastUsedAt` (the records themselves are the
+/// controller's; README "Usage per key"). `None` when that key has no use
+/// recorded (then callers fall back to the ApiKey's `status.lastUsedAt`).
+pub fn key_last_used(status: &ApiKeyStatus, record: &KeyRecord) -> Option<Timestamp> {
+    status
+        .key_usage
+        .get(&record.id)?
+        .last_used_at
+        .as_ref()
+        .map(|t| t.0)
 }
 
 /// The ApiKey's `Ready` condition as (status, reason), `-` when absent.
@@ -63,7 +64,7 @@ pub fn status_row(ak: &ApiKey, all_namespaces: bool, now: Timestamp) -> Vec<Stri
             .iter()
             .map(|k| {
                 let until = relative_or_dash(now, k.valid_until.as_ref().map(|t| t.0));
-                match key_last_used(k) {
+                match key_last_used(&status, k) {
                     Some(used) => format!("{} ({until}, used {})", k.id, relative(now, used)),
                     None => format!("{} ({until})", k.id),
                 }
@@ -71,7 +72,11 @@ pub fn status_row(ak: &ApiKey, all_namespaces: bool, now: Timestamp) -> Vec<Stri
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let last_used = match status.current_key.as_ref().and_then(key_last_used) {
+    let last_used = match status
+        .current_key
+        .as_ref()
+        .and_then(|k| key_last_used(&status, k))
+    {
         Some(t) => relative(now, t),
         None => relative_or_dash(now, status.last_used_at.as_ref().map(|t| t.0)),
     };
@@ -113,7 +118,7 @@ pub fn key_rows(ak: &ApiKey, now: Timestamp) -> Vec<Vec<String>> {
             k.valid_until
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |t| absolute_and_relative(now, t.0)),
-            relative_or_dash(now, key_last_used(k)),
+            relative_or_dash(now, key_last_used(status, k)),
         ]
     };
     let mut rows = Vec::new();
@@ -218,7 +223,7 @@ pub fn standing(ak: &ApiKey, key_id: &str, sha256_hex: &str, now: Timestamp) -> 
             k,
         )
     };
-    let per_key = key_last_used(record);
+    let per_key = key_last_used(status, record);
     Some(Standing {
         namespace: ak.metadata.namespace.clone().unwrap_or_default(),
         name: ak.metadata.name.clone().unwrap_or_default(),
@@ -314,6 +319,32 @@ mod tests {
         assert_eq!(rows[2][3], "2026-12-05T10:00:00Z (in 1h)");
         assert_eq!(rows[0][3], "-");
         assert_eq!(rows[0][4], "-", "no per-key usage recorded yet");
+    }
+
+    #[test]
+    fn per_key_usage_comes_from_status_key_usage() {
+        let mut ak = api_key();
+        let status = ak.status.as_mut().unwrap();
+        status.key_usage.insert(
+            "prv000000000".into(),
+            crate::crd::KeyUsage {
+                last_used_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+                    "2026-12-05T08:50:00Z",
+                ))),
+                ..Default::default()
+            },
+        );
+        let rows = key_rows(&ak, at(NOW));
+        assert_eq!(rows[2][4], "10m ago", "the previous key's own use");
+        assert_eq!(rows[0][4], "-", "the current key has none");
+        let row = status_row(&ak, false, at(NOW));
+        assert_eq!(
+            row[7],
+            "old000000000 (30m ago), prv000000000 (in 1h, used 10m ago)"
+        );
+        let grace = standing(&ak, "prv000000000", "cc", at(NOW)).unwrap();
+        assert!(grace.per_key_usage);
+        assert_eq!(grace.last_used, Some(at("2026-12-05T08:50:00Z")));
     }
 
     #[test]
