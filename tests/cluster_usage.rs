@@ -65,7 +65,9 @@ fn crd_knows_key_usage() -> bool {
 }
 
 /// Re-applies this worktree's CRDs when the shared cluster holds an older
-/// ApiKey schema (see [`crd_knows_key_usage`]).
+/// ApiKey schema (see [`crd_knows_key_usage`]); called while the test waits,
+/// since another worktree's tests may apply theirs at any moment. Ours only
+/// adds optional status fields, so theirs keep working under it.
 fn ensure_crd() {
     if !crd_knows_key_usage() {
         kubectl_ok(&[
@@ -92,6 +94,7 @@ async fn counted(api_keys: &Api<ApiKey>, id: &str, allowed: i64, scope: i64) -> 
     let what = format!("keyUsage[{id}] allowed {allowed}, denied.scope {scope}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        ensure_crd();
         let u = usage_of(api_keys, id).await;
         if let Some(u) = &u
             && u.allowed == allowed
@@ -169,6 +172,7 @@ async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys
         crd_knows_key_usage()
     );
     let base = eventually(WAIT, &settled, || async {
+        ensure_crd();
         let before = usage_of(&s.api_keys, &old_id).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = usage_of(&s.api_keys, &old_id).await?;
@@ -225,8 +229,18 @@ async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys
     // Uses in the last quarter of the grace period: one Warning Event.
     let quarter = Duration::from_secs(GRACE_SECONDS * 3 / 4 + 2);
     tokio::time::sleep(quarter.saturating_sub(rotated_at.elapsed())).await;
+    ensure_crd();
     send(&a, &old, "", 2, StatusCode::OK).await;
-    let event = s.wait_for_event("svc", "PreviousKeyStillInUse", "Warning").await;
+    let event = eventually(
+        WAIT,
+        "a Warning Event PreviousKeyStillInUse about svc",
+        || async {
+            ensure_crd();
+            in_use_events(&ns, &old_id).await.into_iter().next()
+        },
+    )
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
     let note = event.note.clone().unwrap_or_default();
     assert!(note.contains(&old_id), "{note}");
     assert!(
@@ -279,6 +293,7 @@ async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys
         presented >= 3,
         "the metric counts every presentation: {presented}"
     );
+    ensure_crd();
     eventually(Duration::from_secs(30), "retiredKeyPresented counted", || async {
         let r = s.api_keys.get("svc").await.ok()?.status?.retired_key_presented?;
         (r.count == before + presented as i64 && r.last_key_id.as_deref() == Some(old_id.as_str()))
