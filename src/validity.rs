@@ -46,12 +46,7 @@ pub fn all_keys(api_key: &ApiKey) -> impl Iterator<Item = (&KeyRecord, Option<Ti
     };
     status
         .into_iter()
-        .flat_map(|s| {
-            s.current_key
-                .iter()
-                .chain(s.pending_key.iter())
-                .chain(s.previous_keys.iter())
-        })
+        .flat_map(|s| s.records())
         .map(move |record| (record, earliest(record)))
 }
 

@@ -390,13 +390,17 @@ impl ApiKeyStatus {
         self
     }
 
-    /// The ids of the keys status lists (current, pending, previous).
-    pub fn listed_ids(&self) -> impl Iterator<Item = &str> {
+    /// The key records status lists: current, pending, previous.
+    pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
         self.current_key
             .iter()
             .chain(self.pending_key.iter())
             .chain(self.previous_keys.iter())
-            .map(|k| k.id.as_str())
+    }
+
+    /// The ids of the keys status lists (current, pending, previous).
+    pub fn listed_ids(&self) -> impl Iterator<Item = &str> {
+        self.records().map(|k| k.id.as_str())
     }
 }
 

@@ -3,8 +3,10 @@
 //! [`PluginError`]s that name the kubeconfig, the verb and the resource.
 
 use super::error::PluginError;
+use crate::crd::ApiKey;
+use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::{Api, Client, Config};
 use std::path::PathBuf;
 
 /// Which cluster to talk to, like kubectl's flags.
@@ -94,6 +96,34 @@ impl Cluster {
             server,
             user: format!("user {user:?}"),
         })
+    }
+
+    /// The ApiKey `name` of the namespace in use (read fresh), and its `Api`,
+    /// for the commands that act on one.
+    pub async fn api_key(&self, name: &str) -> Result<(Api<ApiKey>, ApiKey), PluginError> {
+        let api = Api::namespaced(self.client.clone(), &self.namespace);
+        let target = Target::api_keys(Some(&self.namespace)).named(name);
+        let api_key = api.get(name).await.map_err(|e| self.error(e, "get", target))?;
+        Ok((api, api_key))
+    }
+
+    /// Merge-patches the ApiKey `name` of the namespace in use with `patch`,
+    /// as the plugin's own field manager (never the controller's).
+    pub async fn patch_api_key(
+        &self,
+        api: &Api<ApiKey>,
+        name: &str,
+        patch: serde_json::Value,
+    ) -> Result<(), PluginError> {
+        let target = Target::api_keys(Some(&self.namespace)).named(name);
+        api.patch(
+            name,
+            &PatchParams::apply(super::FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| self.error(e, "patch", target))?;
+        Ok(())
     }
 
     /// A Kubernetes error as a [`PluginError`]: 403 names verb and resource,

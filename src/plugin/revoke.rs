@@ -3,12 +3,8 @@
 //! latchkey's tooling writes a spec. Asks on a terminal; refuses without
 //! `--yes` when standard input is not one.
 
-use super::FIELD_MANAGER;
-use super::cluster::{Cluster, KubeFlags, Target};
+use super::cluster::{Cluster, KubeFlags};
 use super::error::PluginError;
-use crate::crd::ApiKey;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(clap::Args, Debug)]
@@ -29,12 +25,7 @@ pub fn confirmed(answer: &str, name: &str) -> bool {
 pub async fn run(flags: &KubeFlags, args: RevokeArgs) -> Result<(), PluginError> {
     let cluster = Cluster::connect(flags).await?;
     let ns = cluster.namespace.clone();
-    let target = Target::api_keys(Some(&ns)).named(&args.name);
-    let api: Api<ApiKey> = Api::namespaced(cluster.client.clone(), &ns);
-    let ak = api
-        .get(&args.name)
-        .await
-        .map_err(|e| cluster.error(e, "get", target))?;
+    let (api, ak) = cluster.api_key(&args.name).await?;
     if ak.is_revoked() {
         println!("ApiKey {ns}/{} is already revoked", args.name);
         return Ok(());
@@ -66,13 +57,7 @@ pub async fn run(flags: &KubeFlags, args: RevokeArgs) -> Result<(), PluginError>
         }
     }
     let patch = serde_json::json!({"spec": {"revoked": true}});
-    api.patch(
-        &args.name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| cluster.error(e, "patch", target))?;
+    cluster.patch_api_key(&api, &args.name, patch).await?;
     println!(
         "ApiKey {ns}/{} revoked: latchkey servers refuse its keys within about a second",
         args.name

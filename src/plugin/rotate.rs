@@ -4,12 +4,10 @@
 
 use super::cluster::{Cluster, KubeFlags, Target};
 use super::error::PluginError;
-use super::{FIELD_MANAGER, table};
+use super::table;
 use crate::crd::ApiKey;
 use crate::meta::ROTATE_ANNOTATION;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -42,11 +40,7 @@ pub async fn run(flags: &KubeFlags, args: RotateArgs) -> Result<(), PluginError>
     let cluster = Cluster::connect(flags).await?;
     let ns = cluster.namespace.clone();
     let target = Target::api_keys(Some(&ns)).named(&args.name);
-    let api: Api<ApiKey> = Api::namespaced(cluster.client.clone(), &ns);
-    let before = api
-        .get(&args.name)
-        .await
-        .map_err(|e| cluster.error(e, "get", target))?;
+    let (api, before) = cluster.api_key(&args.name).await?;
     if before.is_revoked() {
         return Err(PluginError::Refused(format!(
             "ApiKey {ns}/{} is revoked: it is never rotated again; create a new ApiKey for a new key",
@@ -61,13 +55,7 @@ pub async fn run(flags: &KubeFlags, args: RotateArgs) -> Result<(), PluginError>
     // Nanoseconds make two requests within a second distinct values.
     let request = Timestamp::now().to_string();
     let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: request}}});
-    api.patch(
-        &args.name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| cluster.error(e, "patch", target))?;
+    cluster.patch_api_key(&api, &args.name, patch).await?;
     if args.no_wait {
         println!(
             "rotation of ApiKey {ns}/{} requested ({ROTATE_ANNOTATION}={request})",

@@ -577,12 +577,7 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
     // revoked), and a revoked ApiKey's keys: remembered as retired.
     let unlisted = status
         .into_iter()
-        .flat_map(|s| {
-            s.current_key
-                .iter()
-                .chain(s.pending_key.iter())
-                .chain(s.previous_keys.iter())
-        })
+        .flat_map(|s| s.records())
         .filter_map(|r| parse_record(&r.id, &r.sha256));
     for (id, hash) in before.into_iter().chain(unlisted) {
         if !ids.contains(&id) {
