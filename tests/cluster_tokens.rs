@@ -14,8 +14,6 @@ use kube::api::{Patch, PatchParams};
 use latchkey::crd::{ApiKey, TokenPolicy};
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn policy_manifest(ns: &str, name: &str, extra: &str) -> String {
@@ -276,51 +274,6 @@ async fn exchange_verify_introspect_and_revoke() {
     let a = request_token(&server, &key, "grant_type=client_credentials").await;
     assert_eq!(a.json["error"], "invalid_client");
     drop(latchkey);
-}
-
-fn verifier(name: &str) -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("LATCHKEY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/latchkey"));
-    let dir = cache.join("verifiers");
-    let out = Command::new(repo().join("e2e/verifiers/install"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2e/verifiers/install failed (PyJWT from PyPI, jose from npm):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match name {
-        "pyjwt" => (dir.join("py/bin/python"), repo().join("e2e/verifiers/verify.py")),
-        _ => (PathBuf::from("node"), repo().join("e2e/verifiers/verify.mjs")),
-    }
-}
-
-/// Runs a third-party verifier; returns the claims it verified, or its error.
-fn third_party_verify(name: &str, issuer: &str, audience: &str, token: &str) -> Result<Value, String> {
-    let (program, script) = verifier(name);
-    let cache_dir = script.parent().unwrap().to_owned();
-    let jose_dir = std::env::var_os("LATCHKEY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/latchkey"))
-        .join("verifiers/node");
-    let out = Command::new(program)
-        .arg(script)
-        .args([issuer, audience, token])
-        .env("JOSE_DIR", jose_dir)
-        .current_dir(cache_dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the {name} verifier: {e}"));
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 #[tokio::test]

@@ -448,10 +448,34 @@ async fn no_client_sent_identity_header_reaches_the_upstream_through_any_locatio
         "grant_type=client_credentials&role=admin&claim.tenant=acme",
     )
     .await;
+    // A delegated token (X-Auth-Actor set): a policy with delegation and its login handler's key.
+    apply(&token_policy_manifest(
+        &s.ns.name,
+        "users",
+        "  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:admin\"]\n  \
+         delegation: {subjectPattern: \"^user-[0-9]+$\"}\n",
+    ));
+    let handler = s
+        .key(
+            "handler",
+            "  subject: login-handler\n  scopes: [\"orders:read\", \"orders:admin\"]\n  tokenPolicyRef: {name: users}\n",
+        )
+        .await;
+    let delegated = mint(
+        &s,
+        &handler,
+        "grant_type=client_credentials&requested_subject=user-42",
+    )
+    .await;
     let credentials = [
         ("the key as X-Api-Key", "x-api-key", key.clone()),
         ("the key as Bearer", "authorization", format!("Bearer {key}")),
         ("a token", "authorization", format!("Bearer {token}")),
+        (
+            "a delegated token",
+            "authorization",
+            format!("Bearer {delegated}"),
+        ),
     ];
     let mut checked = 0;
     for (proxy, base) in s.proxies() {
@@ -475,8 +499,17 @@ async fn no_client_sent_identity_header_reaches_the_upstream_through_any_locatio
                     assert!(values.len() <= 1, "{at}: {n} arrived {} times", values.len());
                     values.first().map(|v| v.to_string()).unwrap_or_default()
                 };
-                assert_eq!(one("x-auth-subject"), "svc", "{at}");
                 assert_eq!(one("x-auth-namespace"), s.ns.name, "{at}");
+                if *what == "a delegated token" {
+                    assert_eq!(one("x-auth-subject"), "user-42", "{at}");
+                    assert_eq!(one("x-auth-actor"), "login-handler", "{at}");
+                    assert_eq!(one("x-auth-key-id"), handler[3..15], "{at}");
+                    assert_eq!(one("x-auth-role"), "", "{at}");
+                    checked += 1;
+                    continue;
+                }
+                assert_eq!(one("x-auth-actor"), "", "{at}");
+                assert_eq!(one("x-auth-subject"), "svc", "{at}");
                 assert_eq!(one("x-auth-key-id"), key[3..15], "{at}");
                 if *what == "a token" {
                     assert_eq!(one("x-auth-role"), "admin", "{at}");
@@ -492,7 +525,7 @@ async fn no_client_sent_identity_header_reaches_the_upstream_through_any_locatio
             }
         }
     }
-    assert_eq!(checked, 12);
+    assert_eq!(checked, 16);
 }
 
 #[tokio::test]

@@ -42,6 +42,9 @@ fn crypto_per_core() {
             client_id: "AbCdEfGhIjKl".into(),
             scope: "orders:read".into(),
             role: None,
+            act: None,
+            sid: None,
+            auth_time: None,
             custom: Default::default(),
         };
         let header = claims::header(verifying.algorithm, &key.kid);

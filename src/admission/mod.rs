@@ -19,6 +19,9 @@
 //!   `TokenPolicyMissing` until the policy arrives. On UPDATE only scopes
 //!   that the edit adds are checked, so that a policy narrowed later does
 //!   not block unrelated edits of old keys.
+//! - **TokenPolicy, CREATE and UPDATE**: `spec.delegation.subjectPattern`
+//!   must compile as an RE2 expression within the size bound of
+//!   [`crate::token::session`] (CEL cannot compile one).
 //! - **TokenPolicy, UPDATE**: `spec.issuer` cannot change (tokens already
 //!   issued and every verifier's configuration carry it): create a new
 //!   TokenPolicy instead.
@@ -418,6 +421,13 @@ fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
     let Some(policy) = parse_object::<TokenPolicy>(request.object.as_ref()) else {
         return unreadable("TokenPolicy", "object");
     };
+    // CEL cannot compile a regular expression; this is the one place that
+    // does before the server sees it (which then delegates nothing).
+    if let Some(delegation) = &policy.spec.delegation
+        && let Err(e) = crate::token::session::SubjectPattern::compile(&delegation.subject_pattern)
+    {
+        return Verdict::deny(e.to_string());
+    }
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let claims = grants::token_policy_claims(request, &policy);
     let verdict = grants::check(

@@ -500,3 +500,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_subject_pattern_must_compile_within_its_bound() {
+    let tp = |pattern: &str| {
+        json!({"apiVersion": "latchkey.dev/v1alpha1", "kind": "TokenPolicy",
+               "metadata": {"name": "tp", "namespace": "team"},
+               "spec": {"audiences": ["api"], "delegation": {"subjectPattern": pattern}, "sessionMaxAge": "8h"}})
+    };
+    let kind = ("latchkey.dev", "TokenPolicy");
+    for op in ["CREATE", "UPDATE"] {
+        let old = (op == "UPDATE").then(|| tp("^user-[0-9]+$"));
+        let ok = request(kind, op, "alice", tp("^user-[0-9]+$"), old.clone());
+        assert!(decide(&ok, &Facts::default(), &Config::default()).allowed, "{op}");
+        for (bad, says) in [
+            ("(?<=x)user", "not a valid RE2"),
+            (r"\w{1000}\w{1000}", "too complex"),
+            ("^(user-[0-9]+$", "not a valid RE2"),
+        ] {
+            let req = request(kind, op, "alice", tp(bad), old.clone());
+            let v = decide(&req, &Facts::default(), &Config::default());
+            assert!(!v.allowed, "{op} {bad}");
+            assert!(v.message.contains(says), "{op} {bad}: {}", v.message);
+            assert!(
+                v.message.contains("spec.delegation.subjectPattern"),
+                "{}",
+                v.message
+            );
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub use api_key::{
     Rotation, SecretTemplate, TokenPolicyRef,
 };
 pub use credential_grant::{CredentialGrant, CredentialGrantSpec};
+pub use token_policy::Delegation;
 pub use token_policy::{
     CustomClaim, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
     TokenPolicyStatus, default_path_owner, issuer_path,

@@ -159,6 +159,37 @@ pub struct TokenPolicySpec {
     /// `spec.tokenPolicyRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_selector: Option<LabelSelector>,
+
+    /// Lets the ApiKeys this policy admits mint tokens for end users
+    /// (`requested_subject=<user>` at `POST /token`): the token's `sub` is
+    /// the user, its `act.sub` the ApiKey's subject. Without it,
+    /// `requested_subject` is refused (`unauthorized_client`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Delegation>,
+
+    /// The longest a session lasts through refreshes (RFC 8693 token
+    /// exchange at `POST /token`): no token of a session expires after its
+    /// `auth_time` plus this. Default: `maxTTL` (no refresh past the first
+    /// token's longest lifetime); between `10s` and `8760h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 24), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "self != '' && duration(self) >= duration('10s') && duration(self) <= duration('8760h')"
+    ).message("spec.sessionMaxAge must be a duration between 10s and 8760h, for example 8h"))]
+    pub session_max_age: Option<String>,
+}
+
+/// Delegation: whom the admitted ApiKeys may mint tokens for.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Delegation {
+    /// An RE2 regular expression (Rust's `regex` syntax: no look-around, no
+    /// back-references) that a requested subject must match as a whole
+    /// (it is anchored at both ends), for example `^user-[0-9]+$`. At most
+    /// 256 characters; the admission webhook refuses one that does not
+    /// compile or compiles to more than 64 KiB.
+    #[schemars(length(min = 1, max = 256))]
+    pub subject_pattern: String,
 }
 
 /// Signature algorithm of a policy's signing keys.

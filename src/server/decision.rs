@@ -34,6 +34,7 @@
 //! the metering).
 
 use super::counters::{Denied, KeyCounters};
+pub use super::identity::X_AUTH_ACTOR;
 pub use super::identity::{
     CLAIM_HEADER_PREFIX, ClaimHeader, IDENTITY_HEADERS, Identity, X_AUTH_CLAIMS, X_AUTH_KEY_ID,
     X_AUTH_NAMESPACE, X_AUTH_ROLE, X_AUTH_SCOPES, X_AUTH_SUBJECT, claims_header,
@@ -515,6 +516,7 @@ impl Decision {
                     role,
                     claims,
                     claim_values,
+                    actor,
                 } = *identity;
                 for ClaimHeader { claim, header } in claim_headers {
                     let value = claim_values.iter().find(|(n, _)| **n == **claim);
@@ -526,6 +528,7 @@ impl Decision {
                 headers.insert(X_AUTH_NAMESPACE, namespace);
                 headers.insert(X_AUTH_ROLE, role);
                 headers.insert(X_AUTH_CLAIMS, claims);
+                headers.insert(X_AUTH_ACTOR, actor);
                 let cache = match max_age {
                     0 => NO_STORE,
                     1 => HeaderValue::from_static("private, max-age=1"),

@@ -24,17 +24,21 @@ pub const X_AUTH_NAMESPACE: HeaderName = HeaderName::from_static("x-auth-namespa
 pub const X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
 /// A token's custom claims as one compact JSON object (`{}` for an API key).
 pub const X_AUTH_CLAIMS: HeaderName = HeaderName::from_static("x-auth-claims");
+/// A delegated token's actor (`act.sub`: the subject of the ApiKey that
+/// minted it for the user in `X-Auth-Subject`); empty otherwise.
+pub const X_AUTH_ACTOR: HeaderName = HeaderName::from_static("x-auth-actor");
 /// Prefix of the per-claim headers the operator lists (`--claim-header`).
 pub const CLAIM_HEADER_PREFIX: &str = "x-auth-claim-";
 /// Every identity header an allow carries, always (the fixed list every
 /// proxy recipe names), besides the operator's `--claim-header`s.
-pub const IDENTITY_HEADERS: [HeaderName; 6] = [
+pub const IDENTITY_HEADERS: [HeaderName; 7] = [
     X_AUTH_SUBJECT,
     X_AUTH_SCOPES,
     X_AUTH_KEY_ID,
     X_AUTH_NAMESPACE,
     X_AUTH_ROLE,
     X_AUTH_CLAIMS,
+    X_AUTH_ACTOR,
 ];
 
 pub(crate) const EMPTY: HeaderValue = HeaderValue::from_static("");
@@ -92,6 +96,8 @@ pub struct Identity {
     pub claims: HeaderValue,
     /// A token's string custom claims by name (for `--claim-header`).
     pub claim_values: Vec<(Box<str>, HeaderValue)>,
+    /// A delegated token's `act.sub`; empty otherwise.
+    pub actor: HeaderValue,
 }
 
 impl Identity {
@@ -107,6 +113,7 @@ impl Identity {
             role: EMPTY,
             claims: NO_CLAIMS,
             claim_values: Vec::new(),
+            actor: EMPTY,
         }
     }
 }
@@ -127,6 +134,7 @@ impl Identity {
                 .iter()
                 .map(|(n, v)| (n.clone(), copy(v)))
                 .collect(),
+            actor: copy(&self.actor),
         }
     }
 }

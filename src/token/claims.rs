@@ -100,6 +100,9 @@ pub enum TokenError {
         retry_after: u64,
         limit: u32,
     },
+    /// A token exchange's `subject_token` is expired, of another client or
+    /// policy, or its session is over (RFC 6749 §5.2, as for a refresh token).
+    InvalidGrant(String),
 }
 
 impl TokenError {
@@ -112,6 +115,7 @@ impl TokenError {
             TokenError::InvalidScope(_) => "invalid_scope",
             TokenError::TemporarilyUnavailable(_) => "temporarily_unavailable",
             TokenError::RateLimited { .. } => "rate_limited",
+            TokenError::InvalidGrant(_) => "invalid_grant",
         }
     }
 
@@ -121,8 +125,11 @@ impl TokenError {
             | TokenError::InvalidClient(d)
             | TokenError::UnauthorizedClient(d)
             | TokenError::InvalidScope(d)
-            | TokenError::TemporarilyUnavailable(d) => d,
-            TokenError::UnsupportedGrantType => "only grant_type=client_credentials is supported",
+            | TokenError::TemporarilyUnavailable(d)
+            | TokenError::InvalidGrant(d) => d,
+            TokenError::UnsupportedGrantType => {
+                "grant_type must be client_credentials or urn:ietf:params:oauth:grant-type:token-exchange"
+            }
             TokenError::RateLimited { .. } => {
                 "the API key is over its rate limit; retry after Retry-After seconds"
             }
@@ -140,6 +147,8 @@ pub struct TokenRequest {
     pub expires_in: Option<i64>,
     /// The TokenPolicy to use when several admit the key.
     pub policy: Option<String>,
+    /// Delegation and token exchange ([`super::session`]).
+    pub session: super::session::SessionRequest,
 }
 
 impl TokenRequest {
@@ -193,6 +202,9 @@ impl TokenRequest {
                         return Err(dup());
                     }
                 }
+                n if super::session::SessionRequest::PARAMETERS.contains(&n) => {
+                    req.session.set(n, &value)?;
+                }
                 // Other parameters are ignored (RFC 6749 §3.2).
                 _ => {}
             }
@@ -200,6 +212,10 @@ impl TokenRequest {
         match grant_type.as_deref() {
             None => Err(TokenError::InvalidRequest("grant_type is missing".into())),
             Some("client_credentials") => Ok(req),
+            Some(super::session::TOKEN_EXCHANGE) => {
+                req.session.check_exchange()?;
+                Ok(req)
+            }
             Some(_) => Err(TokenError::UnsupportedGrantType),
         }
     }
@@ -268,6 +284,15 @@ pub struct AccessClaims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// RFC 8693 §4.1: who acted, for a delegated token (`sub` is the user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<super::session::Actor>,
+    /// The session id, the same through refreshes ([`super::session`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// When the session began (OIDC `auth_time`), the same through refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
     #[serde(flatten)]
     pub custom: BTreeMap<String, serde_json::Value>,
 }
@@ -401,6 +426,9 @@ pub fn build_claims(
         client_id: client.key_id.to_owned(),
         scope: scopes.join(" "),
         role: request.role.clone(),
+        act: None,
+        sid: None,
+        auth_time: None,
         custom,
     })
 }

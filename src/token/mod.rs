@@ -1,9 +1,11 @@
 //! Short-lived tokens (TokenPolicy), pure logic: signing-key material
 //! ([`keys`]), the signing-key schedule ([`schedule`]), and token requests,
-//! claims and verification ([`claims`]). No client; callers pass the time.
+//! claims and verification ([`claims`]), delegation and sessions
+//! ([`session`]). No client; callers pass the time.
 
 pub mod claims;
 pub mod issuer;
 pub mod jwks;
 pub mod keys;
 pub mod schedule;
+pub mod session;

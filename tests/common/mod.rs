@@ -28,6 +28,7 @@
 //! - [`proxy`]: the proxy tests' configurations, echo upstream, answers,
 //!   and nginx started on a rendered configuration.
 //! - [`stats`]: percentiles (shared with benches/auth).
+//! - [`verifiers`]: PyJWT and node `jose` verifying a token.
 //!
 //! Every test binary declares `mod common;` and uses a part of it, so the
 //! rest would warn as dead code in that binary: hence the `allow` below.
@@ -42,9 +43,12 @@ pub mod process;
 pub mod proxy;
 pub mod stats;
 pub mod tls;
+pub mod verifiers;
 pub mod webhook;
 
 // Files that name what they use (`use common::{…}`) leave some unused.
+#[allow(unused_imports)]
+pub use verifiers::third_party_verify;
 #[allow(unused_imports)]
 pub use {api_keys::*, cluster::*, crash::*, http::*, latchkey_process::*, stats::*};
 

@@ -163,7 +163,7 @@ impl Answer {
 /// Every identity header a client might forge, each with a value that
 /// contains `forged`, one of them twice, and the underscore spellings some
 /// frameworks (CGI, WSGI) read as the same header.
-pub const FORGED: [(&str, &str); 10] = [
+pub const FORGED: [(&str, &str); 12] = [
     ("x-auth-subject", "forged-subject"),
     ("x-auth-scopes", "orders:read orders:admin forged"),
     ("x-auth-key-id", "forged-key-id"),
@@ -174,4 +174,6 @@ pub const FORGED: [(&str, &str); 10] = [
     ("x-auth-claims", "{\"tenant\":\"forged\"}"),
     ("x_auth_role", "forged-underscore"),
     ("x_auth_namespace", "forged-underscore"),
+    ("x-auth-actor", "forged-actor"),
+    ("x_auth_actor", "forged-underscore"),
 ];

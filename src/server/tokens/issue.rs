@@ -159,20 +159,44 @@ pub fn issue(
         audiences: &owner.audiences,
     };
     let jti = key::random_id(22);
-    let claims = claims::build_claims(&policy.rules, &client, &request, now_s, jti)?;
+    let exchange = request.session.exchange;
+    let claims = if exchange {
+        super::exchange::refreshed_claims(
+            &state.index,
+            &snapshot,
+            &policy,
+            owner,
+            &client,
+            &request,
+            now,
+            jti,
+        )?
+    } else {
+        let mut claims = claims::build_claims(&policy.rules, &client, &request, now_s, jti)?;
+        let grants = state.index.grants();
+        let granted = |subject: &str| grants.subject_granted(owner.namespace(), subject);
+        let sid = key::random_id(22);
+        crate::token::session::start(&mut claims, &policy.session, &request, granted, sid, now_s)?;
+        claims
+    };
     let token = jsonwebtoken::encode(
         &claims::header(signer.algorithm, &signer.kid),
         &claims,
         &signer.key,
     )
     .map_err(|_| TokenError::TemporarilyUnavailable("signing failed".into()))?;
-    tracing::debug!(policy = %policy.name, kid = %signer.kid, client_id = %key_id, "issued a token");
-    Ok(json!({
+    tracing::debug!(policy = %policy.name, kid = %signer.kid, client_id = %key_id, exchange, "issued a token");
+    let mut answer = json!({
         "access_token": token,
         "token_type": "Bearer",
         "expires_in": claims.exp - now_s,
         "scope": claims.scope,
-    }))
+    });
+    if exchange {
+        // RFC 8693 §2.2.1.
+        answer["issued_token_type"] = json!(crate::token::session::ACCESS_TOKEN_TYPE);
+    }
+    Ok(answer)
 }
 
 pub(super) fn token_response(

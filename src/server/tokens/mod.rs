@@ -44,6 +44,7 @@
 //! [`feed`] (the watches).
 
 mod endpoints;
+mod exchange;
 mod feed;
 mod issue;
 mod snapshot;
@@ -116,6 +117,8 @@ pub struct PolicyEntry {
     /// Other policies (`namespace/name`) that claim the same issuer path;
     /// while there is one, this policy issues and verifies nothing.
     pub conflicts: Vec<String>,
+    /// Delegation and the session bound ([`crate::token::session`]).
+    pub session: crate::token::session::SessionRules,
 }
 
 impl PolicyEntry {
@@ -226,5 +229,7 @@ pub struct SigningSecret {
     pub keys: PemsByKid,
 }
 
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;

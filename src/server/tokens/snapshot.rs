@@ -91,7 +91,7 @@ pub fn build_snapshot(
             "issuer": issuer,
             "jwks_uri": format!("{issuer}{JWKS_SUFFIX}"),
             "token_endpoint": format!("{issuer}{TOKEN_SUFFIX}"),
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": ["client_credentials", crate::token::session::TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "response_types_supported": ["token"],
             "scopes_supported": policy.spec.allowed_scopes,
@@ -125,6 +125,7 @@ pub fn build_snapshot(
             jwks_max_age: (settings.pre_publish.as_secs() / 2).max(0) as u64,
             discovery: discovery.to_string(),
             conflicts,
+            session: crate::token::session::SessionRules::of(&policy.spec, settings.max_ttl.as_secs()),
         });
         if entry.conflicts.is_empty() {
             snap.by_issuer_path.insert(path, entry.clone());

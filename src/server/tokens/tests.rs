@@ -65,6 +65,9 @@ fn a_cached_token_is_refused_once_its_key_is_removed() {
         client_id: "AbCdEfGhIjKl".into(),
         scope: "orders:read".into(),
         role: None,
+        act: None,
+        sid: None,
+        auth_time: None,
         custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
     };
     let token = jsonwebtoken::encode(
@@ -310,6 +313,9 @@ fn a_token_speaks_only_for_a_key_its_policy_admits() {
             client_id: client_id.into(),
             scope: "orders:read".into(),
             role: None,
+            act: None,
+            sid: None,
+            auth_time: None,
             custom: BTreeMap::new(),
         };
         jsonwebtoken::encode(
@@ -411,6 +417,9 @@ fn sign(policy: &PolicyEntry, issuer: &str, client_id: &str) -> String {
         client_id: client_id.into(),
         scope: "orders:read".into(),
         role: Some("reader".into()),
+        act: None,
+        sid: None,
+        auth_time: None,
         custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
     };
     jsonwebtoken::encode(
@@ -607,6 +616,9 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
             client_id: client.into(),
             scope: "orders:read".into(),
             role: None,
+            act: None,
+            sid: None,
+            auth_time: None,
             custom,
         };
         jsonwebtoken::encode(

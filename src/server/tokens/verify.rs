@@ -117,6 +117,8 @@ pub fn cache_weight(t: &CachedToken) -> usize {
         + string(&c.client_id)
         + string(&c.scope)
         + c.role.as_ref().map_or(0, string)
+        + c.act.as_ref().map_or(0, |a| string(&a.sub))
+        + c.sid.as_ref().map_or(0, string)
         + alloc(c.aud.capacity() * std::mem::size_of::<String>())
         + c.aud.iter().map(string).sum::<usize>()
         + string(&t.kid)
@@ -136,6 +138,7 @@ pub(super) fn identity_bytes(i: &Identity) -> usize {
         + header(&i.namespace)
         + header(&i.role)
         + header(&i.claims)
+        + header(&i.actor)
         + alloc(i.claim_values.capacity() * std::mem::size_of::<(Box<str>, HeaderValue)>())
         + i.claim_values
             .iter()
@@ -184,6 +187,7 @@ pub(super) fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> Ca
             .iter()
             .filter_map(|(name, value)| Some((name.as_str().into(), header(value.as_str()?))))
             .collect(),
+        actor: header(claims.act.as_ref().map_or("", |a| a.sub.as_str())),
     };
     CachedToken {
         client_id: KeyId::try_from(claims.client_id.as_bytes()).ok(),
@@ -272,6 +276,15 @@ pub fn introspect_token(
             });
             if let Some(role) = &c.role {
                 out["role"] = json!(role);
+            }
+            if let Some(act) = &c.act {
+                out["act"] = json!(act);
+            }
+            if let Some(sid) = &c.sid {
+                out["sid"] = json!(sid);
+            }
+            if let Some(auth_time) = c.auth_time {
+                out["auth_time"] = json!(auth_time);
             }
             // Never over an RFC 7662 member: `active` stays a boolean (a
             // verified token has no reserved custom claim anyway).

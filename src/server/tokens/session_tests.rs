@@ -1,0 +1,257 @@
+//! Delegation and refresh through `issue` with a manual clock: what one
+//! namespace's key holder can and cannot do with the sessions of a policy.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::crd::{ApiKey, ApiKeySpec, ApiKeyStatus, Delegation, KeyRecord, SigningAlgorithm, TokenPolicyRef};
+use crate::fixtures::{policy_with_key, signing_secret};
+use crate::key::ApiKeyValue;
+use crate::token::session::{ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+const NOW: i64 = 1_800_000_000;
+
+struct World {
+    state: super::super::AppState,
+    clock: ManualClock,
+    /// shop/frontend (policy login): the login handler.
+    handler: ApiKeyValue,
+    /// shop/attacker (policy login too): another key holder of the namespace.
+    attacker: ApiKeyValue,
+    /// shop/other-app (policy other, without delegation).
+    other: ApiKeyValue,
+}
+
+fn api_key(name: &str, subject: &str, policy: &str) -> (ApiKey, ApiKeyValue) {
+    let value = ApiKeyValue::generate();
+    let mut ak = ApiKey::new(
+        name,
+        ApiKeySpec {
+            subject: Some(subject.into()),
+            scopes: vec!["orders:read".into(), "orders:write".into()],
+            token_policy_ref: Some(TokenPolicyRef { name: policy.into() }),
+            ..Default::default()
+        },
+    );
+    ak.metadata.namespace = Some("shop".into());
+    ak.status = Some(ApiKeyStatus {
+        current_key: Some(KeyRecord {
+            id: value.key_id().into(),
+            sha256: value.sha256_hex(),
+            issued_at: Time(Timestamp::UNIX_EPOCH),
+            valid_until: None,
+        }),
+        ..Default::default()
+    });
+    (ak, value)
+}
+
+fn world() -> World {
+    let (mut login, login_key) = policy_with_key(SigningAlgorithm::ES256);
+    login.spec.allowed_scopes = vec!["orders:read".into(), "orders:write".into()];
+    login.spec.delegation = Some(Delegation {
+        subject_pattern: "^user-[0-9]+$".into(),
+    });
+    login.spec.session_max_age = Some("30m".into());
+    let (mut other, other_key) = policy_with_key(SigningAlgorithm::ES256);
+    other.metadata.name = Some("other".into());
+    other.metadata.uid = Some("uid-shop-other".into());
+    let mut secrets = signing_secret(&login, &login_key);
+    secrets.extend(signing_secret(&other, &other_key));
+    let policies = BTreeMap::from([
+        (("shop".to_string(), "login".to_string()), login),
+        (("shop".to_string(), "other".to_string()), other),
+    ]);
+    let tokens = Tokens::default();
+    tokens.replace(build_snapshot(&policies, &secrets, "http://127.0.0.1:8080"));
+    tokens.mark_synced();
+    let (a, handler) = api_key("frontend", "login-service", "login");
+    let (b, attacker) = api_key("attacker", "attacker-svc", "login");
+    let (c, other_value) = api_key("other-app", "other-svc", "other");
+    let index = Index::default();
+    let mut rebuild = super::super::index::Rebuild::default();
+    for ak in [&a, &b, &c] {
+        rebuild.apply(ak, None);
+    }
+    index.replace(rebuild);
+    let clock = ManualClock::new(Timestamp::from_second(NOW).unwrap());
+    let state = super::super::AppState {
+        index: Arc::new(index),
+        tokens: Arc::new(tokens),
+        clock: Arc::new(clock.clone()),
+        options: super::super::Options::for_tests("http://127.0.0.1:8080"),
+        metrics: super::super::metrics::Metrics::new(),
+    };
+    World {
+        state,
+        clock,
+        handler,
+        attacker,
+        other: other_value,
+    }
+}
+
+impl World {
+    fn at(&self, secs: i64) {
+        self.clock.set(Timestamp::from_second(NOW + secs).unwrap());
+    }
+
+    fn token(&self, key: &ApiKeyValue, body: &str) -> Result<serde_json::Value, TokenError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())).unwrap(),
+        );
+        issue(&self.state, &h, body.as_bytes(), None)
+    }
+
+    fn mint(&self, key: &ApiKeyValue, subject: &str) -> Result<String, TokenError> {
+        let body = format!("grant_type=client_credentials&requested_subject={subject}");
+        self.token(key, &body)
+            .map(|v| v["access_token"].as_str().unwrap().to_owned())
+    }
+
+    fn refresh(&self, key: &ApiKeyValue, token: &str, extra: &str) -> Result<serde_json::Value, TokenError> {
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let body = format!(
+            "grant_type={}&subject_token={}&subject_token_type={}{extra}",
+            enc(TOKEN_EXCHANGE),
+            enc(token),
+            enc(ACCESS_TOKEN_TYPE)
+        );
+        self.token(key, &body)
+    }
+
+    fn introspect(&self, token: &str) -> Option<serde_json::Value> {
+        introspect_token(
+            token,
+            &self.state.index,
+            &self.state.tokens,
+            self.state.clock.now(),
+        )
+    }
+}
+
+#[test]
+fn a_delegated_token_says_who_the_user_is_and_who_acted() {
+    let w = world();
+    let token = w.mint(&w.handler, "user-42").unwrap();
+    let info = w.introspect(&token).unwrap();
+    assert_eq!(info["sub"], "user-42");
+    assert_eq!(info["act"], json!({"sub": "login-service"}));
+    assert_eq!(info["client_id"], w.handler.key_id());
+    assert_eq!(info["auth_time"], json!(NOW));
+    assert_eq!(info["sid"].as_str().unwrap().len(), 22);
+    let d = decide_token(
+        &token,
+        &Requirement::from_query(Some("scope=orders:read")),
+        &w.state.index,
+        &w.state.tokens,
+        w.state.clock.now(),
+        1,
+    );
+    let resp = d.into_response();
+    let h = |n: &str| resp.headers()[n].to_str().unwrap().to_owned();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(h("x-auth-subject"), "user-42");
+    assert_eq!(h("x-auth-actor"), "login-service");
+    assert_eq!(h("x-auth-key-id"), w.handler.key_id());
+    assert_eq!(h("x-auth-namespace"), "shop");
+    // A token of the key itself: a session too, no actor.
+    let own = w.token(&w.handler, "grant_type=client_credentials").unwrap();
+    let own = w.introspect(own["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (own["sub"].as_str(), own.get("act")),
+        (Some("login-service"), None)
+    );
+    assert!(own["sid"].is_string() && own["auth_time"] == json!(NOW));
+    assert_ne!(own["sid"], info["sid"], "a new session per mint");
+}
+
+#[test]
+fn requested_subjects_outside_the_pattern_or_without_delegation_are_refused() {
+    let w = world();
+    for subject in ["admin", "user-42-admin", "login-service", "other-svc"] {
+        let e = w.mint(&w.handler, subject).unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{subject}");
+    }
+    let e = w.mint(&w.other, "user-42").unwrap_err();
+    assert_eq!(e.code(), "unauthorized_client");
+    assert!(e.description().contains("spec.delegation"), "{e:?}");
+}
+
+#[test]
+fn refresh_keeps_the_session_until_session_max_age_and_not_after() {
+    let w = world();
+    let first = w.mint(&w.handler, "user-42").unwrap();
+    let before = w.introspect(&first).unwrap();
+    w.at(600);
+    let answer = w.refresh(&w.handler, &first, "").unwrap();
+    assert_eq!(answer["issued_token_type"], ACCESS_TOKEN_TYPE);
+    assert_eq!(answer["token_type"], "Bearer");
+    assert_eq!(answer["expires_in"], json!(900));
+    let second = answer["access_token"].as_str().unwrap().to_owned();
+    let after = w.introspect(&second).unwrap();
+    for claim in ["sub", "sid", "auth_time", "act", "scope"] {
+        assert_eq!(after[claim], before[claim], "{claim}");
+    }
+    assert_eq!(after["iat"], json!(NOW + 600));
+    // Narrower is fine, wider is invalid_scope.
+    let narrow = w.refresh(&w.handler, &second, "&scope=orders:read").unwrap();
+    assert_eq!(narrow["scope"], "orders:read");
+    let narrow = narrow["access_token"].as_str().unwrap().to_owned();
+    let wider = w.refresh(&w.handler, &narrow, "&scope=orders:write").unwrap_err();
+    assert_eq!(wider.code(), "invalid_scope");
+    // 25 minutes in: the new token ends with the session (30m).
+    w.at(1500);
+    let last = w.refresh(&w.handler, &second, "").unwrap();
+    assert_eq!(last["expires_in"], json!(300));
+    // At the end of the session, even a still-valid token cannot refresh.
+    w.at(1800);
+    let last = last["access_token"].as_str().unwrap().to_owned();
+    assert!(w.introspect(&last).is_some(), "still valid (leeway)");
+    let over = w.refresh(&w.handler, &last, "").unwrap_err();
+    assert_eq!(over.code(), "invalid_grant");
+    let resp = token_error(&over);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn an_expired_subject_token_cannot_be_refreshed() {
+    let w = world();
+    let first = w.mint(&w.handler, "user-7").unwrap();
+    w.at(900 + claims::CLOCK_LEEWAY + 1);
+    let e = w.refresh(&w.handler, &first, "").unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+    assert!(e.description().contains("expired"), "{e:?}");
+    let e = w.refresh(&w.handler, "eyJnot.a.token", "").unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+}
+
+#[test]
+fn another_key_holder_cannot_refresh_someone_else_s_session() {
+    let w = world();
+    let victim = w.mint(&w.handler, "user-42").unwrap();
+    // Same namespace, same policy, its own valid key: another client.
+    let e = w.refresh(&w.attacker, &victim, "").unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+    assert!(e.description().contains("another client"), "{e:?}");
+    // A key of another policy: the token is not of its policy.
+    let e = w.refresh(&w.other, &victim, "").unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+    let e = w.refresh(&w.other, &victim, "&policy=login").unwrap_err();
+    assert_eq!(
+        e.code(),
+        "unauthorized_client",
+        "the other key is not admitted by login"
+    );
+    // And its own token cannot be refreshed at the login policy either.
+    let own = w.token(&w.other, "grant_type=client_credentials").unwrap();
+    let own = own["access_token"].as_str().unwrap();
+    let e = w.refresh(&w.handler, own, "").unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+}
