@@ -98,6 +98,7 @@ fn assert_allowed<'a>(answer: &'a Value, subject: &str, namespace: &str, name: &
         "x-auth-namespace",
         "x-auth-role",
         "x-auth-claims",
+        "x-auth-actor",
         "x-auth-claim-tenant",
     ] {
         assert!(set.get(h).is_some(), "{h} not set: {answer}");
