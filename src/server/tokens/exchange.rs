@@ -35,7 +35,8 @@ pub(super) fn refreshed_claims(
         .policy_by_kid
         .get(&kid)
         .is_some_and(|p| p.namespace == policy.namespace && p.name == policy.name);
-    // Any valid key of the caller's own ApiKey (a rotation keeps sessions).
+    // The key that minted it must still be valid (as on every route), and
+    // be of the caller's own ApiKey (any of its keys: a rotation keeps sessions).
     let same_api_key = KeyId::try_from(old.client_id.as_bytes())
         .ok()
         .and_then(|id| {
@@ -43,7 +44,12 @@ pub(super) fn refreshed_claims(
                 entry.owner.namespace() == owner.namespace() && entry.owner.name() == owner.name()
             })
         })
-        .unwrap_or(false);
+        .ok_or_else(|| {
+            TokenError::InvalidGrant(
+                "the API key that minted the subject_token is revoked, expired or past its grace period"
+                    .into(),
+            )
+        })?;
     let presented = Presented {
         claims: &old,
         same_policy,

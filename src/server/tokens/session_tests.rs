@@ -255,3 +255,52 @@ fn another_key_holder_cannot_refresh_someone_else_s_session() {
     let e = w.refresh(&w.handler, own, "").unwrap_err();
     assert_eq!(e.code(), "invalid_grant");
 }
+
+#[test]
+fn in_a_restricted_namespace_the_user_must_be_a_granted_subject() {
+    use crate::crd::CredentialGrantSpec;
+    let w = world();
+    let grant = CredentialGrantSpec {
+        namespaces: vec!["shop".into()],
+        scopes: vec!["orders:*".into()],
+        audiences: vec!["orders".into()],
+        subjects: vec!["login-service".into(), "user-1*".into()],
+        introspect_namespaces: None,
+    };
+    w.state.index.set_grants(Arc::new(crate::grants::Grants::new(
+        vec![("shop".into(), grant)],
+        false,
+    )));
+    let ok = w.mint(&w.handler, "user-12").unwrap();
+    assert_eq!(w.introspect(&ok).unwrap()["sub"], "user-12");
+    let e = w.mint(&w.handler, "user-42").unwrap_err();
+    assert_eq!(e.code(), "invalid_request");
+    assert!(e.description().contains("CredentialGrants"), "{e:?}");
+}
+
+#[test]
+fn a_session_survives_a_rotation_of_the_minting_apikey() {
+    let w = world();
+    let old_key = w.handler.clone();
+    let token = w.mint(&old_key, "user-42").unwrap();
+    // The ApiKey rotates: a new current key, the old one in its grace period.
+    let (mut rotated, new_key) = api_key("frontend", "login-service", "login");
+    let status = rotated.status.as_mut().unwrap();
+    status.previous_keys = vec![KeyRecord {
+        id: old_key.key_id().into(),
+        sha256: old_key.sha256_hex(),
+        issued_at: Time(Timestamp::UNIX_EPOCH),
+        valid_until: Some(Time(Timestamp::from_second(NOW + 600).unwrap())),
+    }];
+    w.state.index.apply(&rotated);
+    let fresh = w.refresh(&new_key, &token, "").unwrap();
+    let info = w.introspect(fresh["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(info["client_id"], new_key.key_id());
+    assert_eq!(info["sub"], "user-42");
+    // Once the old key's grace ends, its tokens (and so their refresh) end
+    // too, though the token's own exp (NOW + 900) has not come.
+    w.at(601);
+    let e = w.refresh(&new_key, &token, "").unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+    assert!(e.description().contains("grace period"), "{e:?}");
+}
