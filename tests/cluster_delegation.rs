@@ -334,3 +334,69 @@ async fn a_login_handler_mints_user_tokens_that_refresh_within_the_session() {
         assert!(!log.contains(secret.as_str()), "a credential in latchkey's log");
     }
 }
+
+#[tokio::test]
+async fn the_api_server_refuses_patterns_and_sessions_that_cannot_work() {
+    let ns = TestNamespace::new("delegation-wh").await;
+    let n = ns.name.as_str();
+    let _webhook = common::webhook::Webhook::start(n, &[]);
+    // This worktree's schema (the shared control plane may hold another's).
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        repo().join("crds").to_str().unwrap(),
+    ]);
+    let policy = |name: &str, extra: &str| {
+        token_policy_manifest(
+            n,
+            name,
+            &format!("  audiences: [calendar]\n  issuer: https://auth.example.com/{n}/{name}\n{extra}"),
+        )
+    };
+    // The webhook compiles the pattern (CEL cannot).
+    for (pattern, says) in [
+        (
+            "'(?<=x)user-[0-9]+'",
+            "spec.delegation.subjectPattern is not a valid RE2 regular expression",
+        ),
+        (
+            "'^(user-[0-9]+$'",
+            "spec.delegation.subjectPattern is not a valid RE2 regular expression",
+        ),
+        (
+            "'\\w{1000}\\w{1000}'",
+            "spec.delegation.subjectPattern is too complex",
+        ),
+    ] {
+        common::webhook::assert_refused(
+            &policy("bad", &format!("  delegation: {{subjectPattern: {pattern}}}\n")),
+            says,
+        );
+    }
+    // The schema bounds its length; CEL the session's.
+    let long = format!("'^{}$'", "a".repeat(300));
+    let (ok, out) = apply_result(
+        &policy("long", &format!("  delegation: {{subjectPattern: {long}}}\n")),
+        true,
+    );
+    assert!(!ok && out.contains("spec.delegation.subjectPattern"), "{out}");
+    let (ok, out) = apply_result(&policy("forever", "  sessionMaxAge: 9000h\n"), true);
+    assert!(
+        !ok && out.contains("spec.sessionMaxAge must be a duration between 10s and 8760h"),
+        "{out}"
+    );
+    // A good one passes, and an update to a bad one is refused too.
+    apply(&policy(
+        "good",
+        "  delegation: {subjectPattern: '^user-[0-9]+$'}\n  sessionMaxAge: 8h\n",
+    ));
+    common::webhook::assert_refused(
+        &policy(
+            "good",
+            "  delegation: {subjectPattern: '(?=x)'}\n  sessionMaxAge: 8h\n",
+        ),
+        "not a valid RE2",
+    );
+}
