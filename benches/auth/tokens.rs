@@ -73,7 +73,8 @@ pub async fn tokens() {
     let policy: TokenPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "TokenPolicy",
         "metadata": {"name": "bench", "namespace": bench.ns},
-        "spec": {"audiences": ["orders"], "allowedScopes": ["orders:read"], "tokenTTL": "1h"},
+        "spec": {"audiences": ["orders"], "allowedScopes": ["orders:read"], "tokenTTL": "1h",
+                 "delegation": {"subjectPattern": "^user-[0-9]+$"}},
     }))
     .unwrap();
     let policies: Api<TokenPolicy> = Api::namespaced(bench.client.clone(), &bench.ns);
@@ -148,12 +149,23 @@ pub async fn tokens() {
         ),
     )
     .unwrap();
+    // A delegated mint: the pattern matched, act, a new session.
+    let delegated_lua = bench.dir.join("mint-delegated.lua");
+    std::fs::write(
+        &delegated_lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = \"grant_type=client_credentials&requested_subject=user-42\"\n\
+             wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
+             wrk.headers[\"Authorization\"] = \"{basic}\"\n"
+        ),
+    )
+    .unwrap();
 
     let repeat = repeat();
     let seconds = 3;
     let connections = 64;
     type Target<'a> = (&'a str, String, Option<&'a str>, Option<&'a Path>);
-    let targets: [Target; 5] = [
+    let targets: [Target; 6] = [
         (
             "latchkey /livez (ceiling)",
             format!("http://127.0.0.1:{lk}/livez"),
@@ -179,6 +191,12 @@ pub async fn tokens() {
             None,
             Some(&mint_lua),
         ),
+        (
+            "POST /token (delegated mint ES256)",
+            token_url.clone(),
+            None,
+            Some(&delegated_lua),
+        ),
     ];
     let names: Vec<&str> = targets.iter().map(|(name, ..)| *name).collect();
     let rounds = Rounds::run(&names, |i| {
@@ -201,5 +219,6 @@ pub async fn tokens() {
     rounds.print_ratio("ratio API key / ceiling:            ", 1, 0);
     rounds.print_ratio("ratio JWT repeated / ceiling:       ", 2, 0);
     rounds.print_ratio("ratio JWT first seen / ceiling:     ", 3, 0);
+    rounds.print_ratio("ratio delegated mint / mint:        ", 5, 4);
     bench.cleanup().await;
 }
