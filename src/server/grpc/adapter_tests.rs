@@ -194,6 +194,7 @@ fn an_allow_sets_every_identity_header_and_removes_the_clients_others() {
         &[
             ("x-api-key", reader.expose()),
             ("x-auth-subject", "admin"),
+            ("x-auth-actor", "forged-actor"),
             ("x-auth-forged", "1"),
             ("x-other", "kept"),
         ],
@@ -215,6 +216,7 @@ fn an_allow_sets_every_identity_header_and_removes_the_clients_others() {
     assert_eq!(get("x-auth-key-id"), reader.key_id());
     assert_eq!(get("x-auth-namespace"), "shop");
     assert_eq!(get("x-auth-role"), "");
+    assert_eq!(get("x-auth-actor"), "", "overwritten, like x-auth-subject");
     assert_eq!(
         ok.headers_to_remove,
         ["x-auth-forged"],
