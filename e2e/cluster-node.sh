@@ -148,6 +148,13 @@ EOF
 
 node_containerd_up() {
   mkdir -p "$NODE_DIR/containerd"
+  # containerd 1.6 puts its shims' sockets under /run/containerd/s whatever
+  # its state directory, and the CRI plugin its network namespaces under
+  # /run/netns: remember which of these directories we make, to remove them.
+  local d
+  for d in /run/containerd /run/netns; do
+    [ -e "$d" ] || echo "$d"
+  done >>"$NODE_DIR/made-dirs"
   cat >"$NODE_DIR/containerd/config.toml" <<EOF
 version = 2
 root = "$NODE_DIR/containerd/root"
@@ -171,6 +178,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$NODE_DIR/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$NODE_DIR/cni/net.d"
@@ -324,18 +332,16 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
   [ -x "$NODE_BIN/kube-proxy" ] && "$NODE_BIN/kube-proxy" --cleanup >"$LOGS/kube-proxy-cleanup.log" 2>&1 || true
   iptables -w -D FORWARD -j LATCHKEY-NODE-FWD 2>/dev/null || true
   iptables -w -D INPUT -j LATCHKEY-NODE-IN 2>/dev/null || true
-  local t c
+  local t c rule
   for t in filter nat mangle; do
-    for c in $(node_chains "$t"); do
-      iptables -w -t "$t" -F "$c" 2>/dev/null || true
-    done
-    for c in $(node_chains "$t"); do
-      iptables -w -t "$t" -X "$c" 2>/dev/null || true
-    done
-    for c in $(node_chains6 "$t"); do
-      ip6tables -w -t "$t" -F "$c" 2>/dev/null || true
-      ip6tables -w -t "$t" -X "$c" 2>/dev/null || true
-    done
+    # The jumps into these chains from the built-in ones (the kubelet's
+    # KUBE-FIREWALL from INPUT and OUTPUT), then the chains themselves.
+    node_jumps iptables "$t" | while IFS= read -r rule; do eval "iptables -w -t $t -D ${rule#-A }" 2>/dev/null || true; done
+    node_jumps ip6tables "$t" | while IFS= read -r rule; do eval "ip6tables -w -t $t -D ${rule#-A }" 2>/dev/null || true; done
+    for c in $(node_chains "$t"); do iptables -w -t "$t" -F "$c" 2>/dev/null || true; done
+    for c in $(node_chains "$t"); do iptables -w -t "$t" -X "$c" 2>/dev/null || true; done
+    for c in $(node_chains6 "$t"); do ip6tables -w -t "$t" -F "$c" 2>/dev/null || true; done
+    for c in $(node_chains6 "$t"); do ip6tables -w -t "$t" -X "$c" 2>/dev/null || true; done
   done
   for ns in $(ip -o link show master "$NODE_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
     ip link del "$ns" 2>/dev/null || true
@@ -349,7 +355,19 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
     while IFS= read -r s; do sysctl -qw "$s" || true; done <"$NODE_DIR/sysctl.saved"
     rm -f "$NODE_DIR/sysctl.saved"
   fi
-  rm -rf "${NODE_DIR:?}/containerd" "$NODE_DIR/kubelet" "$NODE_DIR/cni/ipam"
+  # The shims' sockets: only those of our containers (named after the
+  # containerd address, hashed), then the directories we made, if empty.
+  if [ -f "$NODE_DIR/made-dirs" ]; then
+    local made
+    while IFS= read -r made; do
+      case $made in
+        /run/containerd) rm -rf /run/containerd/s /run/containerd/runc 2>/dev/null; rmdir /run/containerd 2>/dev/null || true ;;
+        /run/netns) rmdir /run/netns 2>/dev/null || true ;;
+      esac
+    done <"$NODE_DIR/made-dirs"
+    rm -f "$NODE_DIR/made-dirs"
+  fi
+  rm -rf "${NODE_DIR:?}/containerd" "$NODE_DIR/kubelet" "$NODE_DIR/cni/ipam" "$NODE_DIR/runc"
 }
 
 # node_pids: processes whose command line names the node's directory (the
@@ -359,14 +377,20 @@ node_pids() {
   local p cmd
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" = "$$" ] && continue
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    cmd=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
     case $cmd in *"$NODE_DIR/"*) echo "${p#/proc/}" ;; esac
   done
   return 0
 }
+# node_jumps IPTABLES TABLE: the rules of the built-in chains that jump into
+# the node's chains (KUBE-*, LATCHKEY-NODE-*), as `-S` prints them.
+node_jumps() {
+  { "$1" -w -t "$2" -S 2>/dev/null || true; } |
+    awk '$1 == "-A" && $2 ~ /^(INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING)$/ && / -j (KUBE-|LATCHKEY-NODE-)/'
+}
 node_mounts() { awk -v d="$NODE_DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo; }
-node_chains() { iptables -w -t "$1" -S 2>/dev/null | awk '$1 == "-N" && ($2 ~ /^KUBE-/ || $2 ~ /^LATCHKEY-NODE-/) {print $2}'; }
-node_chains6() { ip6tables -w -t "$1" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'; }
+node_chains() { { iptables -w -t "$1" -S 2>/dev/null || true; } | awk '$1 == "-N" && ($2 ~ /^KUBE-/ || $2 ~ /^LATCHKEY-NODE-/) {print $2}'; }
+node_chains6() { { ip6tables -w -t "$1" -S 2>/dev/null || true; } | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'; }
 node_cgroups() { find /sys/fs/cgroup -mindepth 2 -type d -name 'kubepods*' 2>/dev/null | while read -r d; do find "$d" -type d; done; }
 
 # node_leftovers: what the node left on the machine; prints nothing and
@@ -374,13 +398,13 @@ node_cgroups() { find /sys/fs/cgroup -mindepth 2 -type d -name 'kubepods*' 2>/de
 node_leftovers() {
   local found=0 out
   out=$(node_pids); [ -z "$out" ] || { echo "processes: $out"; found=1; }
-  out=$(node_mounts; grep -E ' (/var)?/run/netns/cni-' /proc/self/mountinfo | awk '{print $5}'); [ -z "$out" ] || { echo "mounts: $out"; found=1; }
-  out=$(ip -o link show 2>/dev/null | awk -F': ' -v b="$NODE_BRIDGE" '$2 == b || $0 ~ ("master " b) {print $2}'); [ -z "$out" ] || { echo "links: $out"; found=1; }
+  out=$(node_mounts; awk '$5 ~ /^(\/var)?\/run\/netns\/cni-/ {print $5}' /proc/self/mountinfo); [ -z "$out" ] || { echo "mounts: $out"; found=1; }
+  out=$({ ip -o link show 2>/dev/null || true; } | awk -F': ' -v b="$NODE_BRIDGE" '$2 == b || $0 ~ ("master " b) {print $2}'); [ -z "$out" ] || { echo "links: $out"; found=1; }
   local t
   for t in filter nat mangle; do
     out=$(node_chains "$t"; node_chains6 "$t"); [ -z "$out" ] || { echo "iptables -t $t chains: $out"; found=1; }
   done
-  out=$(node_cgroups); [ -z "$out" ] || { echo "cgroups: $out"; found=1; }
-  out=$(ip route show "$NODE_SERVICE_CIDR" 2>/dev/null); [ -z "$out" ] || { echo "route: $out"; found=1; }
+  out=$(node_cgroups || true); [ -z "$out" ] || { echo "cgroups: $out"; found=1; }
+  out=$(ip route show "$NODE_SERVICE_CIDR" 2>/dev/null || true); [ -z "$out" ] || { echo "route: $out"; found=1; }
   return "$found"
 }
