@@ -183,6 +183,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "/usr/lib/cni"
     conf_dir = "$NODE_DIR/cni/net.d"
 EOF
+  date +%s >"$NODE_DIR/containerd.started"
   say "starting containerd ($NODE_SOCK)"
   containerd --config "$NODE_DIR/containerd/config.toml" >"$LOGS/containerd.log" 2>&1 9>&- &
   echo $! >"$DIR/containerd.pid"
@@ -319,10 +320,28 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
     done
   fi
   stop_one containerd "${1:-}"
-  # A shim left behind (its parent is gone): found by our socket path.
-  local pid
-  for pid in $(node_pids); do kill -9 "$pid" 2>/dev/null || true; done
-  for ns in "${netns[@]}"; do
+  # What containerd could not stop (it died first, say): the processes in
+  # the pods' cgroups, then a shim of ours left behind (a containerd-shim
+  # whose command line names our socket). Nothing else is killed.
+  local pid cg
+  for cg in $(node_cgroups); do
+    while IFS= read -r pid; do kill -9 "$pid" 2>/dev/null || true; done 2>/dev/null <"$cg/cgroup.procs" || true
+  done
+  for pid in $(node_pids); do
+    case $(readlink "/proc/$pid/exe" 2>/dev/null) in
+      */containerd-shim*) kill -9 "$pid" 2>/dev/null || true ;;
+    esac
+  done
+  # When containerd could not be asked (it had died): the CRI plugin's
+  # namespaces (cni-*) made since our containerd started.
+  if [ -f "$NODE_DIR/containerd.started" ]; then
+    local since
+    since=$(cat "$NODE_DIR/containerd.started")
+    for ns in /run/netns/cni-*; do
+      [ -e "$ns" ] && [ "$(stat -c %Y "$ns")" -ge "$since" ] && netns+=("$ns")
+    done
+  fi
+  for ns in ${netns[@]+"${netns[@]}"}; do
     case $ns in /var/run/netns/cni-*|/run/netns/cni-*) umount "$ns" 2>/dev/null || true; rm -f "$ns" ;; esac
   done
   # Mounts under the node's directory (overlays, shm, volumes), deepest first.
@@ -349,7 +368,6 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
   # cgroups the kubelet and runc made (cgroupfs driver): deepest first, once
   # their processes are gone.
-  local cg
   for cg in $(node_cgroups | sort -r); do rmdir "$cg" 2>/dev/null || true; done
   if [ -f "$NODE_DIR/sysctl.saved" ]; then
     while IFS= read -r s; do sysctl -qw "$s" || true; done <"$NODE_DIR/sysctl.saved"
@@ -367,7 +385,7 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
     done <"$NODE_DIR/made-dirs"
     rm -f "$NODE_DIR/made-dirs"
   fi
-  rm -rf "${NODE_DIR:?}/containerd" "$NODE_DIR/kubelet" "$NODE_DIR/cni/ipam" "$NODE_DIR/runc"
+  rm -rf "${NODE_DIR:?}/containerd" "$NODE_DIR/kubelet" "$NODE_DIR/cni/ipam" "$NODE_DIR/runc" "$NODE_DIR/containerd.started"
 }
 
 # node_pids: processes whose command line names the node's directory (the
