@@ -95,13 +95,16 @@ node_import() {
 
 node_network_up() {
   local s
+  # One node per machine: the bridge, the address range and the chains are
+  # the machine's. Ours were removed by stop_all just before.
+  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+    die "$NODE_BRIDGE exists: another cluster directory's node is up on this machine (e2e/cluster down there first, or remove the bridge)"
+  fi
   mkdir -p "$NODE_DIR"
   if [ ! -f "$NODE_DIR/sysctl.saved" ]; then
     for s in "${NODE_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$NODE_DIR/sysctl.saved"
   fi
-  if ! ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
-    ip link add "$NODE_BRIDGE" type bridge
-  fi
+  ip link add "$NODE_BRIDGE" type bridge
   ip addr replace "$NODE_IP/24" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   ip route replace "$NODE_SERVICE_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP"
