@@ -86,6 +86,35 @@ node_latchkey_image() {
   echo "$out"
 }
 
+# node_nginx_image: a test image of Debian's nginx (installed by e2e/deps):
+# the binary, the shared libraries ldd names and the loader, at their paths,
+# /etc/passwd and /etc/group, an empty /etc/nginx for a ConfigMap; run as
+# 65532 with `nginx -e stderr -g 'daemon off;'`. Cached by nginx's version.
+NGINX_IMAGE=localhost/latchkey-e2e/nginx:debian
+node_nginx_image() {
+  command -v nginx >/dev/null || "$E2E/deps" >/dev/null
+  local nginx version out root lib
+  nginx=$(command -v nginx)
+  version=$(nginx -v 2>&1 | sed 's#.*/##')
+  out="$CACHE/images/nginx-$version.tar"
+  if [ ! -f "$out" ]; then
+    root=$(mktemp -d)
+    mkdir -p "$root/usr/sbin" "$root/etc/nginx" "$root/tmp" "$CACHE/images"
+    cp -L "$nginx" "$root/usr/sbin/nginx"
+    for lib in $(ldd "$nginx" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+    chmod 1777 "$root/tmp"
+    "$E2E/oci-image" --ref "$NGINX_IMAGE" --user 65532:65532 \
+      --entrypoint '["/usr/sbin/nginx", "-e", "stderr", "-g", "daemon off;"]' "$root" "$out"
+    rm -rf "$root"
+  fi
+  echo "$out"
+}
+
 # node_import TAR: ctr -n k8s.io images import (what the CRI sees).
 node_import() {
   ctr_ images import "$1" >"$LOGS/ctr-import.log" 2>&1 || fail "ctr images import $1" "$LOGS/ctr-import.log"
