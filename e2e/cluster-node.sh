@@ -307,9 +307,23 @@ EOF
   say "starting kube-proxy"
   start_bin "$NODE_BIN" kube-proxy --config="$NODE_DIR/kube-proxy.yaml"
   wait_for kube-proxy "$LOGS/kube-proxy.log" 60 curl -fsS "http://127.0.0.1:$proxy_healthz/healthz"
+  # kube-proxy inserts its jumps before ours (KUBE-FORWARD accepts marked
+  # and established packets): put ours first again; it only adds a jump that
+  # is missing, so ours stays first.
+  node_guard_first FORWARD LATCHKEY-NODE-FWD
+  node_guard_first INPUT LATCHKEY-NODE-IN
   t=$SECONDS
   wait_for kubelet "$LOGS/kubelet.log" 120 node_ready "$name"
   say "  node $name Ready after $((SECONDS - t)) s more"
+}
+
+# node_guard_first CHAIN TARGET: the jump to TARGET as CHAIN's first rule,
+# with no moment without one (insert, then delete the old one by number).
+node_guard_first() {
+  local n
+  iptables -w -I "$1" 1 -j "$2"
+  n=$(iptables -w -S "$1" | grep -n -- "^-A $1 -j $2\$" | tail -n +2 | tail -1 | cut -d: -f1)
+  [ -z "$n" ] || iptables -w -D "$1" "$((n - 1))"
 }
 
 node_ready() {
