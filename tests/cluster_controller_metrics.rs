@@ -7,6 +7,9 @@
 //!   signing keys), `latchkey_leader 1`; the standby says `latchkey_leader 0`,
 //!   reconciles nothing and is ready (`/readyz` 200); the leader SIGKILLed
 //!   (by PID), the standby takes over: `latchkey_leader 1`, and it delivers;
+//!   the rotated key's grace end is in `latchkey_controller_keys_in_grace`
+//!   and `..._next_grace_end_seconds` of the leader, not of the standby, and
+//!   of the new leader after the takeover;
 //! - `latchkey run` serves the controller's families on the auth server's
 //!   `/metrics`, and the chart's Grafana dashboard names only metric
 //!   families such a scrape shows.
@@ -284,10 +287,31 @@ async fn controller_metrics_add_up_through_a_burst_and_follow_the_lease() {
     assert_eq!(sum(&text, "latchkey_leader", &[]), 1.0);
     assert!(!text.contains(ns), "no namespace (nor name) in a label:\n{text}");
 
+    // The rotated key is in its grace period (1 h by default): the leader
+    // counts it as ending within 1 h and says how long until it ends.
+    let grace_end = previous_key_valid_until(ns, "burst-0");
+    let text = grace_in_metrics(&a, grace_end, "the leader").await;
+    assert!(!text.contains(ns), "no namespace (nor name) in a label:\n{text}");
+
     // The standby did nothing meanwhile and stays ready.
     let standby = b.metrics().await;
     assert_eq!(sum(&standby, "latchkey_leader", &[]), 0.0);
     assert_eq!(sum(&standby, "latchkey_controller_reconciles_total", &[]), 0.0);
+    assert_eq!(
+        sum(
+            &standby,
+            "latchkey_controller_keys_in_grace",
+            &[("ends_within", "+Inf")]
+        ),
+        0.0,
+        "a standby reports no key in grace:\n{standby}"
+    );
+    assert!(
+        !standby
+            .lines()
+            .any(|l| l.starts_with("latchkey_controller_next_grace_end_seconds")),
+        "{standby}"
+    );
     assert!(b.ready().await);
 
     // The leader dies; the standby takes over and works.
@@ -309,6 +333,63 @@ async fn controller_metrics_add_up_through_a_burst_and_follow_the_lease() {
         },
     )
     .await;
+    // The new leader reports the same key in grace, from its own list.
+    grace_in_metrics(&b, grace_end, "the new leader").await;
+}
+
+/// `status.previousKeys[0].validUntil` of ApiKey `name`, once it is set.
+fn previous_key_valid_until(ns: &str, name: &str) -> std::time::SystemTime {
+    let out = kubectl_ok(&[
+        "get",
+        "apikey",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.previousKeys[0].validUntil}",
+    ]);
+    let at: k8s_openapi::jiff::Timestamp = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name} has a previous key with a validUntil, not {out:?}: {e}"));
+    std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(at.as_second()).unwrap())
+}
+
+/// Waits until `controller`'s `/metrics` counts one key in grace, ending
+/// within 1 h, and `latchkey_controller_next_grace_end_seconds` is the time
+/// left until `grace_end` (within the scrape's own duration, plus 1 s for
+/// whole seconds); returns the scrape.
+async fn grace_in_metrics(controller: &Controller, grace_end: std::time::SystemTime, who: &str) -> String {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{who} counts the rotated key in grace"),
+        || async {
+            let before = std::time::SystemTime::now();
+            let t = controller.metrics().await;
+            let after = std::time::SystemTime::now();
+            let within = |w| sum(&t, "latchkey_controller_keys_in_grace", &[("ends_within", w)]);
+            if within("1h") != 1.0 {
+                return None;
+            }
+            for w in ["24h", "7d", "+Inf"] {
+                assert_eq!(within(w), 1.0, "{w} is cumulative:\n{t}");
+            }
+            let next = sum(&t, "latchkey_controller_next_grace_end_seconds", &[]);
+            let left = |at: std::time::SystemTime| grace_end.duration_since(at).unwrap().as_secs_f64();
+            println!(
+                "{who}: 1 key in grace, next grace end in {next:.1} s (validUntil in {:.1} s)",
+                left(after)
+            );
+            assert!(
+                next >= left(after) - 1.0 && next <= left(before) + 1.0,
+                "next grace end {next} s, expected {:.1}..{:.1} s:\n{t}",
+                left(after),
+                left(before)
+            );
+            Some(t)
+        },
+    )
+    .await
 }
 
 /// The metric names a PromQL expression mentions.
@@ -362,6 +443,8 @@ async fn run_serves_the_controllers_families_and_the_dashboard_names_only_export
         "latchkey_controller_keys_delivered_total",
         "latchkey_controller_signing_keys_generated_total",
         "latchkey_leader",
+        "latchkey_controller_keys_in_grace",
+        "latchkey_controller_next_grace_end_seconds",
     ] {
         assert!(
             exported.contains(family),
@@ -396,6 +479,8 @@ async fn run_serves_the_controllers_families_and_the_dashboard_names_only_export
         "latchkey_controller_keys_delivered_total",
         "latchkey_controller_reconcile_errors_total",
         "latchkey_leader",
+        "latchkey_controller_keys_in_grace",
+        "latchkey_controller_next_grace_end_seconds",
     ] {
         assert!(named.contains(needed), "the dashboard shows no {needed}");
     }

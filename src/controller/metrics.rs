@@ -1,7 +1,8 @@
 //! What the controller tells Prometheus and the probes: reconciles by kind
 //! and result, their duration, failures by error kind, keys delivered by
 //! reason, signing keys generated, whether this process holds the Lease,
-//! and whether the controllers are up (for `/readyz`).
+//! whether the controllers are up (for `/readyz`), and the keys near the
+//! end of their grace period ([`super::grace`], computed at scrape time).
 //!
 //! Labels are a fixed, small set (kinds, results, [`Error::metric_label`],
 //! delivery reasons): never a namespace, name or key id.
@@ -10,13 +11,18 @@
 //! and exposes no length, so there is no queue-depth metric; reconciles in
 //! flight (`..._reconciles_in_flight`) is what we can count ourselves.
 
+use super::grace::GraceGauges;
+use crate::clock::{Clock, SystemClock};
+use crate::crd::ApiKey;
 use crate::error::Error;
+use kube::runtime::reflector::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -89,6 +95,8 @@ pub struct ControllerMetrics {
     delivered: Family<ReasonLabels, Counter>,
     signing_keys: Counter,
     leader: Gauge,
+    /// Keys in grace, from the watch cache while leading.
+    grace: Arc<GraceGauges>,
     /// Whether a Lease decides who reconciles (then a standby is ready).
     elected: AtomicBool,
     /// Whether this process runs the controllers now.
@@ -99,6 +107,14 @@ pub struct ControllerMetrics {
 
 impl Default for ControllerMetrics {
     fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl ControllerMetrics {
+    /// The metrics of a controller whose time is `clock` (what the grace
+    /// gauges compare the grace ends with).
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             // 1 ms … ~65 s.
             Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -111,6 +127,7 @@ impl Default for ControllerMetrics {
             delivered: Family::default(),
             signing_keys: Counter::default(),
             leader: Gauge::default(),
+            grace: Arc::new(GraceGauges::new(clock)),
             elected: AtomicBool::new(false),
             leading: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -175,6 +192,13 @@ impl ControllerMetrics {
             "1 while this process holds the leader-election Lease (or runs without one), else 0",
             self.leader.clone(),
         );
+        registry.register_collector(Box::new(self.grace.clone()));
+    }
+
+    /// The controllers run with this watch cache of ApiKeys (the grace
+    /// gauges read it on each scrape).
+    pub fn watch_api_keys(&self, store: Store<ApiKey>) {
+        self.grace.watch(Some(store));
     }
 
     /// A registry holding only these families (`latchkey controller`).
@@ -232,6 +256,10 @@ impl ControllerMetrics {
         self.started.store(false, Ordering::Release);
         self.leading.store(leading, Ordering::Release);
         self.leader.set(i64::from(leading));
+        if !leading {
+            // A standby's cache would go stale: only the leader reports keys.
+            self.grace.watch(None);
+        }
     }
 
     /// Both controllers have their first list.

@@ -12,6 +12,7 @@
 mod api_key;
 pub mod apply;
 pub mod failure;
+pub mod grace;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
@@ -77,11 +78,11 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            clock,
             issuer_base_url: DEFAULT_ISSUER_BASE_URL.into(),
             failures: Mutex::default(),
             token_policies: std::sync::RwLock::default(),
-            metrics: Arc::default(),
+            metrics: Arc::new(metrics::ControllerMetrics::new(clock.clone())),
+            clock,
         }
     }
 
@@ -245,6 +246,7 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     // Reconcile on changes of spec and annotations (see `spec_changes`).
     let (reader, api_key_changes) = spec_changes(api_keys);
     let api_keys_listed = reader.clone();
+    ctx.metrics.watch_api_keys(reader.clone());
     // A TokenPolicy that appears (or goes) changes the readiness of the
     // ApiKeys naming it (see `policy_ref`).
     let referring = reader.clone();
