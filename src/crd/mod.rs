@@ -32,10 +32,40 @@ pub const GROUP: &str = "latchkey.dev";
 /// Every CRD latchkey serves, with the file name it has under `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("apikeys.latchkey.dev.yaml", ApiKey::crd()),
-        ("tokenpolicies.latchkey.dev.yaml", TokenPolicy::crd()),
+        ("apikeys.latchkey.dev.yaml", awaiting_first_status(ApiKey::crd())),
+        (
+            "tokenpolicies.latchkey.dev.yaml",
+            awaiting_first_status(TokenPolicy::crd()),
+        ),
         ("credentialgrants.latchkey.dev.yaml", CredentialGrant::crd()),
     ]
+}
+
+/// `crd` with a default for `status`: `{observedGeneration: 0}`.
+///
+/// kstatus (what Flux's health checks use) reads only `status` (and
+/// `metadata.generation`, `deletionTimestamp`); with no status at all it
+/// calls an object `Current`. The status subresource makes the API server
+/// drop `status` from a create (after mutating admission, so no webhook can
+/// set it either), but the API server applies a schema default whenever it
+/// reads an object from storage: an ApiKey or TokenPolicy that latchkey has
+/// not reconciled yet reads `status: {observedGeneration: 0}`, generation 1
+/// is not observed, and kstatus says `InProgress` until latchkey's first
+/// status write replaces it. Nothing is stored: the default is applied on
+/// each read, and a real status (always with `observedGeneration`) wins.
+fn awaiting_first_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|root| root.properties.as_mut())
+            .and_then(|props| props.get_mut("status"))
+            .expect("a kind with a status subresource has a status schema");
+        status.default = Some(JSON(serde_json::json!({ "observedGeneration": 0 })));
+    }
+    crd
 }
 
 /// One CRD as the YAML document committed under `crds/`.
