@@ -4,8 +4,10 @@
 //! `revoke` (refused on a non-terminal without `--yes`), `inspect` of a
 //! current, a previous, a forged, a retired and a garbage key and of a
 //! token, `token` through a running server, and the errors a person acts on:
-//! a missing ApiKey, an unreachable cluster, a forbidden namespace. No output
-//! may contain a key.
+//! a missing ApiKey, an unreachable cluster, a forbidden namespace (a
+//! ServiceAccount with no rights, and one whose Role covers only its own
+//! namespace: `status`, `rotate --no-wait` work there and every command is
+//! refused in the other). No output may contain a key.
 
 mod common;
 
@@ -573,4 +575,76 @@ async fn kubectl_runs_it_as_a_plugin() {
         "kubectl passes the plugin's exit status on"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("ApiKey \"nope\" not found"));
+}
+
+/// Rights in one namespace, not in another: a ServiceAccount whose Role in
+/// namespace `own` allows what `status`, `rotate` and `revoke` need there
+/// works there (`rotate --no-wait` returns at once, with no controller
+/// running, having set the annotation) and is refused, with the namespace
+/// named, in `other`, where the same ApiKey name exists.
+#[tokio::test]
+async fn rights_in_one_namespace_are_forbidden_in_another() {
+    let own = TestNamespace::new("plugin-own").await;
+    let other = TestNamespace::new("plugin-other").await;
+    let (o, x) = (own.name.as_str(), other.name.as_str());
+    for ns in [o, x] {
+        apply(&api_key_manifest(ns, "svc", "  scopes: [a]\n"));
+    }
+    apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: tenant\n  namespace: {o}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: apikeys\n  namespace: {o}\n\
+         rules:\n- apiGroups: [latchkey.dev]\n  resources: [apikeys, tokenpolicies]\n  verbs: [get, list, patch]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: tenant-apikeys\n  namespace: {o}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: apikeys}}\n\
+         subjects:\n- {{kind: ServiceAccount, name: tenant, namespace: {o}}}\n"
+    ));
+    let token = kubectl_ok(&["create", "token", "tenant", "-n", o, "--duration=10m"]);
+    let tenant = token_kubeconfig(token.trim(), "tenant", &format!("tenant-{o}"));
+
+    // RBAC takes effect within moments: the first status may need a retry.
+    let out = eventually(
+        Duration::from_secs(30),
+        "the Role lets the tenant list",
+        || async {
+            let (ok, out, _) = plugin(&tenant, &["status", "-n", o], None);
+            ok.then_some(out)
+        },
+    )
+    .await;
+    assert!(out.contains("svc"), "{out}");
+    let (ok, out, err) = plugin(&tenant, &["rotate", "svc", "-n", o, "--no-wait"], None);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("rotation of ApiKey {o}/svc requested")),
+        "{out}"
+    );
+    let requested = kubectl_ok(&[
+        "get",
+        "apikey",
+        "svc",
+        "-n",
+        o,
+        "-o",
+        "jsonpath={.metadata.annotations.latchkey\\.dev/rotate}",
+    ]);
+    assert!(!requested.trim().is_empty(), "the annotation is set");
+
+    for cmd in [
+        &["status", "-n", x][..],
+        &["status", "svc", "-n", x],
+        &["rotate", "svc", "-n", x, "--no-wait"],
+        &["revoke", "svc", "-n", x, "--yes"],
+    ] {
+        let (_, err) = plugin_fails(&tenant, cmd, None);
+        assert!(
+            err.contains("may not") && err.contains(&format!("in namespace \"{x}\"")),
+            "{cmd:?}: {err}"
+        );
+    }
+    // Nothing changed there.
+    let theirs = kubectl_ok(&["get", "apikey", "svc", "-n", x, "-o", "json"]);
+    let theirs: serde_json::Value = serde_json::from_str(&theirs).unwrap();
+    assert!(theirs["metadata"]["annotations"]["latchkey.dev/rotate"].is_null());
+    assert!(theirs["spec"]["revoked"].is_null());
+    std::fs::remove_file(&tenant).unwrap();
 }
