@@ -628,7 +628,20 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
         )
         .unwrap()
     };
-    let limits = token_cache::Limits::new(1 << 20);
+    // The share (128 KiB) as with `Limits::new(1 MiB)`, but in 4 MiB, so
+    // that one shard (total / 16 = 256 KiB) holds the whole share plus
+    // every victim entry. With 1 MiB a shard is 64 KiB, three big entries
+    // (about 21.7 KiB each) fill one, and a third landing in a shard with
+    // a victim entry evicted it: the share bounds how much a client
+    // displaces, not where. Which shard an entry lands in is its token's
+    // SHA-256, and ES256 signatures are randomized (and the key is new each
+    // run), so that happened in about 1 run in 20, whatever the load. Here
+    // no placement can make a shard overflow, and the test says so: no
+    // eviction at all.
+    let limits = token_cache::Limits {
+        total_bytes: 4 << 20,
+        per_client_bytes: 1 << 17,
+    };
     let tokens = Tokens::with_cache(limits);
     tokens.replace(snapshot);
     let victim: Vec<String> = (0..20)
@@ -655,6 +668,16 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
     // A big token weighs what it holds: more than its 5,000 claim bytes.
     let per_entry = tokens.cache().client_bytes(&flooder) / (entries - 20);
     assert!(per_entry > 5_000, "{per_entry}");
+    // Nothing was evicted: the flood's further tokens were refused at its
+    // share (every one of the 2,000 but those cached).
+    let (evicted, refused) = tokens.cache().counters();
+    assert_eq!(evicted, 0);
+    assert_eq!(refused, 2_000 - (entries as u64 - 20));
+    let victims = bytes - tokens.cache().client_bytes(&flooder);
+    assert!(
+        limits.per_client_bytes + victims <= limits.total_bytes / 16,
+        "the share and the victims fit in one shard: {victims}"
+    );
     // The other client's tokens are all still cached (hits, no verification:
     // with the key removed a cached token answers UnknownKey only after a
     // new snapshot, so check by the cache's own lookup).
