@@ -7,6 +7,12 @@
 //! `PreviousKeyStillInUse` appears once for a key used in the last quarter
 //! of its grace period; a retired key (grace over, ApiKey revoked) is
 //! refused like an unknown one and counted in status and in `/metrics`.
+//!
+//! The bound on counts across replicas: a replica that is stopped (SIGTERM,
+//! a rolling update) writes what it counted since its last flush before it
+//! exits, so nothing is lost; one that is SIGKILLed loses exactly what it
+//! counted since its last write (at most one flush interval of its share),
+//! and nothing else.
 
 mod common;
 
@@ -328,4 +334,73 @@ async fn usage_per_key_across_two_replicas_still_in_use_warning_and_retired_keys
         let log = p.log_text();
         assert!(!log.contains(&old) && !log.contains(&new), "no key logged");
     }
+}
+
+/// The bound, with three replicas: `a` flushing every second, `b` and `c`
+/// never before they stop (a one-hour flush interval). `b` is stopped with
+/// SIGTERM: its counts arrive exactly (its last flush); `c` is SIGKILLed:
+/// exactly its own unflushed counts are lost, and `a`'s still add up.
+#[tokio::test]
+async fn a_stopped_replica_flushes_its_counts_and_a_killed_one_loses_only_its_own() {
+    let s = Scenario::new("usage-bound").await;
+    ensure_crd();
+    let ns = s.ns.name.clone();
+    let (_a_proc, a) = LatchkeyProcess::start_http("serve", &ns, &["--last-used-flush-seconds", "1"]);
+    let hour = ["--last-used-flush-seconds", "3600"];
+    let (mut b_proc, b) = LatchkeyProcess::start_http("serve", &ns, &hour);
+    let (mut c_proc, c) = LatchkeyProcess::start_http("serve", &ns, &hour);
+    let key = served_key(&ns, "svc", SPEC, &a).await;
+    let id = id_of(&key);
+    // served_key's probes (on `a`) settle first.
+    let base = eventually(WAIT, "the first uses flushed and settled", || async {
+        ensure_crd();
+        let before = usage_of(&s.api_keys, &id).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = usage_of(&s.api_keys, &id).await?;
+        (before == after).then_some(after)
+    })
+    .await;
+    // Both wait for the key in their own index.
+    for server in [&b, &c] {
+        eventually(WAIT, "the replica knows the key", || async {
+            (auth(server, &key, "?scope=orders:read").await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    send(&b, &key, "?scope=orders:read", 6, StatusCode::OK).await;
+    send(&b, &key, "?scope=admin", 2, StatusCode::FORBIDDEN).await;
+    send(&c, &key, "?scope=orders:read", 3, StatusCode::OK).await;
+    send(&c, &key, "?scope=admin", 1, StatusCode::FORBIDDEN).await;
+    // Nothing of b's or c's is written before they stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(usage_of(&s.api_keys, &id).await, Some(base.clone()));
+
+    // SIGTERM: b writes its 7 allowed (1 + 6) and 2 denials, then exits.
+    let status = b_proc.terminate();
+    assert!(status.success(), "b stopped cleanly: {status:?}");
+    let u = counted(&s.api_keys, &id, base.allowed + 7, base.denied.scope + 2).await;
+    println!(
+        "after b's SIGTERM: allowed {} (+7), denied.scope {} (+2)",
+        u.allowed, u.denied.scope
+    );
+
+    // SIGKILL: c's 4 allowed (1 + 3) and 1 denial are lost, nothing more;
+    // a's uses after it still add up exactly.
+    c_proc.kill();
+    send(&a, &key, "?scope=orders:read", 5, StatusCode::OK).await;
+    send(&a, &key, "?scope=admin", 1, StatusCode::FORBIDDEN).await;
+    let u = counted(&s.api_keys, &id, u.allowed + 5, u.denied.scope + 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        usage_of(&s.api_keys, &id)
+            .await
+            .map(|u| (u.allowed, u.denied.scope)),
+        Some((u.allowed, u.denied.scope))
+    );
+    println!(
+        "after c's SIGKILL: allowed {} (c's 4 lost), denied.scope {} (c's 1 lost)",
+        u.allowed, u.denied.scope
+    );
+    let log = b_proc.log_text();
+    assert!(!log.contains(&key), "no key logged");
 }

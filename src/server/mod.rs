@@ -360,7 +360,15 @@ pub async fn run_with_metrics(
         options.issuer_base_url.clone(),
     ));
     let client_for_tls = client.clone();
-    let flusher = tokio::spawn(usage::run(client, index.clone(), options.last_used_flush));
+    let (stop_flusher, flusher_stop) = tokio::sync::oneshot::channel::<()>();
+    let flusher = tokio::spawn(usage::run(
+        client,
+        index.clone(),
+        options.last_used_flush,
+        async move {
+            let _ = flusher_stop.await;
+        },
+    ));
     let sweeper = {
         let (tokens, clock) = (tokens.clone(), clock.clone());
         tokio::spawn(async move {
@@ -468,13 +476,28 @@ pub async fn run_with_metrics(
     }
     // Stops the certificate's renewal and reload tasks.
     drop(tls);
-    feeder.abort();
     grant_feeder.abort();
     token_feeder.abort();
-    flusher.abort();
     sweeper.abort();
+    // What was counted since the last flush: written once more (bounded),
+    // while the watch still feeds the index (a conflict is decided again
+    // from the newer version).
+    let _ = stop_flusher.send(());
+    let flusher_abort = flusher.abort_handle();
+    if tokio::time::timeout(FINAL_FLUSH, flusher).await.is_err() {
+        flusher_abort.abort();
+        tracing::warn!(
+            timeout_s = FINAL_FLUSH.as_secs(),
+            "the last usage flush did not finish in time: usage counted since the previous flush is lost"
+        );
+    }
+    feeder.abort();
     tracing::info!("auth server stopped");
     Ok(())
 }
 
 pub use crate::shutdown::shutdown_signal;
+
+/// How long the last usage flush at shutdown may take (well within a pod's
+/// default 30 s termination grace period).
+pub const FINAL_FLUSH: Duration = Duration::from_secs(10);

@@ -19,8 +19,9 @@
 //!
 //! With several replicas a replica whose view is stale gets `409 Conflict`
 //! and skips the round, keeping its deltas: nothing goes backwards, no count
-//! is added twice or lost (but a replica that dies loses what it counted
-//! since its last write: at most one flush interval of its share).
+//! is added twice or lost. A replica that stops (SIGTERM) flushes once more
+//! after its listeners stop ([`run`]); one that dies loses what it counted
+//! since its last write: at most one flush interval of its share.
 
 use super::counters::{Deltas, KeyCounters};
 use super::index::{Index, IndexedApiKey, KeyId, StoredUsage};
@@ -164,51 +165,92 @@ fn entry_with(stored: &StoredUsage, deltas: &Deltas) -> Map<String, Value> {
     entry
 }
 
-/// Writes due usage every `every` until the task is dropped.
-pub async fn run(client: Client, index: Arc<Index>, every: Duration) {
+/// Writes due usage every `every`; once `stop` completes (the listeners
+/// have stopped: no request counts any more), one last round, then returns.
+/// A round is never cut short, so a write the API server applied is never
+/// kept as a delta (and added again): the final round is what makes a
+/// graceful shutdown (a rolling update) lose no count.
+pub async fn run(client: Client, index: Arc<Index>, every: Duration, stop: impl Future<Output = ()>) {
     // A flush interval below a minute (tests) lowers the step with it.
     let min_step = MIN_STEP.min(every.as_secs().max(1) as i64);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stop = std::pin::pin!(stop);
     loop {
-        tick.tick().await;
-        for (owner, keys) in index.flush_view() {
-            let Some(flush) = plan_flush(&owner, &keys, min_step) else {
-                continue;
-            };
-            let api: Api<ApiKey> = Api::namespaced(client.clone(), owner.namespace());
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            match api
-                .patch_status(owner.name(), &params, &Patch::Merge(&flush.patch))
-                .await
-            {
-                Ok(_) => {
-                    flush.written(&owner);
-                    tracing::debug!(
-                        namespace = owner.namespace(),
-                        name = owner.name(),
-                        // Key ids and counts, never a key or hash.
-                        usage = %flush.patch["status"],
-                        "recorded usage"
-                    )
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                    // Changed (or deleted) since the watch saw it: the next
-                    // round decides again from the newer version, with the
-                    // deltas kept.
-                }
-                Err(err) => tracing::warn!(
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            () = &mut stop => true,
+        };
+        if !last {
+            flush_round(&client, &index, min_step).await;
+            continue;
+        }
+        // A conflict (another replica wrote meanwhile) is retried from the
+        // watch's newer view, a few times.
+        for attempt in 1..=FINAL_ROUNDS {
+            if flush_round(&client, &index, min_step).await {
+                tracing::debug!(attempt, "usage flushed a last time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tracing::warn!(
+            "the last usage flush met conflicts: some usage counted since the previous flush is lost"
+        );
+        return;
+    }
+}
+
+/// How many rounds the last flush tries while writes conflict.
+const FINAL_ROUNDS: u32 = 3;
+
+/// One round: every ApiKey with due usage, one merge patch each. Whether
+/// every write that was due succeeded (a deleted ApiKey counts as done).
+async fn flush_round(client: &Client, index: &Index, min_step: i64) -> bool {
+    let mut all_written = true;
+    for (owner, keys) in index.flush_view() {
+        let Some(flush) = plan_flush(&owner, &keys, min_step) else {
+            continue;
+        };
+        let api: Api<ApiKey> = Api::namespaced(client.clone(), owner.namespace());
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .patch_status(owner.name(), &params, &Patch::Merge(&flush.patch))
+            .await
+        {
+            Ok(_) => {
+                flush.written(&owner);
+                tracing::debug!(
+                    namespace = owner.namespace(),
+                    name = owner.name(),
+                    // Key ids and counts, never a key or hash.
+                    usage = %flush.patch["status"],
+                    "recorded usage"
+                )
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                // Deleted: nothing to record.
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Changed since the watch saw it: the next round decides
+                // again from the newer version, with the deltas kept.
+                all_written = false;
+            }
+            Err(err) => {
+                all_written = false;
+                tracing::warn!(
                     namespace = owner.namespace(),
                     name = owner.name(),
                     error = %err,
                     "could not record usage"
-                ),
+                )
             }
         }
     }
+    all_written
 }
 
 #[cfg(test)]
