@@ -7,7 +7,8 @@
 //! a missing ApiKey, an unreachable cluster, a forbidden namespace (a
 //! ServiceAccount with no rights, and one whose Role covers only its own
 //! namespace: `status`, `rotate --no-wait` work there and every command is
-//! refused in the other). No output may contain a key.
+//! refused in the other), and `--help` for each command. No output may
+//! contain a key.
 
 mod common;
 
@@ -647,4 +648,57 @@ async fn rights_in_one_namespace_are_forbidden_in_another() {
     assert!(theirs["metadata"]["annotations"]["latchkey.dev/rotate"].is_null());
     assert!(theirs["spec"]["revoked"].is_null());
     std::fs::remove_file(&tenant).unwrap();
+}
+
+/// `--help` for the plugin and each command: exit 0, the command's purpose
+/// and its own flags (no cluster needed).
+#[test]
+fn every_command_has_help() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-latchkey"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    for command in ["status", "rotate", "revoke", "inspect", "token"] {
+        assert!(
+            top.lines().any(|l| l.trim_start().starts_with(command)),
+            "the plugin's help lists {command}:\n{top}"
+        );
+    }
+    for flag in ["--kubeconfig", "--context", "--namespace"] {
+        assert!(top.contains(flag), "{flag}:\n{top}");
+    }
+    for (command, says, flags) in [
+        (
+            "status",
+            "A table of ApiKeys",
+            &["--all-namespaces", "--kind"][..],
+        ),
+        ("rotate", "Rotate an ApiKey now", &["--no-wait", "--timeout"]),
+        ("revoke", "Revoke every key", &["--yes"]),
+        ("inspect", "standard input", &["--offline"]),
+        (
+            "token",
+            "prints only the token",
+            &[
+                "--key-from-secret",
+                "--scope",
+                "--audience",
+                "--role",
+                "--url",
+                "--cacert",
+            ],
+        ),
+    ] {
+        let text = help(&[command]);
+        assert!(text.contains(says), "{command}:\n{text}");
+        for flag in flags.iter().chain(&["--kubeconfig", "--context", "--namespace"]) {
+            assert!(text.contains(flag), "{command} --help names {flag}:\n{text}");
+        }
+    }
 }
