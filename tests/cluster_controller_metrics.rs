@@ -6,7 +6,9 @@
 //!   histogram's count, failures by error kind, keys delivered by reason,
 //!   signing keys), `latchkey_leader 1`; the standby says `latchkey_leader 0`,
 //!   reconciles nothing and is ready (`/readyz` 200); the leader SIGKILLed
-//!   (by PID), the standby takes over: `latchkey_leader 1`, and it delivers;
+//!   (by PID), the standby takes over: `latchkey_leader 1`, it re-reconciles
+//!   every ApiKey and delivers only the new one's first key (no key the old
+//!   leader delivered is delivered again, no signing key generated again);
 //!   the rotated key's grace end is in `latchkey_controller_keys_in_grace`
 //!   and `..._next_grace_end_seconds` of the leader, not of the standby, and
 //!   of the new leader after the takeover;
@@ -319,20 +321,62 @@ async fn controller_metrics_add_up_through_a_burst_and_follow_the_lease() {
     b.wait_leader(1.0, "the standby takes the Lease after the leader's SIGKILL")
         .await;
     apply(&api_key_manifest(ns, "after-takeover", "  scopes: [a]\n"));
-    eventually(
+    let after = eventually(
         Duration::from_secs(60),
-        "the new leader delivers a first key",
+        "the new leader delivers a first key and has reconciled every ApiKey",
         || async {
             let t = b.metrics().await;
-            (sum(
+            let done = sum(
                 &t,
                 "latchkey_controller_keys_delivered_total",
                 &[("reason", "first")],
-            ) >= 1.0)
-                .then_some(())
+            ) >= 1.0
+                && sum(&t, "latchkey_controller_reconciles_total", &[("kind", "ApiKey")])
+                    >= (BURST + 1) as f64
+                && sum(&t, "latchkey_controller_reconciles_in_flight", &[]) == 0.0;
+            done.then_some(t)
         },
     )
     .await;
+    // It re-reconciles what the old leader settled without delivering any
+    // of those keys again: one delivery in all, the new ApiKey's first.
+    assert_eq!(
+        sum(&after, "latchkey_controller_keys_delivered_total", &[]),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sum(&after, "latchkey_controller_signing_keys_generated_total", &[]),
+        0.0
+    );
+    for kind in ["ApiKey", "TokenPolicy"] {
+        assert_eq!(
+            sum(
+                &after,
+                "latchkey_controller_reconcile_errors_total",
+                &[("kind", kind)]
+            ),
+            sum(
+                &after,
+                "latchkey_controller_reconciles_total",
+                &[("kind", kind), ("result", "error")]
+            ),
+        );
+    }
+    println!(
+        "after the takeover: the new leader reconciled {} ApiKeys, {} TokenPolicies, delivered 1 key",
+        sum(
+            &after,
+            "latchkey_controller_reconciles_total",
+            &[("kind", "ApiKey")]
+        ),
+        sum(
+            &after,
+            "latchkey_controller_reconciles_total",
+            &[("kind", "TokenPolicy")]
+        ),
+    );
+    assert!(!after.contains(ns), "{after}");
     // The new leader reports the same key in grace, from its own list.
     grace_in_metrics(&b, grace_end, "the new leader").await;
 }
