@@ -8,8 +8,10 @@
 //!   `e2e/health`: gopher-lua, the interpreter Argo CD embeds, set up as
 //!   Argo CD does) and Flux's kstatus (`sigs.k8s.io/cli-utils`) on
 //!   ApiKeys and TokenPolicies taken from the cluster in every state: no
-//!   status yet, reconciling, Ready, revoked, expired, stalled, an old
-//!   `observedGeneration`; and `examples/argocd/argocd-cm.yaml` carries
+//!   status yet, reconciling (a missing TokenPolicy; retrying after an
+//!   error, both kinds: a ValidatingAdmissionPolicy refuses their Secrets),
+//!   Ready, revoked, expired, stalled (SecretConflict, both kinds;
+//!   IssuerConflict), an old `observedGeneration`; and `examples/argocd/argocd-cm.yaml` carries
 //!   exactly that script.
 
 mod common;
@@ -276,6 +278,15 @@ async fn argo_cd_lua_and_kstatus_judge_every_state() {
     for name in ["ready-policy", "old-generation-policy", "conflict-policy"] {
         apply(&token_policy_manifest(ns, name, "  audiences: [api]\n"));
     }
+    // Two TokenPolicies claiming one issuer path: both Stalled (IssuerConflict).
+    let shared = format!("https://auth.example.com/{ns}/shared");
+    for name in ["issuer-one", "issuer-two"] {
+        apply(&token_policy_manifest(
+            ns,
+            name,
+            &format!("  audiences: [api]\n  issuer: {shared}\n"),
+        ));
+    }
     let wait = |condition: &str, objects: &[&str]| {
         let mut args = vec!["wait", condition, "-n", ns, "--timeout=60s"];
         args.extend_from_slice(objects);
@@ -300,10 +311,27 @@ async fn argo_cd_lua_and_kstatus_judge_every_state() {
             "apikey/expired",
             "apikey/conflict",
             "tokenpolicy/conflict-policy",
+            "tokenpolicy/issuer-one",
+            "tokenpolicy/issuer-two",
         ],
+    );
+    // Retrying after an error: a ValidatingAdmissionPolicy (CEL, in the API
+    // server) refuses the Secrets of a new ApiKey and TokenPolicy, so both
+    // say RetryingAfterError.
+    let refuse = refuse_secrets(ns, &["retrying", "retrying-policy-signing-keys"]);
+    apply(&api_key_manifest(ns, "retrying", "  scopes: [a]\n"));
+    apply(&token_policy_manifest(
+        ns,
+        "retrying-policy",
+        "  audiences: [api]\n",
+    ));
+    wait(
+        "--for=condition=Reconciling",
+        &["apikey/retrying", "tokenpolicy/retrying-policy"],
     );
     // An old observedGeneration: the spec changes while no controller runs.
     s.controller.kill();
+    drop(refuse);
     kubectl_ok(&[
         "patch",
         "apikey",
@@ -340,10 +368,14 @@ async fn argo_cd_lua_and_kstatus_judge_every_state() {
         (ns, "apikey/ready"),
         (ns, "tokenpolicy/ready-policy"),
         (ns, "apikey/reconciling"),
+        (ns, "apikey/retrying"),
+        (ns, "tokenpolicy/retrying-policy"),
         (ns, "apikey/revoked"),
         (ns, "apikey/expired"),
         (ns, "apikey/conflict"),
         (ns, "tokenpolicy/conflict-policy"),
+        (ns, "tokenpolicy/issuer-one"),
+        (ns, "tokenpolicy/issuer-two"),
         (ns, "apikey/old-generation"),
         (ns, "tokenpolicy/old-generation-policy"),
         (quiet.name.as_str(), "apikey/fresh"),
@@ -396,12 +428,25 @@ async fn argo_cd_lua_and_kstatus_judge_every_state() {
     assert_eq!(message, described(obj, "Reconciling"));
     assert!(message.starts_with("TokenPolicyMissing: "), "{message}");
     assert_eq!(kstatus, "InProgress");
+    // Retrying after an error (both kinds): the same, with the error's summary.
+    for what in ["apikey/retrying", "tokenpolicy/retrying-policy"] {
+        let (obj, (argo, message, kstatus)) = by_name(what);
+        assert_eq!(argo, "Progressing", "{what}");
+        assert_eq!(message, described(obj, "Reconciling"), "{what}");
+        assert!(
+            message.starts_with("RetryingAfterError: Kubernetes API call failed"),
+            "{what}: {message}"
+        );
+        assert_eq!(kstatus, "InProgress", "{what}");
+    }
     // Stalled: Suspended when revoked (asked for), else Degraded; Failed.
     for (what, argo_want, reason) in [
         ("apikey/revoked", "Suspended", "Revoked"),
         ("apikey/expired", "Degraded", "Expired"),
         ("apikey/conflict", "Degraded", "SecretConflict"),
         ("tokenpolicy/conflict-policy", "Degraded", "SecretConflict"),
+        ("tokenpolicy/issuer-one", "Degraded", "IssuerConflict"),
+        ("tokenpolicy/issuer-two", "Degraded", "IssuerConflict"),
     ] {
         let (obj, (argo, message, kstatus)) = by_name(what);
         assert_eq!(argo, argo_want, "{what}");
@@ -462,5 +507,84 @@ fn ensure_status_default() {
             "-f",
             repo().join("crds").to_str().unwrap(),
         ]);
+    }
+}
+
+/// A ValidatingAdmissionPolicy and its binding that refuse to create the
+/// Secrets `names` in namespace `ns`, in force once this returns (a
+/// server-side dry run is refused); deleted when dropped.
+fn refuse_secrets(ns: &str, names: &[&str]) -> RefuseSecrets {
+    let name = format!("latchkey-e2e-refuse-{ns}");
+    let list = names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let objects = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{
+                        "apiGroups": [""], "apiVersions": ["v1"],
+                        "operations": ["CREATE"], "resources": ["secrets"],
+                    }]},
+                    "validations": [{
+                        "expression": format!("!(object.metadata.name in [{list}])"),
+                        "message": "refused by the test",
+                    }],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": name},
+                "spec": {
+                    "policyName": name,
+                    "validationActions": ["Deny"],
+                    "matchResources": {"namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": ns},
+                    }},
+                },
+            },
+        ],
+    });
+    apply(&objects.to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (created, _, _) = kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            names[0],
+            "-n",
+            ns,
+            "--from-literal=probe=1",
+            "--dry-run=server",
+        ]);
+        if !created {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ValidatingAdmissionPolicy {name} never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    RefuseSecrets(name)
+}
+
+struct RefuseSecrets(String);
+
+impl Drop for RefuseSecrets {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            let _ = kubectl(&["delete", kind, &self.0, "--ignore-not-found"]);
+        }
     }
 }

@@ -28,6 +28,7 @@ pub trait Reconciled:
     const STATUS_ACTION: &'static str;
     fn status(&self) -> Option<&Self::Status>;
     fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    fn observed_generation(status: &mut Self::Status) -> &mut Option<i64>;
     /// Drops the fields that another writer owns (the controller's apply
     /// must neither compare nor send them).
     fn without_foreign_fields(status: Self::Status) -> Self::Status {
@@ -46,6 +47,9 @@ impl Reconciled for ApiKey {
     fn conditions(status: &mut ApiKeyStatus) -> &mut Vec<Condition> {
         &mut status.conditions
     }
+    fn observed_generation(status: &mut ApiKeyStatus) -> &mut Option<i64> {
+        &mut status.observed_generation
+    }
     /// `lastUsedAt`, `keyUsage` and `retiredKeyPresented` are the auth server's.
     fn without_foreign_fields(status: ApiKeyStatus) -> ApiKeyStatus {
         status.without_server_fields()
@@ -62,6 +66,9 @@ impl Reconciled for TokenPolicy {
     }
     fn conditions(status: &mut TokenPolicyStatus) -> &mut Vec<Condition> {
         &mut status.conditions
+    }
+    fn observed_generation(status: &mut TokenPolicyStatus) -> &mut Option<i64> {
+        &mut status.observed_generation
     }
 }
 
@@ -106,13 +113,56 @@ pub async fn record_failure<K: Reconciled>(object: &K, err: &Error, delay: Durat
         ),
     );
     let before = fresh.status().cloned().map(K::without_foreign_fields);
-    let mut status = before.clone().unwrap_or_default();
-    let generation = fresh.meta().generation;
-    conditions::apply_phase(K::conditions(&mut status), &phase, generation, now);
+    let status = failed_status::<K>(before.clone(), &phase, fresh.meta().generation, now);
     if before.as_ref() == Some(&status) {
         return;
     }
     if let Err(err) = apply_status(&api, name, &status, K::STATUS_ACTION).await {
         tracing::debug!(error = %err, "could not record the failure in status");
+    }
+}
+
+/// The status that records `phase` (a failure) for `generation`: the
+/// conditions, and `observedGeneration` with them. The controller did observe
+/// that generation, it failed to carry it out: without this a kind whose
+/// first reconcile fails (a TokenPolicy whose signing-key Secret is refused)
+/// would have no `observedGeneration`, and Argo CD's health script would say
+/// "Waiting for latchkey to observe generation 1" instead of the error.
+fn failed_status<K: Reconciled>(
+    before: Option<K::Status>,
+    phase: &Phase,
+    generation: Option<i64>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> K::Status {
+    let mut status = before.unwrap_or_default();
+    conditions::apply_phase(K::conditions(&mut status), phase, generation, now);
+    *K::observed_generation(&mut status) = generation;
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::t;
+
+    #[test]
+    fn a_failure_records_the_generation_it_failed_to_carry_out() {
+        let phase = Phase::reconciling("RetryingAfterError", "x failed; retrying in 1s");
+        // A first reconcile that failed: no status before.
+        let status = failed_status::<TokenPolicy>(None, &phase, Some(1), t(0));
+        assert_eq!(status.observed_generation, Some(1));
+        let reconciling = conditions::find(&status.conditions, conditions::RECONCILING).unwrap();
+        assert_eq!(reconciling.status, "True");
+        assert_eq!(reconciling.reason, "RetryingAfterError");
+        assert_eq!(reconciling.observed_generation, Some(1));
+        // A later generation: the rest of status stays as it was.
+        let before = ApiKeyStatus {
+            observed_generation: Some(1),
+            secret_name: Some("svc".into()),
+            ..Default::default()
+        };
+        let status = failed_status::<ApiKey>(Some(before), &phase, Some(2), t(0));
+        assert_eq!(status.observed_generation, Some(2));
+        assert_eq!(status.secret_name.as_deref(), Some("svc"));
     }
 }
