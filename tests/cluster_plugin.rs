@@ -2,7 +2,7 @@
 //! local control plane: `status` (one namespace, one ApiKey, all
 //! namespaces), `rotate` (waits; the old key becomes a previous key),
 //! `revoke` (refused on a non-terminal without `--yes`), `inspect` of a
-//! current, a previous, a forged, a retired and a garbage key and of a
+//! current, a previous, a forged, a retired, an expired and a garbage key and of a
 //! token, `token` through a running server, and the errors a person acts on:
 //! a missing ApiKey, an unreachable cluster, a forbidden namespace (a
 //! ServiceAccount with no rights, and one whose Role covers only its own
@@ -701,4 +701,26 @@ fn every_command_has_help() {
             assert!(text.contains(flag), "{command} --help names {flag}:\n{text}");
         }
     }
+}
+
+/// `inspect` of the key of an ApiKey that has expired since: listed as its
+/// current key, EXPIRED, refused (`valid: no`).
+#[tokio::test]
+async fn inspect_a_key_of_an_expired_apikey() {
+    let ns = TestNamespace::new("plugin-expired").await;
+    let n = ns.name.as_str();
+    let (_latchkey, server) = LatchkeyProcess::start_run(n, &[]);
+    let expires = k8s_openapi::jiff::Timestamp::now().as_second() + 10;
+    let expires = k8s_openapi::jiff::Timestamp::from_second(expires).unwrap();
+    let key = served_key(n, "brief", &format!("  expiresAt: \"{expires}\"\n"), &server).await;
+    let out = plugin_ok(&["inspect", "-n", n], Some(&key));
+    assert!(out.contains("valid:     yes"), "{out}");
+    let out = eventually(Duration::from_secs(60), "the key is expired", || async {
+        let out = plugin_ok(&["inspect", "-n", n], Some(&key));
+        out.contains("EXPIRED").then_some(out)
+    })
+    .await;
+    assert!(out.contains("valid:     no") && out.contains("current"), "{out}");
+    assert!(out.contains(&format!("{n}/brief")), "{out}");
+    assert_no_key(&out, &[&key]);
 }
