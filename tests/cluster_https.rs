@@ -8,7 +8,7 @@
 mod common;
 
 use common::proxy::{render, require, start_nginx};
-use common::tls::{ca_pem, connector, https, reqwest_trusting};
+use common::tls::{ca_pem, connector, https, reqwest_trusting, untrusted_ca};
 use common::{LatchkeyProcess, TestNamespace, served_key_with};
 use std::path::Path;
 use std::process::Command;
@@ -36,14 +36,6 @@ fn serve_self_signed(ns: &str, extra: &[&str]) -> (LatchkeyProcess, String) {
 
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// A CA nobody trusts (PEM), for the refusals.
-fn other_ca() -> String {
-    rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .cert
-        .pem()
 }
 
 /// `curl --cacert <ca> -H 'X-Api-Key: <key>' <url>`: the exit code and the
@@ -101,7 +93,7 @@ async fn the_listener_serves_a_certificate_of_the_ca_secret_and_other_cas_are_re
     std::fs::create_dir_all(&dir).unwrap();
     let (ca_file, wrong_file) = (dir.join("ca.crt"), dir.join("other-ca.crt"));
     std::fs::write(&ca_file, &ca).unwrap();
-    std::fs::write(&wrong_file, other_ca()).unwrap();
+    std::fs::write(&wrong_file, untrusted_ca()).unwrap();
     let (code, status) = curl(&ca_file, &key, &format!("{url}/auth/nginx?scope=orders:read"));
     assert_eq!((code, status.as_str()), (0, "200"));
     let by_name = format!("https://latchkey.test:{}/auth/nginx", port_of(&url));
@@ -124,7 +116,7 @@ async fn the_listener_serves_a_certificate_of_the_ca_secret_and_other_cas_are_re
         code, 60,
         "curl: peer certificate cannot be authenticated (got {status})"
     );
-    let err = reqwest_trusting(&other_ca())
+    let err = reqwest_trusting(&untrusted_ca())
         .get(format!("{url}/auth/nginx"))
         .header("x-api-key", &key)
         .send()
@@ -310,7 +302,7 @@ async fn renewals_under_load_through_nginx_lose_no_request_and_a_wrong_ca_is_ref
     std::fs::create_dir_all(&dir).unwrap();
     let (ca_file, wrong_file) = (dir.join("ca.crt"), dir.join("other-ca.crt"));
     std::fs::write(&ca_file, &ca).unwrap();
-    std::fs::write(&wrong_file, other_ca()).unwrap();
+    std::fs::write(&wrong_file, untrusted_ca()).unwrap();
     let addr = url.trim_start_matches("https://");
     let (_nginx, port) = nginx_tls(&dir.join("good"), addr, &ca_file);
     let (_wrong, wrong_port) = nginx_tls(&dir.join("wrong"), addr, &wrong_file);

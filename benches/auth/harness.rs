@@ -125,10 +125,11 @@ impl Bench {
         (child, port)
     }
 
-    /// nginx from `e2e/proxy/nginx.conf.in` in front of latchkey on `latchkey_port`.
+    /// nginx from `e2e/proxy/nginx-plain.conf.in` in front of latchkey's plain
+    /// HTTP listener on `latchkey_port` (the benchmarks' baseline).
     pub fn nginx(&self, latchkey_port: u16) -> (LoggedChild, u16) {
         self.nginx_from(
-            "nginx.conf.in",
+            "nginx-plain.conf.in",
             &[
                 ("@LATCHKEY@", format!("127.0.0.1:{latchkey_port}")),
                 ("@UPSTREAM@", "127.0.0.1:9".to_owned()),
