@@ -8,7 +8,7 @@
 mod common;
 
 use common::proxy::{render, require, start_nginx};
-use common::tls::{ca_pem, connector, https, reqwest_trusting};
+use common::tls::{ca_pem, connector, https, reqwest_trusting, untrusted_ca};
 use common::{LatchkeyProcess, TestNamespace, served_key_with};
 use std::path::Path;
 use std::process::Command;
@@ -36,14 +36,6 @@ fn serve_self_signed(ns: &str, extra: &[&str]) -> (LatchkeyProcess, String) {
 
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// A CA nobody trusts (PEM), for the refusals.
-fn other_ca() -> String {
-    rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .cert
-        .pem()
 }
 
 /// `curl --cacert <ca> -H 'X-Api-Key: <key>' <url>`: the exit code and the
@@ -101,7 +93,7 @@ async fn the_listener_serves_a_certificate_of_the_ca_secret_and_other_cas_are_re
     std::fs::create_dir_all(&dir).unwrap();
     let (ca_file, wrong_file) = (dir.join("ca.crt"), dir.join("other-ca.crt"));
     std::fs::write(&ca_file, &ca).unwrap();
-    std::fs::write(&wrong_file, other_ca()).unwrap();
+    std::fs::write(&wrong_file, untrusted_ca()).unwrap();
     let (code, status) = curl(&ca_file, &key, &format!("{url}/auth/nginx?scope=orders:read"));
     assert_eq!((code, status.as_str()), (0, "200"));
     let by_name = format!("https://latchkey.test:{}/auth/nginx", port_of(&url));
@@ -124,7 +116,7 @@ async fn the_listener_serves_a_certificate_of_the_ca_secret_and_other_cas_are_re
         code, 60,
         "curl: peer certificate cannot be authenticated (got {status})"
     );
-    let err = reqwest_trusting(&other_ca())
+    let err = reqwest_trusting(&untrusted_ca())
         .get(format!("{url}/auth/nginx"))
         .header("x-api-key", &key)
         .send()
@@ -159,11 +151,12 @@ fn mount(dir: &Path, version: &str, cert: &str, key: &str) {
     }
 }
 
-/// A certificate for 127.0.0.1 with serial `serial`, signed by a CA of the
+/// A certificate for 127.0.0.1 and latchkey.test with serial `serial`, signed by a CA of the
 /// test (as cert-manager's issuer would): (chain PEM, key PEM).
 fn issued(ca: &(rcgen::Issuer<'static, rcgen::KeyPair>, String), serial: u64) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let names = vec!["127.0.0.1".to_owned(), "latchkey.test".to_owned()];
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
     params.serial_number = Some(rcgen::SerialNumber::from(serial));
     let cert = params.signed_by(&key, &ca.0).unwrap();
     (format!("{}{}", cert.pem(), ca.1), key.serialize_pem())
@@ -289,6 +282,51 @@ fn nginx_tls(dir: &Path, latchkey: &str, ca: &Path) -> (common::process::LoggedC
     (start_nginx(dir, &conf, port), port)
 }
 
+/// What a loop of auth requests through nginx saw.
+#[derive(Default)]
+struct Load {
+    sent: u32,
+    /// Allowed (200) and refused (401), each as expected.
+    allowed: u32,
+    refused: u32,
+    failed: Vec<String>,
+}
+
+/// Sends auth requests through nginx on `port` until `done` says so: by
+/// turns on `/fresh-auth/` (a new connection and a full, verified
+/// handshake each) and `/static-auth/` (kept-alive connections), with
+/// `key` (expects 200) and without (expects latchkey's 401).
+async fn load_through_nginx(port: u16, key: &str, mut done: impl FnMut() -> bool) -> Load {
+    let http = reqwest::Client::new();
+    let mut load = Load::default();
+    while !done() {
+        for path in ["/fresh-auth/", "/static-auth/"] {
+            for with_key in [true, true, true, false] {
+                let mut req = http.get(format!("http://127.0.0.1:{port}{path}index.html"));
+                if with_key {
+                    req = req.bearer_auth(key);
+                }
+                load.sent += 1;
+                let expected = if with_key { 200 } else { 401 };
+                match req.send().await {
+                    Ok(r) if r.status() == expected => {
+                        if with_key {
+                            load.allowed += 1
+                        } else {
+                            load.refused += 1
+                        }
+                    }
+                    Ok(r) => load
+                        .failed
+                        .push(format!("{path} (expected {expected}): {}", r.status())),
+                    Err(e) => load.failed.push(format!("{path}: {e}")),
+                }
+            }
+        }
+    }
+    load
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn renewals_under_load_through_nginx_lose_no_request_and_a_wrong_ca_is_refused() {
     let ns = TestNamespace::new("lk-https-nginx").await;
@@ -310,7 +348,7 @@ async fn renewals_under_load_through_nginx_lose_no_request_and_a_wrong_ca_is_ref
     std::fs::create_dir_all(&dir).unwrap();
     let (ca_file, wrong_file) = (dir.join("ca.crt"), dir.join("other-ca.crt"));
     std::fs::write(&ca_file, &ca).unwrap();
-    std::fs::write(&wrong_file, other_ca()).unwrap();
+    std::fs::write(&wrong_file, untrusted_ca()).unwrap();
     let addr = url.trim_start_matches("https://");
     let (_nginx, port) = nginx_tls(&dir.join("good"), addr, &ca_file);
     let (_wrong, wrong_port) = nginx_tls(&dir.join("wrong"), addr, &wrong_file);
@@ -342,29 +380,103 @@ async fn renewals_under_load_through_nginx_lose_no_request_and_a_wrong_ca_is_ref
     let renewals = |log: &str| log.matches("renewed the HTTP serving certificate").count();
     let before = renewals(&latchkey.log_text());
     let started = Instant::now();
-    let (mut sent, mut failed) = (0u32, Vec::new());
-    while started.elapsed() < Duration::from_secs(9) || renewals(&latchkey.log_text()) < before + 2 {
+    let load = load_through_nginx(port, &key, || {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no two renewals within 60 s"
         );
-        for path in ["/fresh-auth/", "/static-auth/"] {
-            sent += 1;
-            match get(port, path).await {
-                Ok(r) if r.status() == 200 => {}
-                Ok(r) => failed.push(format!("{path}: {}", r.status())),
-                Err(e) => failed.push(format!("{path}: {e}")),
-            }
-        }
-    }
+        started.elapsed() >= Duration::from_secs(9) && renewals(&latchkey.log_text()) >= before + 2
+    })
+    .await;
     let after = renewals(&latchkey.log_text());
     println!(
-        "{sent} requests through nginx over HTTPS in {:?}: {} failed, {} certificate renewals",
+        "self-signed: {} requests through nginx over HTTPS in {:?}: {} allowed, {} refused (no key), {} failed, {} certificate renewals",
+        load.sent,
         started.elapsed(),
-        failed.len(),
+        load.allowed,
+        load.refused,
+        load.failed.len(),
         after - before
     );
     let error_log = std::fs::read_to_string(dir.join("good/error.log")).unwrap_or_default();
-    assert!(failed.is_empty(), "failed requests: {failed:?}\n{error_log}");
+    assert!(
+        load.failed.is_empty(),
+        "failed requests: {:?}\n{error_log}",
+        load.failed
+    );
+    assert_eq!(load.allowed + load.refused, load.sent);
     assert!(after - before >= 2, "only {} renewals", after - before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounted_certificate_replacements_under_load_through_nginx_lose_no_request() {
+    let ns = TestNamespace::new("lk-https-dir-load").await;
+    let _controller = LatchkeyProcess::start(&ns.name);
+    let dir = std::env::temp_dir().join(format!("latchkey-https-dir-load-{}", ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = test_ca();
+    let (cert, key_pem) = issued(&ca, 1);
+    mount(&certs, "..v1", &cert, &key_pem);
+    let certs_arg = certs.display().to_string();
+    let (latchkey, url) = LatchkeyProcess::start_http(
+        "serve",
+        &ns.name,
+        &[
+            "--http-tls",
+            "dir",
+            "--http-tls-cert-dir",
+            &certs_arg,
+            "--http-tls-sync-seconds",
+            "1",
+        ],
+    );
+    let key = served_key_with(&ns.name, "billing", KEY_SPEC, &url, &reqwest_trusting(&ca.1)).await;
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &ca.1).unwrap();
+    let (_nginx, port) = nginx_tls(&dir.join("nginx"), url.trim_start_matches("https://"), &ca_file);
+
+    // cert-manager renews: the kubelet swaps `..data` to a new certificate
+    // of the same issuer every 1.5 s while the requests run.
+    let loaded = |log: &str| {
+        log.matches("loaded the renewed mounted serving certificate")
+            .count()
+    };
+    let started = Instant::now();
+    let mut serial = 1;
+    let mut next_swap = started;
+    let load = load_through_nginx(port, &key, || {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no reloads within 60 s"
+        );
+        if serial < 5 && Instant::now() >= next_swap {
+            serial += 1;
+            let (cert, key_pem) = issued(&ca, serial);
+            mount(&certs, &format!("..v{serial}"), &cert, &key_pem);
+            next_swap = Instant::now() + Duration::from_millis(1500);
+        }
+        // Done a few sync rounds after the last swap.
+        serial == 5 && Instant::now() >= next_swap + Duration::from_secs(2)
+    })
+    .await;
+    println!(
+        "mounted: {} requests through nginx over HTTPS in {:?}: {} allowed, {} refused (no key), {} failed, {} certificates loaded",
+        load.sent,
+        started.elapsed(),
+        load.allowed,
+        load.refused,
+        load.failed.len(),
+        loaded(&latchkey.log_text())
+    );
+    let error_log = std::fs::read_to_string(dir.join("nginx/error.log")).unwrap_or_default();
+    assert!(
+        load.failed.is_empty(),
+        "failed requests: {:?}\n{error_log}",
+        load.failed
+    );
+    assert_eq!(load.allowed + load.refused, load.sent);
+    assert_eq!(served_serial(&ca.1, port_of(&url)).unwrap(), "serial=05");
+    assert!(loaded(&latchkey.log_text()) >= 1);
 }

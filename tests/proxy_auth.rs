@@ -2,7 +2,9 @@
 //! generates it for `auth-url` + `auth-response-headers` (with the 429
 //! recipe), and Caddy with `forward_auth` + `copy_headers`, both in front of a
 //! `latchkey run` and an upstream that echoes the headers it receives
-//! (`e2e/proxy/`). Envoy ext_authz requests (and a ForwardAuth request, the
+//! (`e2e/proxy/`). Both reach latchkey over HTTPS and verify its certificate
+//! against latchkey's CA (nginx `proxy_ssl_verify`, Caddy
+//! `tls_trusted_ca_certs`); a route trusting another CA fails. Envoy ext_authz requests (and a ForwardAuth request, the
 //! contract the real Traefik of tests/proxy_traefik.rs relies on) are sent
 //! to latchkey directly with the headers those proxies send.
 //!
@@ -13,6 +15,7 @@ mod common;
 
 use common::process::{LoggedChild, Stop};
 use common::proxy::*;
+use common::tls::reqwest_trusting;
 use common::*;
 use kube::Api;
 use latchkey::crd::ApiKey;
@@ -27,9 +30,11 @@ struct Stack {
     latchkey_url: String,
     nginx: String,
     caddy: String,
+    /// Where the configurations and the proxies' logs are.
+    dir: std::path::PathBuf,
     http: reqwest::Client,
     api_keys: Api<ApiKey>,
-    _procs: Vec<LoggedChild>,
+    procs: Vec<LoggedChild>,
 }
 
 impl Stack {
@@ -42,34 +47,38 @@ impl Stack {
         let caddy_bin = require("caddy");
         let ns = TestNamespace::new(prefix).await;
         // The test configurations copy X-Auth-Claim-tenant (see e2e/proxy/).
-        let (latchkey, latchkey_url) =
-            LatchkeyProcess::start_http_env("run", &ns.name, &["--claim-header", "tenant"], env);
-        let latchkey_addr = latchkey_url.trim_start_matches("http://").to_owned();
+        // HTTPS: the proxies verify latchkey's certificate against its CA.
+        let mut args = vec!["--claim-header".to_owned(), "tenant".to_owned()];
+        args.extend(tls_flags(&ns.name));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (latchkey, latchkey_url) = LatchkeyProcess::start_http_env("run", &ns.name, &args, env);
+        assert!(latchkey_url.starts_with("https://"), "{latchkey_url}");
+        let latchkey_addr = latchkey_url.trim_start_matches("https://").to_owned();
         let dir = std::env::temp_dir().join(format!("latchkey-proxies-{}", ns.name));
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        std::fs::create_dir_all(dir.join("static")).unwrap();
-        std::fs::write(dir.join("static/index.html"), "ok\n").unwrap();
+        let trust = TrustFiles::write(&ns.name, &dir);
 
         let (nginx_port, caddy_port) = (free_port(), free_port());
         let mut procs = Vec::new();
         let (echo, upstream) = spawn_echo(&dir);
         procs.push(echo);
 
-        let vars = [
+        let mut vars = vec![
             ("PREFIX", dir.display().to_string()),
             ("LISTEN", format!("127.0.0.1:{nginx_port}")),
             ("LATCHKEY", latchkey_addr.clone()),
             ("UPSTREAM", upstream.clone()),
-            ("STATIC", dir.join("static").display().to_string()),
         ];
+        vars.extend(trust.vars());
         render("nginx.conf.in", &dir.join("nginx.conf"), &vars);
         procs.push(start_nginx(&dir, &dir.join("nginx.conf"), nginx_port));
 
-        let vars = [
+        let mut vars = vec![
             ("LISTEN", format!("127.0.0.1:{caddy_port}")),
             ("LATCHKEY", latchkey_addr),
             ("UPSTREAM", upstream),
         ];
+        vars.extend(trust.vars());
         render("Caddyfile.in", &dir.join("Caddyfile"), &vars);
         let mut caddy = LoggedChild::spawn(
             "caddy",
@@ -93,8 +102,10 @@ impl Stack {
             latchkey_url,
             nginx: format!("http://127.0.0.1:{nginx_port}"),
             caddy: format!("http://127.0.0.1:{caddy_port}"),
-            http: reqwest::Client::new(),
-            _procs: procs,
+            dir,
+            // Trusts latchkey's CA only (the proxies themselves are plain HTTP).
+            http: reqwest_trusting(&trust.pem),
+            procs,
         }
     }
 
@@ -105,7 +116,7 @@ impl Stack {
     /// Applies an ApiKey; returns its key once it is Ready and latchkey
     /// accepts it.
     async fn key(&self, name: &str, spec: &str) -> String {
-        served_key(&self.ns.name, name, spec, &self.latchkey_url).await
+        served_key_with(&self.ns.name, name, spec, &self.latchkey_url, &self.http).await
     }
 
     async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
@@ -235,6 +246,56 @@ async fn nginx_and_caddy_enforce_latchkeys_decisions() {
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn nginx_and_caddy_refuse_a_latchkey_whose_ca_they_do_not_trust() {
+    let s = Stack::start("proxy-wrong-ca").await;
+    let key = s.key("svc", "  scopes: [\"orders:read\"]\n").await;
+    for (proxy, base) in s.proxies() {
+        // The same key through a route that trusts latchkey's CA: allowed.
+        let a = s.get(&format!("{base}/api/orders"), &[("x-api-key", &key)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{proxy}: {}", a.body);
+        assert!(a.reached_upstream(), "{proxy}");
+        // Trusting another CA: the handshake fails, so neither latchkey's
+        // allow (the upstream) nor its 401 (a challenge) comes through.
+        let (expected, why) = match proxy {
+            "nginx" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "auth_request turns the 502 into 500",
+            ),
+            _ => (
+                StatusCode::BAD_GATEWAY,
+                "reverse_proxy's answer to a failed upstream",
+            ),
+        };
+        for (what, headers) in [
+            ("a valid key", vec![("x-api-key", key.as_str())]),
+            ("no key", vec![]),
+        ] {
+            let a = s.get(&format!("{base}/wrong-ca/orders"), &headers).await;
+            assert_eq!(a.status, expected, "{proxy} with {what} ({why}): {}", a.body);
+            assert!(
+                !a.reached_upstream(),
+                "{proxy} with {what}: the upstream answered"
+            );
+            assert_eq!(
+                a.header("www-authenticate"),
+                "",
+                "{proxy} with {what}: latchkey answered"
+            );
+        }
+    }
+    let nginx_log = std::fs::read_to_string(s.dir.join("error.log")).unwrap_or_default();
+    assert!(
+        nginx_log.contains("upstream SSL certificate verify error"),
+        "nginx says why:\n{nginx_log}"
+    );
+    let caddy_log = s.procs[2].log_text();
+    assert!(
+        caddy_log.contains("certificate signed by unknown authority"),
+        "Caddy says why:\n{caddy_log}"
+    );
 }
 
 #[tokio::test]

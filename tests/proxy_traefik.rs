@@ -1,7 +1,9 @@
 //! External auth through the real Traefik v3: its ForwardAuth middleware
 //! against latchkey's `/auth/forward`, configured from the file provider
 //! (`e2e/proxy/traefik/`) on loopback ports, in front of a `latchkey run` and
-//! the echo upstream of the other proxy tests.
+//! the echo upstream of the other proxy tests. Traefik reaches latchkey over
+//! HTTPS and verifies its certificate against latchkey's CA (`tls.ca`); a
+//! middleware trusting another CA fails.
 //!
 //! Traefik is built from the Go module proxy by `e2e/build-traefik` (which
 //! `e2e/deps` runs; version in `e2e/versions.env`); without it these tests
@@ -11,6 +13,7 @@ mod common;
 
 use common::process::{LoggedChild, Stop};
 use common::proxy::*;
+use common::tls::reqwest_trusting;
 use common::*;
 use kube::Api;
 use latchkey::crd::ApiKey;
@@ -66,19 +69,24 @@ impl Stack {
         let traefik_bin = traefik_binary();
         let ns = TestNamespace::new(prefix).await;
         // The middlewares list X-Auth-Claim-tenant (see e2e/proxy/traefik/).
-        let (latchkey, latchkey_url) = LatchkeyProcess::start_run(&ns.name, &["--claim-header", "tenant"]);
+        // HTTPS: Traefik verifies latchkey's certificate against its CA.
+        let mut args = vec!["--claim-header".to_owned(), "tenant".to_owned()];
+        args.extend(tls_flags(&ns.name));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (latchkey, latchkey_url) = LatchkeyProcess::start_run(&ns.name, &args);
+        assert!(latchkey_url.starts_with("https://"), "{latchkey_url}");
         let dir = std::env::temp_dir().join(format!("latchkey-traefik-{}", ns.name));
         std::fs::create_dir_all(&dir).unwrap();
+        let trust = TrustFiles::write(&ns.name, &dir);
         let (echo, upstream) = spawn_echo(&dir);
         let (port, trusting_port) = (free_port(), free_port());
-        render(
-            "traefik/dynamic.yml.in",
-            &dir.join("dynamic.yml"),
-            &[
-                ("LATCHKEY", latchkey_url.trim_start_matches("http://").to_owned()),
-                ("UPSTREAM", upstream),
-            ],
-        );
+        let mut vars = vec![
+            // 127.0.0.1: Traefik verifies the address's host.
+            ("LATCHKEY", latchkey_url.trim_start_matches("https://").to_owned()),
+            ("UPSTREAM", upstream),
+        ];
+        vars.extend(trust.vars());
+        render("traefik/dynamic.yml.in", &dir.join("dynamic.yml"), &vars);
         render(
             "traefik/traefik.yml.in",
             &dir.join("traefik.yml"),
@@ -105,7 +113,8 @@ impl Stack {
             latchkey_url,
             traefik: format!("http://127.0.0.1:{port}"),
             trusting: format!("http://127.0.0.1:{trusting_port}"),
-            http: reqwest::Client::new(),
+            // Trusts latchkey's CA only (Traefik itself is plain HTTP).
+            http: reqwest_trusting(&trust.pem),
             procs: vec![echo, traefik],
         };
         // The file provider's routes come a moment after the entry point
@@ -130,7 +139,7 @@ impl Stack {
 
     /// Applies an ApiKey; returns its key once it is Ready and latchkey accepts it.
     async fn key(&self, name: &str, spec: &str) -> String {
-        served_key(&self.ns.name, name, spec, &self.latchkey_url).await
+        served_key_with(&self.ns.name, name, spec, &self.latchkey_url, &self.http).await
     }
 
     async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
@@ -165,7 +174,15 @@ impl Stack {
             .await;
         let form = "grant_type=client_credentials&role=admin&claim.tenant=acme";
         let token = eventually(Duration::from_secs(30), "a token from /token", || async {
-            let resp = post_token(&format!("{}/token", self.latchkey_url), &key, form).await;
+            let resp = self
+                .http
+                .post(format!("{}/token", self.latchkey_url))
+                .basic_auth("client", Some(&key))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .ok()?;
             let v: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
             v["access_token"].as_str().map(str::to_owned)
         })
@@ -527,4 +544,29 @@ async fn a_revoked_key_is_refused_through_traefik() {
         percentile(&delays, 0.5),
         percentile(&delays, 1.0)
     );
+}
+
+#[tokio::test]
+async fn traefik_refuses_a_latchkey_whose_ca_it_does_not_trust() {
+    let s = Stack::start("traefik-wrong-ca").await;
+    let key = s.key("svc", "  scopes: [\"orders:read\"]\n").await;
+    // The same key through the middleware that trusts latchkey's CA: allowed.
+    let a = s
+        .get(&format!("{}/api/orders", s.traefik), &[("x-api-key", &key)])
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.reached_upstream());
+    // Trusting another CA: the handshake fails, so neither latchkey's allow
+    // (the upstream) nor its 401 (a challenge) comes through; ForwardAuth
+    // answers 500 when it cannot reach the auth server.
+    let url = format!("{}/wrong-ca/orders", s.traefik);
+    for (what, headers) in [
+        ("a valid key", vec![("x-api-key", key.as_str())]),
+        ("no key", vec![]),
+    ] {
+        let a = s.get(&url, &headers).await;
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{what}: {}", a.body);
+        assert!(!a.reached_upstream(), "{what}: the upstream answered");
+        assert_eq!(a.header("www-authenticate"), "", "{what}: latchkey answered");
+    }
 }

@@ -125,10 +125,11 @@ impl Bench {
         (child, port)
     }
 
-    /// nginx from `e2e/proxy/nginx.conf.in` in front of latchkey on `latchkey_port`.
+    /// nginx from `e2e/proxy/nginx-plain.conf.in` in front of latchkey's plain
+    /// HTTP listener on `latchkey_port` (the benchmarks' baseline).
     pub fn nginx(&self, latchkey_port: u16) -> (LoggedChild, u16) {
         self.nginx_from(
-            "nginx.conf.in",
+            "nginx-plain.conf.in",
             &[
                 ("@LATCHKEY@", format!("127.0.0.1:{latchkey_port}")),
                 ("@UPSTREAM@", "127.0.0.1:9".to_owned()),
@@ -269,7 +270,8 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     http_status_with(port, path, None)
 }
 
-/// What wrk printed: requests/s and latency percentiles in microseconds.
+/// What wrk printed: requests/s and latency percentiles in microseconds;
+/// with [`wrk_cpu`], also the CPU each request cost the servers and wrk.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WrkResult {
     pub rps: f64,
@@ -277,6 +279,71 @@ pub struct WrkResult {
     pub p99_us: f64,
     pub non_2xx: u64,
     pub requests: u64,
+    /// CPU time (user + system) of the measured server processes per
+    /// request, in microseconds (0 unless measured).
+    pub server_cpu_us: f64,
+    /// wrk's own CPU time per request, in microseconds (0 unless measured).
+    pub client_cpu_us: f64,
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output();
+        out.ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Fields 14.. of `/proc/<pid>/stat` (utime, stime, cutime, cstime, …),
+/// after the command name (which may hold spaces).
+fn stat_times(pid: &str) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect()
+}
+
+/// CPU seconds (user + system) `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let t = stat_times(&pid.to_string());
+    (t.first().unwrap_or(&0) + t.get(1).unwrap_or(&0)) as f64 / clock_ticks()
+}
+
+/// `pid` and its child processes (nginx's master and its worker), for
+/// [`wrk_cpu`].
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
+/// CPU seconds the children this process waited for have used (wrk).
+fn children_cpu_seconds() -> f64 {
+    let t = stat_times("self");
+    (t.get(2).unwrap_or(&0) + t.get(3).unwrap_or(&0)) as f64 / clock_ticks()
+}
+
+/// [`wrk`], and the CPU time per request of the `servers` (PIDs: latchkey,
+/// nginx) and of wrk itself, read from /proc before and after. On a shared
+/// machine the rate depends on what else runs (wrk included: its TLS runs
+/// on the same cores); CPU per request does much less.
+pub fn wrk_cpu(url: &str, connections: u32, seconds: u32, key: Option<&str>, servers: &[u32]) -> WrkResult {
+    let server_cpu = || servers.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let (server_before, client_before) = (server_cpu(), children_cpu_seconds());
+    let mut r = wrk(url, connections, seconds, key);
+    let (server_after, client_after) = (server_cpu(), children_cpu_seconds());
+    let per_request = |seconds: f64| seconds * 1e6 / r.requests.max(1) as f64;
+    r.server_cpu_us = per_request(server_after - server_before);
+    r.client_cpu_us = per_request(client_after - client_before);
+    r
 }
 
 fn parse_duration_us(s: &str) -> Option<f64> {
@@ -377,6 +444,36 @@ impl Rounds {
             "{label}{:.2}",
             self.median(i, |r| r.rps) / self.median(j, |r| r.rps)
         );
+    }
+
+    /// Prints `label` and the ratio of the median server CPU per request of
+    /// target `j` to that of target `i` (so that, like a rate ratio, 1.0
+    /// means "costs the same" and below 1 "`i` costs more").
+    pub fn print_cpu_ratio(&self, label: &str, i: usize, j: usize) {
+        println!(
+            "{label}{:.2}",
+            self.median(j, |r| r.server_cpu_us) / self.median(i, |r| r.server_cpu_us)
+        );
+    }
+
+    /// Prints `title`, then a row per target: medians of req/s, p50, p99,
+    /// and the CPU per request of the servers and of wrk.
+    pub fn print_cpu(&self, title: &str) {
+        println!("{title}");
+        println!(
+            "{:<40} {:>10} {:>10} {:>10} {:>14} {:>12}",
+            "target", "req/s", "p50", "p99", "server CPU/req", "wrk CPU/req"
+        );
+        for (i, name) in self.names.iter().enumerate() {
+            println!(
+                "{name:<40} {:>10.0} {:>8.0}us {:>8.0}us {:>12.1}us {:>10.1}us",
+                self.median(i, |r| r.rps),
+                self.median(i, |r| r.p50_us),
+                self.median(i, |r| r.p99_us),
+                self.median(i, |r| r.server_cpu_us),
+                self.median(i, |r| r.client_cpu_us)
+            );
+        }
     }
 
     /// Prints `title`, then a row per target: medians of req/s, p50, p99.

@@ -29,7 +29,12 @@
 //!   serve`, in the same run, as a ratio (goal: TLS costs at most 15 %);
 //!   and nginx with `auth_request` to latchkey over HTTPS (upstream
 //!   keepalive, `proxy_ssl_verify on`) vs nginx alone and vs the same over
-//!   plain HTTP. Medians of `BENCH_REPEAT` interleaved rounds.
+//!   plain HTTP; and without upstream keepalive, a full handshake per
+//!   subrequest vs a resumed session per subrequest. Each target also
+//!   prints the CPU per request of the servers (latchkey, nginx's
+//!   processes) and of wrk, from /proc: on two shared cores wrk's own TLS
+//!   lowers the HTTPS rate, the servers' CPU per request is what latchkey's
+//!   TLS costs. Medians of `BENCH_REPEAT` interleaved rounds.
 //! - `cache-flood N`: one `latchkey serve` (default limits) and ten ApiKeys
 //!   of one TokenPolicy; N distinct valid big tokens (~6 KiB, sixteen
 //!   250-character custom claims each, signed with the policy's key, spread

@@ -191,6 +191,16 @@ impl ResolvesServerCert for SwappableCert {
 
 /// A rustls server configuration (ring, TLS 1.2 and 1.3) over `certs`,
 /// offering `alpn` (`http/1.1` for the HTTP listeners; `h2` for gRPC).
+///
+/// Resumption with **stateless session tickets** (rustls' `Ticketer`:
+/// ChaCha20-Poly1305 under a random key of this process, rotated every 6
+/// hours; TLS 1.3 resumption stays forward-secret, PSK with (EC)DHE).
+/// rustls' default instead keeps 256 sessions in memory and, in TLS 1.3,
+/// takes each ticket once: nginx resumes every new upstream connection
+/// with the one session it saved last, so with several connections at
+/// once most found their ticket taken and paid a full handshake (an ECDSA
+/// signature and a certificate chain). A ticket of another replica or of
+/// a restarted process does not decrypt: a full handshake, as before.
 pub fn server_config(certs: Arc<SwappableCert>, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -198,6 +208,7 @@ pub fn server_config(certs: Arc<SwappableCert>, alpn: &[&[u8]]) -> Result<rustls
             .with_no_client_auth()
             .with_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(config)
 }
 
@@ -241,6 +252,100 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("PRIVATE KEY"));
+    }
+
+    /// A serving certificate of a new CA, and a client configuration that
+    /// trusts that CA (sessions kept in rustls' default client cache).
+    fn cert_and_client() -> (Arc<SwappableCert>, Arc<rustls::ClientConfig>) {
+        let ca = Ca::generate(SystemTime::now()).unwrap();
+        let (cert, _) = ca
+            .issue(&["127.0.0.1".into()], SystemTime::now(), Duration::from_secs(60))
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_der: CertificateDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+        roots.add(ca_der).unwrap();
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        (Arc::new(SwappableCert::new(cert)), Arc::new(client))
+    }
+
+    fn connect(config: &Arc<rustls::ClientConfig>) -> rustls::ClientConnection {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        rustls::ClientConnection::new(config.clone(), name).unwrap()
+    }
+
+    /// A whole handshake in memory; the client keeps the server's tickets.
+    fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) {
+        let mut c = connect(client);
+        let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+        for _ in 0..4 {
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut wire).unwrap();
+            }
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+    }
+
+    /// The bytes of `client`'s next ClientHello (offering its last ticket).
+    fn next_hello(client: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+        let mut c = connect(client);
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// How a server with `config` takes the ClientHello `hello`.
+    fn kind_of(config: &Arc<rustls::ServerConfig>, hello: &[u8]) -> Option<rustls::HandshakeKind> {
+        let mut s = rustls::ServerConnection::new(config.clone()).unwrap();
+        s.read_tls(&mut &hello[..]).unwrap();
+        s.process_new_packets().unwrap();
+        s.handshake_kind()
+    }
+
+    #[test]
+    fn a_session_ticket_resumes_however_often_it_is_presented() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let (certs, client) = cert_and_client();
+        let server = Arc::new(server_config(certs.clone(), &[b"http/1.1"]).unwrap());
+        handshake(&server, &client);
+        // nginx offers the session it saved last on every new upstream
+        // connection: the same ticket, again and again.
+        let hello = next_hello(&client);
+        for _ in 0..3 {
+            assert_eq!(kind_of(&server, &hello), Some(Resumed));
+        }
+        // rustls' default (sessions in the server's memory) takes a TLS 1.3
+        // ticket once: the second connection with it pays a full handshake.
+        let default = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(certs),
+        );
+        let mut fresh_client = (*client).clone();
+        fresh_client.resumption = rustls::client::Resumption::default();
+        let fresh_client = Arc::new(fresh_client);
+        handshake(&default, &fresh_client);
+        let hello = next_hello(&fresh_client);
+        assert_eq!(kind_of(&default, &hello), Some(Resumed));
+        assert_eq!(kind_of(&default, &hello), Some(Full));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What the tests through real proxies share (tests/proxy_auth.rs: nginx and
 //! Caddy; tests/proxy_traefik.rs: Traefik): the configurations of
 //! `e2e/proxy/` filled in, the echo upstream, an answer and what the
-//! upstream received, and the identity headers a client tries to forge.
+//! upstream received, the identity headers a client tries to forge, and
+//! latchkey over HTTPS with the CA files the proxies trust ([`tls_flags`],
+//! [`TrustFiles`]).
 
 use super::process::{LoggedChild, Stop};
 use super::repo;
@@ -9,6 +11,60 @@ use reqwest::{Method, StatusCode};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// The name nginx (`proxy_ssl_name`) and Caddy (`tls_server_name`) verify
+/// on latchkey's certificate; Traefik verifies the address's host,
+/// 127.0.0.1. Both are in the certificate ([`tls_flags`]).
+pub const TLS_NAME: &str = "latchkey.test";
+
+/// The flags of a latchkey behind the proxy tests: HTTPS with a certificate
+/// signed by latchkey's CA in the Secret `<ns>/proxy-ca`, for [`TLS_NAME`]
+/// and 127.0.0.1.
+pub fn tls_flags(ns: &str) -> Vec<String> {
+    [
+        "--http-tls",
+        "self-signed",
+        "--webhook-ca-secret",
+        &format!("{ns}/proxy-ca"),
+        "--http-tls-dns-name",
+        TLS_NAME,
+        "--http-tls-dns-name",
+        "127.0.0.1",
+    ]
+    .map(str::to_owned)
+    .into()
+}
+
+/// What the proxies trust: latchkey's CA (from the Secret [`tls_flags`]
+/// names) and a CA that did not sign latchkey's certificate.
+pub struct TrustFiles {
+    /// latchkey's CA certificate (PEM), for the tests' own client.
+    pub pem: String,
+    /// `<dir>/ca.crt`: latchkey's CA.
+    pub ca: PathBuf,
+    /// `<dir>/wrong-ca.crt`: another CA (the refusal routes).
+    pub wrong_ca: PathBuf,
+}
+
+impl TrustFiles {
+    /// Writes both CA files into `dir` for the latchkey of `ns`.
+    pub fn write(ns: &str, dir: &Path) -> Self {
+        let pem = super::tls::ca_pem(ns, "proxy-ca");
+        let (ca, wrong_ca) = (dir.join("ca.crt"), dir.join("wrong-ca.crt"));
+        std::fs::write(&ca, &pem).unwrap();
+        std::fs::write(&wrong_ca, super::tls::untrusted_ca()).unwrap();
+        Self { pem, ca, wrong_ca }
+    }
+
+    /// The template variables `CA`, `WRONG_CA` and `TLS_NAME`.
+    pub fn vars(&self) -> [(&'static str, String); 3] {
+        [
+            ("CA", self.ca.display().to_string()),
+            ("WRONG_CA", self.wrong_ca.display().to_string()),
+            ("TLS_NAME", TLS_NAME.to_owned()),
+        ]
+    }
+}
 
 /// How long the echo upstream and a proxy may take to listen.
 pub const LISTEN_WAIT: Duration = Duration::from_secs(20);

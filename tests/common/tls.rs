@@ -93,3 +93,11 @@ pub fn https(
     let leaf = tls.conn.peer_certificates().ok_or("no certificate")?[0].to_vec();
     Ok((leaf, String::from_utf8_lossy(&response).into_owned()))
 }
+
+/// A CA nobody trusts (PEM), for the refusals.
+pub fn untrusted_ca() -> String {
+    rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .cert
+        .pem()
+}
