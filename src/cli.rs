@@ -225,10 +225,22 @@ struct ServerArgs {
     #[arg(long, default_value_t = 60, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     http_tls_sync_seconds: u64,
     /// Serve Envoy's gRPC external authorization
-    /// (envoy.service.auth.v3.Authorization/Check, h2c) on this address too,
+    /// (envoy.service.auth.v3.Authorization/Check) on this address too,
     /// for example 0.0.0.0:9001. Off without it.
     #[arg(long, env = "LATCHKEY_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
+    /// TLS on --grpc-addr, the choices of --http-tls: `self-signed`
+    /// (latchkey's CA), `dir` (a mounted certificate), or `off` (h2c).
+    #[arg(long, env = "LATCHKEY_GRPC_TLS", value_enum, default_value = "off")]
+    grpc_tls: crate::tls::Mode,
+    /// With --grpc-tls dir: the directory holding tls.crt and tls.key (it
+    /// may be the HTTP listener's).
+    #[arg(long, env = "LATCHKEY_GRPC_TLS_CERT_DIR")]
+    grpc_tls_cert_dir: Option<PathBuf>,
+    /// With --grpc-tls self-signed: a DNS name (or IP) of the certificate;
+    /// repeatable. Default: those of --http-tls-dns-name.
+    #[arg(long)]
+    grpc_tls_dns_name: Vec<String>,
     /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
     #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
     api_key_header: Option<axum::http::HeaderName>,
@@ -302,19 +314,56 @@ impl ServerArgs {
         ca_secret: (String, String),
         base_url: &str,
     ) -> Result<Option<crate::tls::Source>, Error> {
-        let flags = crate::tls::Flags {
-            prefix: "--http-tls",
-            mode: self.http_tls,
-            cert_dir: self.http_tls_cert_dir.clone(),
-            names: crate::tls::serving_names(&self.http_tls_dns_name, &[base_url], true),
-            validity_seconds: self.http_tls_cert_validity_seconds,
-            renew_before_seconds: self.http_tls_cert_renew_before_seconds,
-            sync_seconds: self.http_tls_sync_seconds,
-        };
+        let names = crate::tls::serving_names(&self.http_tls_dns_name, &[base_url], true);
+        let flags = self.tls_flags("--http-tls", self.http_tls, &self.http_tls_cert_dir, names);
         flags.source(ca_secret).map_err(|source| Error::Tls {
             listener: "HTTP",
             source: Box::new(source),
         })
+    }
+
+    /// The gRPC listener's certificate source (`None`: h2c), with the
+    /// renewal timing of the HTTP listener's; TLS without --grpc-addr is
+    /// refused.
+    fn grpc_tls_source(&self, ca_secret: (String, String)) -> Result<Option<crate::tls::Source>, Error> {
+        let explicit = match self.grpc_tls_dns_name.is_empty() {
+            true => &self.http_tls_dns_name,
+            false => &self.grpc_tls_dns_name,
+        };
+        let names = crate::tls::serving_names(explicit, &[], true);
+        let flags = self.tls_flags("--grpc-tls", self.grpc_tls, &self.grpc_tls_cert_dir, names);
+        let source = flags.source(ca_secret).map_err(|source| Error::Tls {
+            listener: "gRPC",
+            source: Box::new(source),
+        })?;
+        if source.is_some() && self.grpc_addr.is_none() {
+            let source = crate::tls::TlsError::Flags(
+                "--grpc-tls is only read with --grpc-addr; add the address or drop --grpc-tls".into(),
+            );
+            return Err(Error::Tls {
+                listener: "gRPC",
+                source: Box::new(source),
+            });
+        }
+        Ok(source)
+    }
+
+    fn tls_flags(
+        &self,
+        prefix: &'static str,
+        mode: crate::tls::Mode,
+        cert_dir: &Option<PathBuf>,
+        names: Vec<String>,
+    ) -> crate::tls::Flags {
+        crate::tls::Flags {
+            prefix,
+            mode,
+            cert_dir: cert_dir.clone(),
+            names,
+            validity_seconds: self.http_tls_cert_validity_seconds,
+            renew_before_seconds: self.http_tls_cert_renew_before_seconds,
+            sync_seconds: self.http_tls_sync_seconds,
+        }
     }
 
     fn options(&self, namespace: Option<String>, issuer_base_url: Option<String>) -> crate::server::Options {
@@ -330,6 +379,7 @@ impl ServerArgs {
             require_grants: self.require_grants,
             limits: self.limits(),
             tls: None,
+            grpc_tls: None,
         }
     }
 
@@ -504,6 +554,7 @@ impl Serving {
             webhook.options(&client, kube.watch_namespace.clone(), server_args.require_grants)?;
         let mut server = server_args.options(kube.watch_namespace.clone(), kube.issuer_base_url.clone());
         server.tls = server_args.tls_source(webhook.ca_secret(&client)?, &server.issuer_base_url)?;
+        server.grpc_tls = server_args.grpc_tls_source(webhook.ca_secret(&client)?)?;
         let webhook = webhook_options;
         Ok(Self {
             client,
@@ -711,6 +762,48 @@ mod tests {
         assert!(err.to_string().contains("--http-tls dir"), "{err}");
         let err = Cli::try_parse_from(["latchkey", "serve", "--http-tls", "maybe"]).unwrap_err();
         assert!(err.to_string().contains("--http-tls"), "{err}");
+    }
+
+    #[test]
+    fn grpc_tls_mirrors_http_tls_and_needs_the_grpc_address() {
+        let ca = || ("ns".to_owned(), "ca".to_owned());
+        let h2c = serve_args(&["--grpc-addr", "127.0.0.1:9001"]);
+        assert_eq!(h2c.server.grpc_tls_source(ca()).unwrap(), None, "h2c by default");
+        let signed = serve_args(&[
+            "--grpc-addr",
+            "127.0.0.1:9001",
+            "--grpc-tls",
+            "self-signed",
+            "--http-tls-dns-name",
+            "latchkey.ns.svc",
+        ]);
+        let Some(crate::tls::Source::Signed { ca_secret, names, .. }) =
+            signed.server.grpc_tls_source(ca()).unwrap()
+        else {
+            panic!("self-signed is latchkey's CA");
+        };
+        assert_eq!(ca_secret, ca(), "the CA Secret the HTTP listener uses");
+        assert_eq!(names, ["latchkey.ns.svc"], "the HTTP listener's names by default");
+        let own = serve_args(&[
+            "--grpc-addr",
+            "127.0.0.1:9001",
+            "--grpc-tls",
+            "self-signed",
+            "--grpc-tls-dns-name",
+            "grpc.example",
+        ]);
+        let Some(crate::tls::Source::Signed { names, .. }) = own.server.grpc_tls_source(ca()).unwrap() else {
+            panic!("self-signed");
+        };
+        assert_eq!(names, ["grpc.example"]);
+        let dir = serve_args(&["--grpc-addr", "127.0.0.1:9001", "--grpc-tls", "dir"]);
+        let err = dir.server.grpc_tls_source(ca()).unwrap_err();
+        assert!(err.to_string().contains("--grpc-tls-cert-dir"), "{err}");
+        let err = serve_args(&["--grpc-tls", "self-signed"])
+            .server
+            .grpc_tls_source(ca())
+            .unwrap_err();
+        assert!(err.to_string().contains("--grpc-addr"), "{err}");
     }
 
     #[test]

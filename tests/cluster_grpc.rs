@@ -4,10 +4,13 @@
 //! generated types (go-control-plane) and grpc-go, built by
 //! `e2e/extauthz-client.sh` (a missing Go or module proxy fails the test).
 //! Each answer's gRPC code, HTTP status, headers and dynamic metadata are
-//! asserted; then a revocation through the gRPC path.
+//! asserted, over h2c and over TLS (`--grpc-tls self-signed`, the client
+//! trusting only latchkey's CA; another CA is refused); then a revocation
+//! through the gRPC path, on both at once.
 
 mod common;
 
+use common::tls::ca_pem;
 use common::*;
 use kube::Api;
 use latchkey::crd::{ApiKey, TokenPolicy};
@@ -39,21 +42,43 @@ fn client_bin() -> &'static PathBuf {
     })
 }
 
-fn client(addr: &str, args: &[&str]) -> std::process::Child {
+/// A gRPC listener as the client reaches it: h2c, or TLS trusting only
+/// the CA in `cacert` and expecting the certificate to name `latchkey.test`.
+#[derive(Clone)]
+struct Endpoint {
+    addr: String,
+    cacert: Option<PathBuf>,
+}
+
+impl Endpoint {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["-addr".to_owned(), self.addr.clone()];
+        if let Some(ca) = &self.cacert {
+            args.extend(["-cacert".to_owned(), ca.display().to_string()]);
+            args.extend(["-servername".to_owned(), "latchkey.test".to_owned()]);
+        }
+        args
+    }
+
+    fn name(&self) -> &'static str {
+        if self.cacert.is_some() { "TLS" } else { "h2c" }
+    }
+}
+
+fn client(endpoint: &Endpoint, args: &[&str], stderr: Stdio) -> std::process::Child {
     Command::new(client_bin())
-        .arg("-addr")
-        .arg(addr)
+        .args(endpoint.args())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start extauthz-client")
 }
 
 /// Sends `cases` and returns the answers by case name.
-fn check_all(addr: &str, cases: &Value) -> std::collections::BTreeMap<String, Value> {
-    let mut child = client(addr, &[]);
+fn check_all(endpoint: &Endpoint, cases: &Value) -> std::collections::BTreeMap<String, Value> {
+    let mut child = client(endpoint, &[], Stdio::inherit());
     child
         .stdin
         .take()
@@ -61,7 +86,11 @@ fn check_all(addr: &str, cases: &Value) -> std::collections::BTreeMap<String, Va
         .write_all(cases.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "extauthz-client failed");
+    assert!(
+        out.status.success(),
+        "extauthz-client failed ({})",
+        endpoint.name()
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -118,38 +147,98 @@ fn assert_allowed<'a>(answer: &'a Value, subject: &str, namespace: &str, name: &
     set
 }
 
+/// A CA nobody trusts (PEM), for the refusal.
+fn other_ca() -> String {
+    rcgen::generate_simple_self_signed(vec!["latchkey.test".to_owned()])
+        .unwrap()
+        .cert
+        .pem()
+}
+
 #[tokio::test]
-async fn check_answers_like_the_http_routes_and_revocation_reaches_it() {
+async fn check_answers_like_the_http_routes_over_h2c_and_tls_and_revocation_reaches_it() {
     let ns = TestNamespace::new("grpc").await;
-    let grpc_addr = format!("127.0.0.1:{}", free_port());
+    // Two servers of the namespace: gRPC over h2c, and over TLS with a
+    // certificate of latchkey's CA (the CA Secret <ns>/grpc-ca) for
+    // latchkey.test. Tokens are issued by the first; the second shares its
+    // issuer base URL, so it accepts them too.
+    let h2c_addr = format!("127.0.0.1:{}", free_port());
     let (mut serve, server) = LatchkeyProcess::start_http(
         "serve",
         &ns.name,
-        &["--grpc-addr", &grpc_addr, "--claim-header", "tenant"],
+        &["--grpc-addr", &h2c_addr, "--claim-header", "tenant"],
     );
-    serve.wait_logged("gRPC ext_authz listening", &grpc_addr);
+    serve.wait_logged("gRPC ext_authz listening", &h2c_addr);
+    let log = serve.log_text();
+    assert!(
+        log.contains("h2c, plain text") && log.contains("clear text"),
+        "{log}"
+    );
+    let tls_addr = format!("127.0.0.1:{}", free_port());
+    let ca_secret = format!("{}/grpc-ca", ns.name);
+    let (mut serve_tls, tls_server) = LatchkeyProcess::start_http(
+        "serve",
+        &ns.name,
+        &[
+            "--grpc-addr",
+            &tls_addr,
+            "--grpc-tls",
+            "self-signed",
+            "--grpc-tls-dns-name",
+            "latchkey.test",
+            "--webhook-ca-secret",
+            &ca_secret,
+            "--issuer-base-url",
+            &server,
+            "--claim-header",
+            "tenant",
+        ],
+    );
+    serve_tls.wait_logged("gRPC ext_authz listening", &tls_addr);
+    let log = serve_tls.log_text();
+    assert!(
+        log.contains("TLS (h2)") && log.contains("signed by latchkey's CA"),
+        "{log}"
+    );
+    let dir = std::env::temp_dir().join(format!("latchkey-grpc-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_file, wrong_file) = (dir.join("ca.crt"), dir.join("other-ca.crt"));
+    std::fs::write(&ca_file, ca_pem(&ns.name, "grpc-ca")).unwrap();
+    std::fs::write(&wrong_file, other_ca()).unwrap();
+    let endpoints = [
+        (
+            Endpoint {
+                addr: h2c_addr,
+                cacert: None,
+            },
+            server.clone(),
+        ),
+        (
+            Endpoint {
+                addr: tls_addr,
+                cacert: Some(ca_file),
+            },
+            tls_server.clone(),
+        ),
+    ];
+
     let _controller = LatchkeyProcess::start_with(&ns.name, &["controller", "--issuer-base-url", &server]);
-    let client = common::client().await;
+    let kube = common::client().await;
     apply(&token_policy_manifest(
         &ns.name,
         "login",
         "  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:write\"]\n  tokenTTL: 5m\n",
     ));
-    ready_policy(&Api::<TokenPolicy>::namespaced(client.clone(), &ns.name), "login").await;
-    let key = served_key(
-        &ns.name,
-        "frontend",
-        "  subject: frontend-svc\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [orders]\n  tokenPolicyRef: {name: login}\n",
-        &server,
-    )
-    .await;
-    let limited = served_key(
-        &ns.name,
-        "limited",
-        "  scopes: [\"orders:read\"]\n  rateLimit: {requestsPerSecond: 1, burst: 1}\n",
-        &server,
-    )
-    .await;
+    ready_policy(&Api::<TokenPolicy>::namespaced(kube.clone(), &ns.name), "login").await;
+    let frontend = "  subject: frontend-svc\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [orders]\n  tokenPolicyRef: {name: login}\n";
+    let limited_spec = "  scopes: [\"orders:read\"]\n  rateLimit: {requestsPerSecond: 1, burst: 1}\n";
+    let revokee_spec = "  scopes: [\"orders:read\"]\n";
+    let (mut key, mut limited, mut revokee) = (String::new(), String::new(), String::new());
+    for base in [&server, &tls_server] {
+        key = served_key(&ns.name, "frontend", frontend, base).await;
+        limited = served_key(&ns.name, "limited", limited_spec, base).await;
+        revokee = served_key(&ns.name, "revokee", revokee_spec, base).await;
+    }
     let resp = post_token(
         &format!("{server}/token"),
         &key,
@@ -205,9 +294,102 @@ async fn check_answers_like_the_http_routes_and_revocation_reaches_it() {
             json!({})
         ),
     ]);
-    let answers = check_all(&grpc_addr, &cases);
-    let ns_name = ns.name.as_str();
+    for (endpoint, base) in &endpoints {
+        let answers = check_all(endpoint, &cases);
+        assert_answers(&answers, &ns.name, &key, base).await;
+    }
 
+    // The CA is checked: a client trusting another CA gets no answer at
+    // all, and neither does one speaking h2c to the TLS port.
+    let tls = &endpoints[1].0;
+    for (what, wrong) in [
+        (
+            "another CA",
+            Endpoint {
+                cacert: Some(wrong_file),
+                ..tls.clone()
+            },
+        ),
+        (
+            "h2c on the TLS port",
+            Endpoint {
+                cacert: None,
+                ..tls.clone()
+            },
+        ),
+    ] {
+        let mut child = client(&wrong, &[], Stdio::piped());
+        let cases = json!([case("valid key", json!({"x-api-key": key}), json!({}))]);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(cases.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: refused, not answered");
+        assert!(out.stdout.is_empty(), "{what}: no answer printed");
+        if wrong.cacert.is_some() {
+            assert!(
+                stderr.contains("certificate signed by unknown authority"),
+                "{what}: {stderr}"
+            );
+        }
+        assert!(!stderr.contains(&key), "the client's error carries no key");
+    }
+
+    // Revocation through the gRPC path, h2c and TLS at once: each is
+    // eventually denied; the latency is printed, never asserted.
+    let watchers: Vec<_> = endpoints
+        .iter()
+        .map(|(endpoint, _)| {
+            let mut child = client_until_denied(endpoint, &revokee);
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(first["event"], "allowed");
+            // The denial's line, and when it arrived.
+            let reader = std::thread::spawn(move || {
+                let line = lines.next().expect("a denial").unwrap();
+                (serde_json::from_str::<Value>(&line).unwrap(), Instant::now())
+            });
+            (endpoint.name(), child, reader)
+        })
+        .collect();
+    let api_keys: Api<ApiKey> = Api::namespaced(kube, &ns.name);
+    let revoked_at = Instant::now();
+    revoke(&api_keys, "revokee").await;
+    let mut denials = Vec::new();
+    for (name, mut child, reader) in watchers {
+        let (denial, seen) = reader.join().unwrap();
+        assert!(child.wait().unwrap().success(), "{name}");
+        denials.push((name, denial, seen - revoked_at));
+    }
+    for (name, denial, latency) in denials {
+        assert_eq!(denial["grpc_code"], UNAUTHENTICATED, "{name}: {denial}");
+        assert_eq!(denial["http_status"], 401);
+        println!(
+            "revocation through gRPC ({name}): first denied Check seen {:.0} ms after the revoke patch was sent ({} Checks in all, one every 5 ms)",
+            latency.as_secs_f64() * 1000.0,
+            denial["checks"]
+        );
+    }
+
+    // SIGTERM stops both listeners gracefully.
+    for serve in [&mut serve, &mut serve_tls] {
+        assert!(serve.terminate().success(), "{}", serve.log_text());
+        assert!(serve.log_text().contains("gRPC ext_authz stopped"));
+    }
+}
+
+/// The answers to the cases of the test above, from one server (HTTP base
+/// URL `server`).
+async fn assert_answers(
+    answers: &std::collections::BTreeMap<String, Value>,
+    ns_name: &str,
+    key: &str,
+    server: &str,
+) {
     assert_denied(
         &answers["no key"],
         UNAUTHENTICATED,
@@ -285,7 +467,7 @@ async fn check_answers_like_the_http_routes_and_revocation_reaches_it() {
     let http = reqwest::Client::new();
     let resp = http
         .get(format!("{server}/auth/nginx?scope=orders:read+admin"))
-        .header("x-api-key", &key)
+        .header("x-api-key", key)
         .send()
         .await
         .unwrap();
@@ -294,42 +476,19 @@ async fn check_answers_like_the_http_routes_and_revocation_reaches_it() {
         header(resp.headers(), "www-authenticate"),
         answers["missing scope"]["denied_headers"]["www-authenticate"]
     );
+    // The gRPC allows are counted under their own route (how many of the
+    // rate-limited key's first calls pass depends on the time since the
+    // wait for it).
+    let allowed = answers.values().filter(|a| a["grpc_code"] == 0).count();
     let metrics = get_text(&format!("{server}/metrics")).await;
-    assert!(
-        metrics.contains(r#"latchkey_auth_decisions_total{route="grpc",result="allow"} 2"#),
-        "{metrics}"
-    );
-
-    // Revocation through the gRPC path: eventually denied; the latency is
-    // printed, never asserted.
-    let revokee = served_key(&ns.name, "revokee", "  scopes: [\"orders:read\"]\n", &server).await;
-    let mut watcher = client_until_denied(&grpc_addr, &revokee);
-    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["event"], "allowed");
-    let api_keys: Api<ApiKey> = Api::namespaced(client, &ns.name);
-    let revoked_at = Instant::now();
-    revoke(&api_keys, "revokee").await;
-    let denial: Value = serde_json::from_str(&lines.next().expect("a denial").unwrap()).unwrap();
-    let latency = revoked_at.elapsed();
-    assert!(watcher.wait().unwrap().success());
-    assert_eq!(denial["grpc_code"], UNAUTHENTICATED, "{denial}");
-    assert_eq!(denial["http_status"], 401);
-    println!(
-        "revocation through gRPC: first denied Check {:.0} ms after the revoke patch was sent ({} checks)",
-        latency.as_secs_f64() * 1000.0,
-        denial["checks"]
-    );
-
-    // SIGTERM stops both listeners gracefully.
-    assert!(serve.terminate().success(), "{}", serve.log_text());
-    assert!(serve.log_text().contains("gRPC ext_authz stopped"));
+    let line = format!(r#"latchkey_auth_decisions_total{{route="grpc",result="allow"}} {allowed}"#);
+    assert!(metrics.contains(&line), "{line} in {metrics}");
 }
 
 /// The client repeating one Check with `key` until it is denied (bounded
 /// by its own 120 s timeout).
-fn client_until_denied(addr: &str, key: &str) -> std::process::Child {
-    let mut child = client(addr, &["-until-denied", "-timeout", "120s"]);
+fn client_until_denied(endpoint: &Endpoint, key: &str) -> std::process::Child {
+    let mut child = client(endpoint, &["-until-denied", "-timeout", "120s"], Stdio::inherit());
     let cases = json!([case("revokee", json!({"x-api-key": key}), json!({}))]);
     child
         .stdin

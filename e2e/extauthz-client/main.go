@@ -18,10 +18,20 @@
 //	    sends the first case from -streams goroutines over -conns
 //	    connections for -duration; prints {"checks", "not_ok", "errors",
 //	    "seconds", "rate"}.
+//	extauthz-client -encode < cases.json > check.bin
+//	    writes the first case as one gRPC length-prefixed message (the
+//	    request body of a Check call), for HTTP/2 load generators.
+//
+// -cacert FILE: TLS, trusting only the CA certificate(s) in FILE (the
+// server's certificate is verified, for -servername or the host of -addr);
+// without it, h2c. There is no way to skip verification.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -33,7 +43,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 )
 
 type testCase struct {
@@ -135,6 +147,9 @@ func main() {
 	conns := flag.Int("conns", 4, "connections of -bench")
 	streams := flag.Int("streams", 64, "concurrent calls of -bench")
 	timeout := flag.Duration("timeout", 60*time.Second, "the longest -until-denied waits; each call's deadline is 5 s")
+	cacert := flag.String("cacert", "", "TLS, verifying the server against the CA certificate(s) in this PEM file (default: h2c)")
+	serverName := flag.String("servername", "", "with -cacert: the name the certificate must carry (default: the host of -addr)")
+	encode := flag.Bool("encode", false, "write the first case as a gRPC length-prefixed message to stdout and exit")
 	flag.Parse()
 
 	var cases []testCase
@@ -144,8 +159,32 @@ func main() {
 	if len(cases) == 0 {
 		fail("no cases on stdin")
 	}
+	if *encode {
+		body, err := proto.Marshal(request(cases[0]))
+		if err != nil {
+			fail("encoding the CheckRequest: %v", err)
+		}
+		frame := make([]byte, 5, 5+len(body))
+		binary.BigEndian.PutUint32(frame[1:], uint32(len(body)))
+		if _, err := os.Stdout.Write(append(frame, body...)); err != nil {
+			fail("writing the message: %v", err)
+		}
+		return
+	}
+	transport := insecure.NewCredentials()
+	if *cacert != "" {
+		pem, err := os.ReadFile(*cacert)
+		if err != nil {
+			fail("reading -cacert: %v", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			fail("-cacert %s holds no PEM certificate", *cacert)
+		}
+		transport = credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: *serverName, MinVersion: tls.VersionTLS12})
+	}
 	dial := func() *grpc.ClientConn {
-		conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(transport))
 		if err != nil {
 			fail("connecting to %s: %v", *addr, err)
 		}

@@ -86,6 +86,8 @@ pub struct Options {
     /// Serve HTTPS with certificates from here (`--http-tls`); `None`:
     /// plain HTTP, for local development.
     pub tls: Option<crate::tls::Source>,
+    /// TLS on the gRPC listener (`--grpc-tls`); `None`: h2c.
+    pub grpc_tls: Option<crate::tls::Source>,
 }
 
 #[cfg(test)]
@@ -104,6 +106,7 @@ impl Options {
             limits: Default::default(),
             require_grants: false,
             tls: None,
+            grpc_tls: None,
         }
     }
 }
@@ -391,6 +394,15 @@ pub async fn run_with_metrics(
         ),
         None => None,
     };
+    let grpc_tls = match (&options.grpc_tls, options.grpc_addr) {
+        (Some(source), Some(_)) => Some(crate::tls::start(&client_for_tls, source, "gRPC").await.map_err(
+            |e| Error::Tls {
+                listener: "gRPC",
+                source: Box::new(e),
+            },
+        )?),
+        _ => None,
+    };
     let listener = listener::bind(options.http_addr)
         .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", options.http_addr)))?;
     let limits = options.limits;
@@ -434,6 +446,10 @@ pub async fn run_with_metrics(
     let grpc = match state.options.grpc_addr {
         Some(addr) => Some(grpc::listen(
             addr,
+            match (&grpc_tls, &state.options.grpc_tls) {
+                (Some(serving), Some(source)) => Some((grpc::acceptor(serving)?, source.describe())),
+                _ => None,
+            },
             state.clone(),
             guard.clone(),
             limits.hygiene,
@@ -476,6 +492,7 @@ pub async fn run_with_metrics(
     }
     // Stops the certificate's renewal and reload tasks.
     drop(tls);
+    drop(grpc_tls);
     grant_feeder.abort();
     token_feeder.abort();
     sweeper.abort();

@@ -1,13 +1,13 @@
 //! Envoy's gRPC external authorization on `--grpc-addr`:
-//! `envoy.service.auth.v3.Authorization/Check` over h2c, a thin front end
+//! `envoy.service.auth.v3.Authorization/Check` over h2c or TLS
+//! (`--grpc-tls`, the choices of `--http-tls`), a thin front end
 //! like the HTTP handlers: [`adapter`] turns the `CheckRequest` into the
 //! client's headers and the route's requirement (`context_extensions`),
 //! [`super::decide`] decides, and [`adapter::answer`] turns the decision
 //! into the `CheckResponse`. Same metrics (`route="grpc"`), same
 //! per-key-id throttle of failed authentications, and the listener's
 //! connection hygiene ([`crate::listener`], HTTP/2). Connections come from
-//! one handshake function ([`listen`] passes a plain one), where a TLS
-//! acceptor can go.
+//! one handshake function: plain, or [`crate::tls::accept`] with ALPN `h2`.
 //!
 //! Only the CheckRequest's HTTP headers (the credential), its
 //! `context_extensions` (the route's requirement, set by the proxy's
@@ -101,9 +101,12 @@ pub fn router(service: ExtAuthz) -> axum::Router {
 }
 
 /// Binds `addr` and returns the listener's serving future (until
-/// `shutdown`, then a drain), plain h2c.
+/// `shutdown`, then a drain): TLS when `tls` (an acceptor over the kept-current
+/// certificate with ALPN `h2`, see [`acceptor`], and where the certificate
+/// comes from, for the log line) is given, else h2c.
 pub fn listen(
     addr: SocketAddr,
+    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
     state: Arc<AppState>,
     guard: Arc<Guard>,
     hygiene: Hygiene,
@@ -112,16 +115,39 @@ pub fn listen(
     let tcp = listener::bind(addr)
         .map_err(|e| Error::Server(format!("cannot listen on {addr} (--grpc-addr): {e}")))?;
     let bound = tcp.local_addr().unwrap_or(addr);
-    tracing::info!(addr = %bound, "gRPC ext_authz listening (h2c, plain text)");
+    let (scheme, certificate) = match &tls {
+        Some((_, source)) => ("TLS (h2)", source.clone()),
+        None => (
+            "h2c, plain text",
+            "none: API keys, tokens and identities cross the network in clear text (local development only; --grpc-tls self-signed or dir outside it)".to_owned(),
+        ),
+    };
+    tracing::info!(addr = %bound, scheme, certificate = %certificate, "gRPC ext_authz listening");
     let open = state.metrics.grpc_connections();
     let app = router(ExtAuthz { state, guard });
-    let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
-    Ok(serve(tcp, hygiene, open, plain, app, shutdown))
+    Ok(match tls {
+        Some((acceptor, _)) => {
+            let handshake = move |tcp, peer| crate::tls::accept(acceptor.clone(), tcp, peer, "gRPC");
+            futures::future::Either::Left(serve(tcp, hygiene, open, handshake, app, shutdown))
+        }
+        None => {
+            let plain = |tcp: tokio::net::TcpStream, _| async move { Some(tcp) };
+            futures::future::Either::Right(serve(tcp, hygiene, open, plain, app, shutdown))
+        }
+    })
+}
+
+/// The gRPC listener's TLS acceptor over `serving`'s certificate: ALPN `h2`
+/// only (gRPC is HTTP/2).
+pub fn acceptor(serving: &crate::tls::Serving) -> Result<tokio_rustls::TlsAcceptor> {
+    serving.acceptor(&[b"h2"]).map_err(|e| Error::Tls {
+        listener: "gRPC",
+        source: Box::new(e),
+    })
 }
 
 /// Serves `app` over HTTP/2 on the connections `handshake` makes of the
-/// accepted ones (plain here; a `tokio_rustls` acceptor with ALPN `h2`
-/// slots in the same way as the webhook's).
+/// accepted ones (plain, or [`crate::tls::accept`]).
 pub async fn serve<IO, H, HF>(
     tcp: tokio::net::TcpListener,
     hygiene: Hygiene,
