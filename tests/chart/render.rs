@@ -296,7 +296,7 @@ fn values_turn_parts_off_and_on() {
     assert_eq!(svc["spec"]["ports"].as_sequence().unwrap().len(), 1);
 
     // gRPC ext_authz: off by default (no flag, no port); on, the flag, the
-    // container port and a Service port `grpc` that says h2c.
+    // container port and a Service port `grpc` (TLS by default: see tls.rs).
     assert!(!args.iter().any(|a| a == "--grpc-addr"), "{args:?}");
     let docs = template(&[
         "server.grpc.enabled=true",
@@ -325,7 +325,7 @@ fn values_turn_parts_off_and_on() {
         .expect("a Service port named grpc");
     assert_eq!(grpc["port"], 9001);
     assert_eq!(grpc["targetPort"], "grpc");
-    assert_eq!(grpc["appProtocol"], "kubernetes.io/h2c");
+    assert!(grpc["appProtocol"].is_null(), "TLS by default, not h2c: {grpc:?}");
     let docs = template(&["server.grpc.enabled=true", "networkPolicy.enabled=true"]);
     let np = find(&docs, "NetworkPolicy", "latchkey");
     assert!(

@@ -1,6 +1,7 @@
 //! HTTPS on the Service's HTTP port: on by default with latchkey's CA (the
 //! webhook's CA Secret), cert-manager through a value, off only when asked;
-//! probes, Service, ServiceMonitor and NOTES follow the scheme.
+//! probes, Service, ServiceMonitor and NOTES follow the scheme. The gRPC
+//! port follows the HTTP port's mode unless told otherwise.
 
 use crate::helm::*;
 use serde_yaml::Value;
@@ -144,5 +145,96 @@ fn plain_http_only_when_asked_and_the_notes_say_so() {
     assert!(
         String::from_utf8_lossy(&bad.stderr)
             .contains("server.tls.mode must be selfSigned, certManager or off")
+    );
+}
+
+/// The Service port named `name`.
+fn service_port<'a>(docs: &'a [Value], name: &str) -> &'a Value {
+    find(docs, "Service", "latchkey")["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("a Service port named {name}"))
+}
+
+#[test]
+fn the_grpc_port_is_tls_like_the_http_port_unless_told_otherwise() {
+    // Default: self-signed by latchkey's CA, for the Service's names.
+    let docs = template(&["server.grpc.enabled=true"]);
+    let args = strings(&container(&docs)["args"]);
+    assert_eq!(values_of(&args, "--grpc-tls"), ["self-signed"], "{args:?}");
+    assert_eq!(
+        values_of(&args, "--grpc-tls-dns-name"),
+        values_of(&args, "--http-tls-dns-name"),
+        "the HTTP certificate's names"
+    );
+    assert!(service_port(&docs, "grpc")["appProtocol"].is_null(), "not h2c");
+    // Off by default when gRPC is: no gRPC flag at all.
+    let args = strings(&container(&template(&[]))["args"]);
+    assert!(values_of(&args, "--grpc-tls").is_empty(), "{args:?}");
+
+    // HTTP on cert-manager: gRPC serves the same mounted Certificate.
+    let docs = template(&["server.grpc.enabled=true", "server.tls.mode=certManager"]);
+    let args = strings(&container(&docs)["args"]);
+    assert_eq!(values_of(&args, "--grpc-tls"), ["dir"]);
+    assert_eq!(
+        values_of(&args, "--grpc-tls-cert-dir"),
+        ["/etc/latchkey/http-tls"]
+    );
+    find(&docs, "Certificate", "latchkey-http");
+
+    // gRPC on cert-manager alone: the Certificate and its mount exist for
+    // it, and HTTP keeps latchkey's CA.
+    let docs = template(&["server.grpc.enabled=true", "server.grpc.tls.mode=certManager"]);
+    let c = container(&docs);
+    let args = strings(&c["args"]);
+    assert_eq!(values_of(&args, "--http-tls"), ["self-signed"]);
+    assert_eq!(values_of(&args, "--grpc-tls"), ["dir"]);
+    assert_eq!(
+        values_of(&args, "--grpc-tls-cert-dir"),
+        ["/etc/latchkey/http-tls"]
+    );
+    assert!(values_of(&args, "--http-tls-cert-dir").is_empty());
+    find(&docs, "Certificate", "latchkey-http");
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"].as_str(),
+        Some("/etc/latchkey/http-tls")
+    );
+
+    // h2c only when asked (HTTP keeps TLS), and then the Service says so;
+    // gRPC on latchkey's CA needs the CA Secret even when HTTP is plain and
+    // the webhook is off.
+    let docs = template(&["server.grpc.enabled=true", "server.grpc.tls.mode=off"]);
+    let args = strings(&container(&docs)["args"]);
+    assert_eq!(values_of(&args, "--grpc-tls"), ["off"]);
+    assert_eq!(values_of(&args, "--http-tls"), ["self-signed"]);
+    assert_eq!(
+        service_port(&docs, "grpc")["appProtocol"].as_str(),
+        Some("kubernetes.io/h2c")
+    );
+    let docs = template(&[
+        "server.grpc.enabled=true",
+        "server.tls.mode=off",
+        "server.grpc.tls.mode=selfSigned",
+        "webhook.enabled=false",
+    ]);
+    let args = strings(&container(&docs)["args"]);
+    assert_eq!(values_of(&args, "--grpc-tls"), ["self-signed"]);
+    assert_eq!(
+        values_of(&args, "--webhook-ca-secret"),
+        ["latchkey-system/latchkey-webhook-ca"]
+    );
+    let tls_notes = notes(&["server.grpc.enabled=true"]);
+    assert!(tls_notes.contains("speaks TLS (HTTP/2)"), "{tls_notes}");
+    let h2c_notes = notes(&["server.grpc.enabled=true", "server.grpc.tls.mode=off"]);
+    assert!(h2c_notes.contains("speaks h2c, PLAIN TEXT"), "{h2c_notes}");
+    let mut args = vec!["template", "latchkey", CHART];
+    args.extend(sets(&["server.grpc.enabled=true", "server.grpc.tls.mode=h2c"]));
+    let bad = helm(&args);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("server.grpc.tls.mode must be selfSigned, certManager, off or empty")
     );
 }

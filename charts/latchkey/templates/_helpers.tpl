@@ -113,6 +113,28 @@ server.tls.mode; fails on any other mode.
 {{- end }}
 
 {{/*
+TLS on the gRPC port: "self-signed", "dir" or "off" (--grpc-tls), from
+server.grpc.tls.mode, or server.tls.mode when that is empty.
+*/}}
+{{- define "latchkey.grpcTls" -}}
+{{- $mode := .Values.server.grpc.tls.mode | default .Values.server.tls.mode -}}
+{{- if eq $mode "selfSigned" -}}self-signed
+{{- else if eq $mode "certManager" -}}dir
+{{- else if eq $mode "off" -}}off
+{{- else -}}{{- fail (printf "server.grpc.tls.mode must be selfSigned, certManager, off or empty, not %q" $mode) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+"true" when a listener serves the chart's cert-manager Certificate
+(<fullname>-http-tls, mounted at /etc/latchkey/http-tls): the HTTP one, or
+the gRPC one when on.
+*/}}
+{{- define "latchkey.serverCertMount" -}}
+{{- if or (eq (include "latchkey.httpTls" .) "dir") (and .Values.server.grpc.enabled (eq (include "latchkey.grpcTls" .) "dir")) -}}true{{- end -}}
+{{- end }}
+
+{{/*
 The DNS names of the HTTP certificate: the Service's names, then server.tls.dnsNames.
 */}}
 {{- define "latchkey.httpDnsNames" -}}
