@@ -203,44 +203,13 @@ struct ServerArgs {
     /// Address of the HTTP(S) server (external auth, /token, /introspect, probes, /metrics).
     #[arg(long, env = "LATCHKEY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: std::net::SocketAddr,
-    /// HTTPS on --http-addr: `self-signed` (latchkey's CA, shared with the
-    /// webhook), `dir` (a mounted certificate), or `off` (plain HTTP).
-    #[arg(long, env = "LATCHKEY_HTTP_TLS", value_enum, default_value = "off")]
-    http_tls: crate::tls::Mode,
-    /// With --http-tls dir: the directory holding tls.crt and tls.key.
-    #[arg(long, env = "LATCHKEY_HTTP_TLS_CERT_DIR")]
-    http_tls_cert_dir: Option<PathBuf>,
-    /// With --http-tls self-signed: a DNS name (or IP) of the certificate,
-    /// for example latchkey.latchkey-system.svc; repeatable. Default:
-    /// localhost and the loopback addresses. The issuer base URL's host is added.
-    #[arg(long)]
-    http_tls_dns_name: Vec<String>,
-    /// Lifetime of the self-signed serving certificate (tests shorten it).
-    #[arg(long, default_value_t = 30 * 24 * 3600, hide = true)]
-    http_tls_cert_validity_seconds: u64,
-    /// Renew it this long before it expires.
-    #[arg(long, default_value_t = 10 * 24 * 3600, hide = true)]
-    http_tls_cert_renew_before_seconds: u64,
-    /// How often the CA Secret, or the mounted directory, is re-read.
-    #[arg(long, default_value_t = 60, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
-    http_tls_sync_seconds: u64,
+    #[command(flatten)]
+    tls: crate::tls::args::ListenerTlsArgs,
     /// Serve Envoy's gRPC external authorization
     /// (envoy.service.auth.v3.Authorization/Check) on this address too,
     /// for example 0.0.0.0:9001. Off without it.
     #[arg(long, env = "LATCHKEY_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
-    /// TLS on --grpc-addr, the choices of --http-tls: `self-signed`
-    /// (latchkey's CA), `dir` (a mounted certificate), or `off` (h2c).
-    #[arg(long, env = "LATCHKEY_GRPC_TLS", value_enum, default_value = "off")]
-    grpc_tls: crate::tls::Mode,
-    /// With --grpc-tls dir: the directory holding tls.crt and tls.key (it
-    /// may be the HTTP listener's).
-    #[arg(long, env = "LATCHKEY_GRPC_TLS_CERT_DIR")]
-    grpc_tls_cert_dir: Option<PathBuf>,
-    /// With --grpc-tls self-signed: a DNS name (or IP) of the certificate;
-    /// repeatable. Default: those of --http-tls-dns-name.
-    #[arg(long)]
-    grpc_tls_dns_name: Vec<String>,
     /// A header that carries the API key, besides `Authorization: Bearer` and `X-Api-Key`.
     #[arg(long, env = "LATCHKEY_API_KEY_HEADER")]
     api_key_header: Option<axum::http::HeaderName>,
@@ -298,7 +267,7 @@ impl ServerArgs {
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let scheme = if self.http_tls == crate::tls::Mode::Off {
+        let scheme = if self.tls.http_tls == crate::tls::Mode::Off {
             "http"
         } else {
             "https"
@@ -306,64 +275,27 @@ impl ServerArgs {
         format!("{scheme}://{addr}")
     }
 
-    /// The HTTP listener's certificate source, or `None` for plain HTTP;
-    /// `ca_secret` is the shared CA's Secret, `base_url` the issuer base URL
-    /// (its host becomes a SAN).
+    /// The HTTP listener's certificate source, or `None` for plain HTTP
+    /// (see [`crate::tls::args`]).
     fn tls_source(
         &self,
         ca_secret: (String, String),
         base_url: &str,
     ) -> Result<Option<crate::tls::Source>, Error> {
-        let names = crate::tls::serving_names(&self.http_tls_dns_name, &[base_url], true);
-        let flags = self.tls_flags("--http-tls", self.http_tls, &self.http_tls_cert_dir, names);
-        flags.source(ca_secret).map_err(|source| Error::Tls {
+        let source = self.tls.http_source(ca_secret, base_url);
+        source.map_err(|e| Error::Tls {
             listener: "HTTP",
-            source: Box::new(source),
+            source: Box::new(e),
         })
     }
 
-    /// The gRPC listener's certificate source (`None`: h2c), with the
-    /// renewal timing of the HTTP listener's; TLS without --grpc-addr is
-    /// refused.
+    /// The gRPC listener's certificate source, or `None` for h2c.
     fn grpc_tls_source(&self, ca_secret: (String, String)) -> Result<Option<crate::tls::Source>, Error> {
-        let explicit = match self.grpc_tls_dns_name.is_empty() {
-            true => &self.http_tls_dns_name,
-            false => &self.grpc_tls_dns_name,
-        };
-        let names = crate::tls::serving_names(explicit, &[], true);
-        let flags = self.tls_flags("--grpc-tls", self.grpc_tls, &self.grpc_tls_cert_dir, names);
-        let source = flags.source(ca_secret).map_err(|source| Error::Tls {
+        let source = self.tls.grpc_source(ca_secret, self.grpc_addr.is_some());
+        source.map_err(|e| Error::Tls {
             listener: "gRPC",
-            source: Box::new(source),
-        })?;
-        if source.is_some() && self.grpc_addr.is_none() {
-            let source = crate::tls::TlsError::Flags(
-                "--grpc-tls is only read with --grpc-addr; add the address or drop --grpc-tls".into(),
-            );
-            return Err(Error::Tls {
-                listener: "gRPC",
-                source: Box::new(source),
-            });
-        }
-        Ok(source)
-    }
-
-    fn tls_flags(
-        &self,
-        prefix: &'static str,
-        mode: crate::tls::Mode,
-        cert_dir: &Option<PathBuf>,
-        names: Vec<String>,
-    ) -> crate::tls::Flags {
-        crate::tls::Flags {
-            prefix,
-            mode,
-            cert_dir: cert_dir.clone(),
-            names,
-            validity_seconds: self.http_tls_cert_validity_seconds,
-            renew_before_seconds: self.http_tls_cert_renew_before_seconds,
-            sync_seconds: self.http_tls_sync_seconds,
-        }
+            source: Box::new(e),
+        })
     }
 
     fn options(&self, namespace: Option<String>, issuer_base_url: Option<String>) -> crate::server::Options {

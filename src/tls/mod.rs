@@ -25,6 +25,7 @@
 //! Private keys exist only in the CA Secret, the mounted files and memory;
 //! they are never logged, and errors never carry them.
 
+pub mod args;
 pub mod ca_store;
 pub mod certs;
 pub mod mounted;
