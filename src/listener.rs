@@ -36,7 +36,8 @@
 //! stream's headers are complete, at most [`MAX_HEAD_BYTES`] of them), so a
 //! half-sent stream is closed by the idle timeout. At most
 //! [`MAX_STREAMS`] streams at once per connection; a PING every
-//! [`H2_KEEPALIVE`] finds dead peers.
+//! [`H2_KEEPALIVE`] finds dead peers. Each write waits one scheduler turn so
+//! that the answers of streams finishing together share one syscall.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -202,6 +203,29 @@ struct Watched<IO> {
     /// Whether arriving bytes start a request head (HTTP/1.1; not HTTP/2,
     /// where they may be PINGs or frames of streams already open).
     heads: bool,
+    /// HTTP/2: a write waits one turn of the scheduler first (see
+    /// [`Watched::wait_a_turn`]).
+    coalesce: bool,
+    waited: bool,
+}
+
+impl<IO> Watched<IO> {
+    /// HTTP/2 only: lets each write wait one turn of the scheduler (the
+    /// connection task wakes itself and goes to the back of the run queue),
+    /// so that the streams finishing meanwhile add their frames to the same
+    /// write. Without it, every finished stream wakes the connection task
+    /// first (tokio runs the task a task woke next) and each response is
+    /// one `writev` of its own: 16 streams read in one `recvfrom`, answered
+    /// with 16 syscalls, which cost gRPC more CPU per call than HTTP/1.1.
+    fn wait_a_turn(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.coalesce && !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return true;
+        }
+        self.waited = false;
+        false
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -225,6 +249,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.wait_a_turn(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -241,6 +268,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.wait_a_turn(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -347,6 +377,8 @@ pub async fn serve<IO, H, HF>(
                 inner: io,
                 state: state.clone(),
                 heads: protocol == Protocol::Http1,
+                coalesce: protocol == Protocol::Http2,
+                waited: false,
             });
             let service = {
                 let state = state.clone();
