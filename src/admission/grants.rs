@@ -56,9 +56,16 @@ pub fn token_policy_claims(request: &AdmissionRequest, policy: &TokenPolicy) -> 
     );
     let listed: BTreeSet<&str> = scopes.iter().map(|(s, _)| s.as_str()).collect();
     let mut from_roles = Vec::new();
-    for (role, role_scopes) in &policy.spec.roles {
-        let before = old.and_then(|o| o.roles.get(role)).map(|v| &v[..]);
-        for (scope, field) in added(role_scopes, before, &format!("spec.roles.{role}")) {
+    let scopes_of = |permissions: &[crate::crd::Permission]| -> Vec<String> {
+        crate::token::permissions::role_scopes(permissions)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    for (role, permissions) in &policy.spec.roles {
+        let before = old.and_then(|o| o.roles.get(role)).map(|v| scopes_of(v));
+        let role_scopes = scopes_of(permissions);
+        for (scope, field) in added(&role_scopes, before.as_deref(), &format!("spec.roles.{role}")) {
             if !listed.contains(scope.as_str()) {
                 from_roles.push((scope, field));
             }
@@ -218,7 +225,7 @@ mod tests {
             "TokenPolicy",
             "CREATE",
             json!({"audiences": ["team-b.example.com", "team-a.example.com"], "allowedScopes": ["billing:read"],
-                   "roles": {"admin": ["billing:read", "orders:admin"]}}),
+                   "roles": {"admin": [{"scopes": ["billing:read", "orders:admin"]}]}}),
             None,
         );
         let v = verdict(&req, Some(Found::Present(grants(false))));

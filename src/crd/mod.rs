@@ -19,7 +19,7 @@ pub use api_key::{
 pub use credential_grant::{CredentialGrant, CredentialGrantSpec};
 pub use token_policy::Delegation;
 pub use token_policy::{
-    CustomClaim, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
+    CustomClaim, Permission, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
     TokenPolicyStatus, default_path_owner, issuer_path,
 };
 

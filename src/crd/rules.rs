@@ -15,3 +15,61 @@ pub const SCOPE_ENTRIES: &str = "self.all(s, s.matches('^[A-Za-z0-9][A-Za-z0-9._
 /// (CredentialGrant `spec.namespaces` and `spec.introspectNamespaces`).
 pub const NAMESPACE_PATTERN_ENTRIES: &str =
     "self.all(p, p.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$|^[-a-z0-9]*[*]$'))";
+
+/// Every scope of every role's permissions is in `spec.allowedScopes`
+/// (TokenPolicy).
+pub const ROLE_SCOPES_ALLOWED: &str = "!has(self.roles) || self.roles.all(r, self.roles[r].all(p, \
+     p.scopes.all(s, has(self.allowedScopes) && s in self.allowedScopes)))";
+/// The message of [`ROLE_SCOPES_ALLOWED`].
+pub const ROLE_SCOPES_ALLOWED_MESSAGE: &str = "every scope of spec.roles must also be listed in \
+     spec.allowedScopes: add it there, or remove it from the role's permission";
+
+/// Every `{name}` of a role's resources names a `spec.customClaims` entry
+/// (TokenPolicy).
+pub const ROLE_TEMPLATES_DECLARED: &str = "!has(self.roles) || self.roles.all(r, self.roles[r].all(p, \
+     !has(p.resources) || p.resources.all(res, res.findAll('[{][^{}]*[}]').all(m, \
+     has(self.customClaims) && self.customClaims.exists(c, '{' + c.name + '}' == m)))))";
+/// The message of [`ROLE_TEMPLATES_DECLARED`].
+pub const ROLE_TEMPLATES_DECLARED_MESSAGE: &str = "every {name} in a resource of spec.roles must name \
+     an entry of spec.customClaims: add the claim there (for example customClaims: [{name: tenant, \
+     required: true}]), or remove the {name} from the resource";
+
+/// A resource template: a URL path of unreserved and a few sub-delimiter
+/// characters with `{claim}` templates (every brace closed), no `//`, no
+/// `.` or `..` segment (the same rule as `token::permissions::check_template`).
+pub const RESOURCE_SYNTAX: &str = "self.all(r, r.matches('^/([A-Za-z0-9._~!$&()+,;=:@/-]|[{][A-Za-z][A-Za-z0-9_-]*[}])*$') \
+     && !r.contains('//') && !r.matches('(^|/)[.][.]?(/|$)'))";
+/// The message of [`RESOURCE_SYNTAX`].
+pub const RESOURCE_SYNTAX_MESSAGE: &str = "every resource of spec.roles must be a URL path that starts with \
+     '/' and holds only letters, digits, - . _ ~ ! $ & ( ) + , ; = : @ / and {claim} templates with every \
+     '{' closed by '}' (no %, ?, #, *, backslash or space; no '//', no '.' or '..' segment), for example \
+     /calendar-events/{tenant}/";
+
+/// The schema of one role's permissions (`spec.roles.<role>` of a
+/// TokenPolicy): at most 16 permissions, each 1-64 scopes on at most 8
+/// resources.
+pub fn permissions_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "array",
+        "maxItems": 16,
+        "items": {
+            "type": "object",
+            "required": ["scopes"],
+            "properties": {
+                "scopes": {
+                    "description": "The scopes this permission grants (each in spec.allowedScopes).",
+                    "type": "array", "minItems": 1, "maxItems": 64, "x-kubernetes-list-type": "set",
+                    "items": {"type": "string", "minLength": 1, "maxLength": 128}
+                },
+                "resources": {
+                    "description": "URL path templates the scopes apply to, such as /calendar-events/{tenant}/ \
+                        (a trailing /: everything under it) or /topics/{tenant}-events (that path and the paths \
+                        under it); {name} is the token's custom claim name. Empty: everywhere.",
+                    "type": "array", "maxItems": 8, "x-kubernetes-list-type": "set",
+                    "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "x-kubernetes-validations": [{"rule": RESOURCE_SYNTAX, "message": RESOURCE_SYNTAX_MESSAGE}]
+                }
+            }
+        }
+    })
+}

@@ -64,9 +64,10 @@ const DURATION_PATTERN: &str = "^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$";
 #[x_kube(validation = Rule::new(
     "!has(self.tokenTTL) || !has(self.maxTTL) || duration(self.tokenTTL) <= duration(self.maxTTL)"
 ).message("spec.tokenTTL must not be longer than spec.maxTTL").field_path(".tokenTTL"))]
-#[x_kube(validation = Rule::new(
-    "!has(self.roles) || self.roles.all(r, self.roles[r].all(s, has(self.allowedScopes) && s in self.allowedScopes))"
-).message("every scope of spec.roles must also be listed in spec.allowedScopes").field_path(".roles"))]
+#[x_kube(validation = Rule::new(rules::ROLE_SCOPES_ALLOWED)
+    .message(rules::ROLE_SCOPES_ALLOWED_MESSAGE).field_path(".roles"))]
+#[x_kube(validation = Rule::new(rules::ROLE_TEMPLATES_DECLARED)
+    .message(rules::ROLE_TEMPLATES_DECLARED_MESSAGE).field_path(".roles"))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicySpec {
     /// The `iss` of every token, an `https://` or `http://` URL without query
@@ -127,17 +128,19 @@ pub struct TokenPolicySpec {
         .message("every entry of spec.allowedScopes must start with a letter or digit and contain only letters, digits and . _ : / * - (no spaces)"))]
     pub allowed_scopes: Vec<String>,
 
-    /// Roles a token request may name (`role=`): role name → the scopes the
-    /// token gets. Every scope must be in `allowedScopes`. At most 32 roles.
+    /// Roles a token request may name (`role=`): role name → its
+    /// permissions, each a set of scopes on a set of resources (URL path
+    /// templates over the token's custom claims, `{tenant}`; a permission
+    /// without resources applies everywhere). The token carries them with
+    /// the templates filled in (`authorization_details`) and their scopes'
+    /// union in `scope`. Every scope must be in `allowedScopes`, every
+    /// `{name}` a `customClaims` entry. At most 32 roles of 16 permissions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
-    #[schemars(extend("additionalProperties" = {
-        "type": "array", "maxItems": 64, "x-kubernetes-list-type": "set",
-        "items": {"type": "string", "minLength": 1, "maxLength": 128}
-    }))]
+    #[schemars(extend("additionalProperties" = rules::permissions_schema()))]
     #[x_kube(validation = Rule::new("self.all(r, r.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'))")
         .message("every role name in spec.roles must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"))]
-    pub roles: BTreeMap<String, Vec<String>>,
+    pub roles: BTreeMap<String, Vec<Permission>>,
 
     /// Custom claims a token request may set (`claim.<name>=<value>`, a
     /// string), for example a tenant id the upstream uses to restrict data.
@@ -238,6 +241,20 @@ pub struct SigningKeys {
         "self != '' && duration(self) <= duration('24h')"
     ).message("spec.signingKeys.prePublish must be a duration of at most 24h, for example 10m"))]
     pub pre_publish: Option<String>,
+}
+
+/// One permission of a role: `scopes` on `resources`.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Permission {
+    /// The scopes this permission grants (each in `spec.allowedScopes`).
+    pub scopes: Vec<String>,
+    /// URL path templates the scopes apply to, such as
+    /// `/calendar-events/{tenant}/` (a trailing `/`: everything under it) or
+    /// `/topics/{tenant}-events` (that path and the paths under it). `{name}`
+    /// is the token's custom claim `name`. Empty: everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
 }
 
 /// A custom claim a token request may set.

@@ -43,6 +43,8 @@ use super::identity::{EMPTY, copy};
 use super::index::{Index, IndexedApiKey, KeyEntry, KeyId, Usage};
 use crate::key;
 use crate::token::claims::TokenInvalid;
+use crate::token::path::{self, PathRefused};
+pub use crate::token::permissions::Denial;
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,19 +60,38 @@ const CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"latchkey
 /// What a route requires, from the query of the auth URL the proxy calls:
 /// `scope` (repeatable; every one is required), `audience`, `namespace`
 /// (repeatable; any one of them) and `issuer` (repeatable; any one of them;
-/// an API key has no issuer, so only tokens pass a route that names one).
+/// an API key has no issuer, so only tokens pass a route that names one)
+/// and `resource=path` (a token's permissions must cover the original
+/// request's path, see [`crate::token::permissions`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requirement {
     pub scopes: Vec<String>,
     pub audience: Option<String>,
     pub namespaces: Vec<String>,
     pub issuers: Vec<String>,
+    pub resource: ResourceRule,
+    /// The original request's target as the route's proxy reports it
+    /// (filled by the front end when `resource` is [`ResourceRule::Path`]).
+    pub target: Option<String>,
+}
+
+/// The `resource=` of a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResourceRule {
+    /// No `resource=`: scopes only.
+    #[default]
+    Any,
+    /// `resource=path`: the permission must cover the request's path.
+    Path,
+    /// Any other value: every request is refused (`400`), so that a typo
+    /// never turns the check off.
+    Unknown,
 }
 
 impl Requirement {
     /// The names a requirement is made of (the auth URL's query parameters,
     /// the gRPC `context_extensions` keys); any other name is ignored.
-    pub const NAMES: [&'static str; 4] = ["scope", "audience", "namespace", "issuer"];
+    pub const NAMES: [&'static str; 5] = ["scope", "audience", "namespace", "issuer", "resource"];
 
     pub fn from_query(query: Option<&str>) -> Self {
         Self::from_pairs(form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
@@ -94,6 +115,12 @@ impl Requirement {
                 "audience" if !value.is_empty() => req.audience = Some(value.to_owned()),
                 "namespace" if !value.is_empty() => req.namespaces.push(value.to_owned()),
                 "issuer" if !value.is_empty() => req.issuers.push(value.to_owned()),
+                "resource" => {
+                    req.resource = match (req.resource, value) {
+                        (ResourceRule::Any | ResourceRule::Path, "path") => ResourceRule::Path,
+                        _ => ResourceRule::Unknown,
+                    }
+                }
                 _ => {}
             }
         }
@@ -118,12 +145,28 @@ impl Requirement {
         {
             return Err(Decision::Invalid(Invalid::Issuer));
         }
-        if !self.scopes.iter().all(|s| offer.has_scope(s)) {
-            return Err(Decision::InsufficientScope {
+        let denial = match self.resource {
+            ResourceRule::Unknown => {
+                return Err(Decision::InvalidRequest(
+                    "the route's resource= is not 'path' (the only kind latchkey knows); fix the auth URL",
+                ));
+            }
+            ResourceRule::Path => offer.permits(&self.scopes, &|| {
+                path::request_path(self.target.as_deref().ok_or(PathRefused::Missing)?)
+            }),
+            ResourceRule::Any => match self.scopes.iter().all(|s| offer.has_scope(s)) {
+                true => Ok(()),
+                false => Err(Denial::Scope),
+            },
+        };
+        match denial {
+            Ok(()) => Ok(()),
+            Err(Denial::Path(refused)) => Err(Decision::InvalidRequest(refused.description())),
+            Err(why) => Err(Decision::InsufficientScope {
                 required: self.scopes.join(" "),
-            });
+                resource: why == Denial::Resource,
+            }),
         }
-        Ok(())
     }
 }
 
@@ -134,6 +177,20 @@ pub trait Offer {
     fn has_scope(&self, scope: &str) -> bool;
     /// A token's `iss`; `None` for an API key.
     fn issuer(&self) -> Option<&str>;
+    /// Whether it may use every scope of `scopes` on the request's path
+    /// (`path`, asked only when a permission is limited to resources). A
+    /// credential without resources (an API key, a token without a role):
+    /// its scopes alone.
+    fn permits<'p>(
+        &self,
+        scopes: &[String],
+        _path: &dyn Fn() -> Result<&'p str, PathRefused>,
+    ) -> Result<(), Denial> {
+        match scopes.iter().all(|s| self.has_scope(s)) {
+            true => Ok(()),
+            false => Err(Denial::Scope),
+        }
+    }
 }
 
 impl Offer for IndexedApiKey {
@@ -221,6 +278,9 @@ pub enum Decision {
     Invalid(Invalid),
     InsufficientScope {
         required: String,
+        /// A permission holds the scopes, but none covers the request's
+        /// path (`resource=path`).
+        resource: bool,
     },
     RateLimited {
         retry_after: u64,
@@ -551,8 +611,16 @@ impl Decision {
                 headers.insert(WWW_AUTHENTICATE, challenge("invalid_token", &rest));
                 StatusCode::UNAUTHORIZED
             }
-            Decision::InsufficientScope { required } => {
-                let rest = format!("scope=\"{}\"", quoted(&required));
+            Decision::InsufficientScope { required, resource } => {
+                let description = match (resource, required.is_empty()) {
+                    (true, _) => "no permission that holds the required scopes covers the request's path",
+                    (false, true) => "no permission of the credential covers the request's path",
+                    (false, false) => "no permission of the credential holds every required scope",
+                };
+                let rest = format!(
+                    "scope=\"{}\", error_description=\"{description}\"",
+                    quoted(&required)
+                );
                 headers.insert(WWW_AUTHENTICATE, challenge("insufficient_scope", &rest));
                 StatusCode::FORBIDDEN
             }
@@ -936,7 +1004,8 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(
             header(&resp, WWW_AUTHENTICATE),
-            "Bearer realm=\"latchkey\", error=\"insufficient_scope\", scope=\"orders:read admin\""
+            "Bearer realm=\"latchkey\", error=\"insufficient_scope\", scope=\"orders:read admin\", \
+             error_description=\"no permission of the credential holds every required scope\""
         );
         let d = decide_key_request(k, &req("audience=api.example.com"), &index, t(0), 1);
         assert!(matches!(d, Decision::Allow { .. }));

@@ -17,7 +17,10 @@
 //!   URL's query; the Envoy route cannot (its query is the client's) and only
 //!   checks the key. The original request
 //!   only goes into debug logs: decisions depend on the key and the route's
-//!   requirement, never on headers a client could forge.
+//!   requirement, never on headers a client could forge, with one
+//!   exception: a route with `resource=path` judges the original path from
+//!   the one header its proxy sets itself (`X-Original-URL`,
+//!   `X-Forwarded-Uri`), canonical or refused ([`crate::token::path`]).
 //! - `POST /introspect`: RFC 7662 (see [`introspect`]).
 //! - On `--grpc-addr`, a second listener: Envoy's gRPC
 //!   `envoy.service.auth.v3.Authorization/Check` (see [`grpc`]), with the
@@ -163,6 +166,24 @@ impl Proxy {
         }
     }
 
+    /// The original request's target (path and query, or nginx's whole
+    /// URL) from the one header this family's proxy sets itself: nginx's
+    /// `X-Original-URL` (nginx overwrites a client's), Traefik's and
+    /// Caddy's `X-Forwarded-Uri` (both overwrite a client's). A repeated or
+    /// unreadable header: none (refused when the path is needed).
+    fn target(self, headers: &HeaderMap) -> Option<String> {
+        let name = match self {
+            Proxy::Nginx => "x-original-url",
+            Proxy::Forward => "x-forwarded-uri",
+            Proxy::Envoy | Proxy::Grpc => return None,
+        };
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().map(str::to_owned),
+            _ => None,
+        }
+    }
+
     /// The original method and URL as this family's proxy reports them (for
     /// debug logs only).
     fn original(self, headers: &HeaderMap, request_path: &str) -> (String, String) {
@@ -217,11 +238,14 @@ async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Reques
     let started = Instant::now();
     // Envoy appends the client's own path and query to the prefix: a query
     // there is the client's, not a requirement of the route.
-    let requirement = match family {
+    let mut requirement = match family {
         Proxy::Envoy => Requirement::default(),
         _ => Requirement::from_query(request.uri().query()),
     };
     let headers = request.headers();
+    if requirement.resource == decision::ResourceRule::Path {
+        requirement.target = family.target(headers);
+    }
     let decision = decide(&state, headers, &requirement);
     if tracing::enabled!(tracing::Level::DEBUG) {
         // The original URL may carry credentials (`?api_key=`, user info):

@@ -30,6 +30,8 @@
 //!   a string under a name that is not reserved. A token carrying anything
 //!   else was not issued by latchkey, whoever's key signed it.
 
+use super::permissions::{self, AuthorizationDetail};
+use crate::crd::Permission;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,6 +71,7 @@ pub const RESERVED_CLAIMS: &[&str] = &[
     "acr",
     "amr",
     "nonce",
+    "authorization_details",
 ];
 
 /// Whether `name` is reserved ([`RESERVED_CLAIMS`], any case).
@@ -236,7 +239,8 @@ pub struct PolicyRules {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub allowed_scopes: BTreeSet<String>,
-    pub roles: BTreeMap<String, Vec<String>>,
+    /// Role name → its permissions (scopes on resource templates).
+    pub roles: BTreeMap<String, Vec<Permission>>,
     /// Custom claim name → required.
     pub custom_claims: BTreeMap<String, bool>,
     pub token_ttl_seconds: i64,
@@ -293,6 +297,10 @@ pub struct AccessClaims {
     /// When the session began (OIDC `auth_time`), the same through refreshes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+    /// The role's permissions, templates filled in (RFC 9396; see
+    /// [`permissions`]); empty without a role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_details: Vec<AuthorizationDetail>,
     #[serde(flatten)]
     pub custom: BTreeMap<String, serde_json::Value>,
 }
@@ -319,19 +327,23 @@ pub fn build_claims(
         .copied()
         .filter(|s| policy.allowed_scopes.contains(*s))
         .collect();
-    let base: BTreeSet<&str> = match &request.role {
-        Some(role) => {
-            let scopes = policy.roles.get(role).ok_or_else(|| {
-                TokenError::InvalidRequest(format!("role {role} is not defined by the TokenPolicy"))
-            })?;
-            if let Some(missing) = scopes.iter().find(|s| !allowed.contains(s.as_str())) {
+    let role_permissions = match &request.role {
+        Some(role) => Some(policy.roles.get(role).ok_or_else(|| {
+            TokenError::InvalidRequest(format!("role {role} is not defined by the TokenPolicy"))
+        })?),
+        None => None,
+    };
+    let base: BTreeSet<&str> = match (&request.role, role_permissions) {
+        (Some(role), Some(permissions)) => {
+            let scopes = permissions::role_scopes(permissions);
+            if let Some(missing) = scopes.iter().find(|s| !allowed.contains(*s)) {
                 return Err(TokenError::InvalidScope(format!(
                     "role {role} needs scope {missing}, which this API key may not grant under the TokenPolicy"
                 )));
             }
-            scopes.iter().map(String::as_str).collect()
+            scopes
         }
-        None => allowed,
+        _ => allowed,
     };
     let scopes: Vec<&str> = match &request.scopes {
         Some(asked) => {
@@ -405,6 +417,17 @@ pub fn build_claims(
         )));
     }
 
+    // The role's permissions, narrowed to the granted scopes, templates
+    // filled with the custom claims.
+    let authorization_details = match (&request.role, role_permissions) {
+        (Some(role), Some(permissions)) => {
+            let granted: BTreeSet<&str> = scopes.iter().copied().collect();
+            permissions::grant(permissions, &granted, &custom)
+                .map_err(|e| TokenError::InvalidRequest(format!("role {role}: {e}")))?
+        }
+        _ => Vec::new(),
+    };
+
     let ttl = match request.expires_in {
         Some(asked) if asked > policy.max_ttl_seconds => {
             return Err(TokenError::InvalidRequest(format!(
@@ -429,6 +452,7 @@ pub fn build_claims(
         act: None,
         sid: None,
         auth_time: None,
+        authorization_details,
         custom,
     })
 }
@@ -608,7 +632,10 @@ mod tests {
                 .collect(),
             roles: [(
                 "data-entry".to_string(),
-                vec!["calendar-events:write".to_string()],
+                vec![Permission {
+                    scopes: vec!["calendar-events:write".to_string()],
+                    resources: vec![],
+                }],
             )]
             .into(),
             custom_claims: [("tenant".to_string(), false)].into(),
@@ -679,7 +706,13 @@ mod tests {
         let e = build("grant_type=client_credentials&role=boss").unwrap_err();
         assert_eq!(e.code(), "invalid_request");
         let mut p = policy();
-        p.roles.insert("publisher".into(), vec!["pubsub:publish".into()]);
+        p.roles.insert(
+            "publisher".into(),
+            vec![Permission {
+                scopes: vec!["pubsub:publish".into()],
+                resources: vec![],
+            }],
+        );
         let e = build_claims(
             &p,
             &client(),

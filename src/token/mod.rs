@@ -7,5 +7,7 @@ pub mod claims;
 pub mod issuer;
 pub mod jwks;
 pub mod keys;
+pub mod path;
+pub mod permissions;
 pub mod schedule;
 pub mod session;

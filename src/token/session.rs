@@ -465,6 +465,9 @@ pub fn refresh(
     claims.exp = now.saturating_add(ttl).min(session_end);
     claims.jti = jti;
     claims.client_id = client.key_id.to_owned();
+    // A role's permissions narrow with the scopes (never a scope on a path
+    // beyond what `scope` says).
+    claims.authorization_details = super::permissions::narrow(&old.authorization_details, &scopes);
     claims.scope = scopes.into_iter().collect::<Vec<_>>().join(" ");
     claims.act = act;
     claims.sid = Some(sid.clone());

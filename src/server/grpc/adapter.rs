@@ -13,7 +13,7 @@
 //! | over the rate limit, or the failed-authentication throttle | `RESOURCE_EXHAUSTED` | 429 |
 //! | before the first sync | `UNAVAILABLE` | 503 |
 
-use crate::server::decision::{ClaimHeader, Decision, Requirement};
+use crate::server::decision::{ClaimHeader, Decision, Requirement, ResourceRule};
 use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -80,7 +80,8 @@ pub fn request_headers(request: &CheckRequest) -> Result<HeaderMap, Decision> {
 
 /// The route's requirement from `context_extensions`, the names of the
 /// HTTP query: `scope` (space-separated, every one required), `audience`,
-/// `namespace` and `issuer` (space-separated, any one of them). Also the
+/// `namespace` and `issuer` (space-separated, any one of them), `resource`
+/// (`path`: the token's permissions must cover `attributes.request.http.path`). Also the
 /// keys that are none of these (ignored; the caller logs them at debug).
 pub fn requirement(request: &CheckRequest) -> (Requirement, Vec<&str>) {
     let Some(extensions) = request.attributes.as_ref().map(|a| &a.context_extensions) else {
@@ -99,7 +100,12 @@ pub fn requirement(request: &CheckRequest) -> (Requirement, Vec<&str>) {
         };
         values.into_iter().map(move |v| (name.as_str(), v))
     });
-    (Requirement::from_pairs(pairs), unknown)
+    let mut requirement = Requirement::from_pairs(pairs);
+    if requirement.resource == ResourceRule::Path {
+        // The checked request's own path (and query): Envoy sets it.
+        requirement.target = Some(path(request).to_owned());
+    }
+    (requirement, unknown)
 }
 
 /// The request's path (for debug logs only).

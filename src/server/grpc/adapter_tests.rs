@@ -102,6 +102,7 @@ fn the_requirement_comes_from_context_extensions() {
             ("namespace", "shop billing"),
             ("issuer", "https://a.example/x"),
             ("resource", "path"),
+            ("verb", "GET"),
         ],
     );
     let (req, unknown) = requirement(&request);
@@ -112,9 +113,12 @@ fn the_requirement_comes_from_context_extensions() {
             audience: Some("api.example.com".into()),
             namespaces: vec!["shop".into(), "billing".into()],
             issuers: vec!["https://a.example/x".into()],
+            // `resource=path` judges the checked request's own path.
+            resource: crate::server::decision::ResourceRule::Path,
+            target: Some("/orders?x=1".into()),
         }
     );
-    assert_eq!(unknown, ["resource"]);
+    assert_eq!(unknown, ["verb"]);
     assert_eq!(requirement(&CheckRequest::default()).0, Requirement::default());
 }
 

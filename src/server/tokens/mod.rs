@@ -199,6 +199,22 @@ impl decision::Offer for CachedToken {
     fn issuer(&self) -> Option<&str> {
         Some(&self.claims.iss)
     }
+
+    /// A token minted for a role: one of its permissions must hold every
+    /// scope and cover the path; a token without a role: its scopes.
+    fn permits<'p>(
+        &self,
+        scopes: &[String],
+        path: &dyn Fn() -> Result<&'p str, crate::token::path::PathRefused>,
+    ) -> Result<(), decision::Denial> {
+        if self.claims.authorization_details.is_empty() {
+            return match scopes.iter().all(|s| self.has_scope(s)) {
+                true => Ok(()),
+                false => Err(decision::Denial::Scope),
+            };
+        }
+        crate::token::permissions::permits(&self.claims.authorization_details, scopes, path)
+    }
 }
 
 /// The server's token state.

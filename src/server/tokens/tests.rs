@@ -69,6 +69,7 @@ fn a_cached_token_is_refused_once_its_key_is_removed() {
         sid: None,
         auth_time: None,
         custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
+        authorization_details: vec![],
     };
     let token = jsonwebtoken::encode(
         &claims::header(signer.algorithm, &signer.kid),
@@ -317,6 +318,7 @@ fn a_token_speaks_only_for_a_key_its_policy_admits() {
             sid: None,
             auth_time: None,
             custom: BTreeMap::new(),
+            authorization_details: vec![],
         };
         jsonwebtoken::encode(
             &claims::header(signer.algorithm, &signer.kid),
@@ -421,6 +423,7 @@ fn sign(policy: &PolicyEntry, issuer: &str, client_id: &str) -> String {
         sid: None,
         auth_time: None,
         custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
+        authorization_details: vec![],
     };
     jsonwebtoken::encode(
         &claims::header(signer.algorithm, &signer.kid),
@@ -620,6 +623,7 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
             sid: None,
             auth_time: None,
             custom,
+            authorization_details: vec![],
         };
         jsonwebtoken::encode(
             &claims::header(signer.algorithm, &signer.kid),

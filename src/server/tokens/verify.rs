@@ -1,6 +1,7 @@
 //! A presented JWT: verified once against the published keys, then cached (bounded in bytes); the external-auth decision and the introspection answer for it.
 
 use super::*;
+use crate::token::permissions::AuthorizationDetail;
 
 impl Tokens {
     /// Token state whose verified-token cache holds at most `limits`.
@@ -124,6 +125,17 @@ pub fn cache_weight(t: &CachedToken) -> usize {
         + string(&t.kid)
         + identity_bytes(&t.identity);
     heap += btree_bytes(c.custom.iter());
+    heap += alloc(c.authorization_details.capacity() * std::mem::size_of::<AuthorizationDetail>())
+        + c.authorization_details
+            .iter()
+            .map(|d| {
+                string(&d.kind)
+                    + alloc(d.actions.capacity() * std::mem::size_of::<String>())
+                    + d.actions.iter().map(string).sum::<usize>()
+                    + alloc(d.paths.capacity() * std::mem::size_of::<String>())
+                    + d.paths.iter().map(string).sum::<usize>()
+            })
+            .sum::<usize>();
     heap + token_cache::entry_overhead::<Option<KeyId>, CachedToken>()
 }
 
@@ -285,6 +297,9 @@ pub fn introspect_token(
             }
             if let Some(auth_time) = c.auth_time {
                 out["auth_time"] = json!(auth_time);
+            }
+            if !c.authorization_details.is_empty() {
+                out["authorization_details"] = json!(c.authorization_details);
             }
             // Never over an RFC 7662 member: `active` stays a boolean (a
             // verified token has no reserved custom claim anyway).

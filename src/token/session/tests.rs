@@ -360,3 +360,35 @@ fn exchange_requests_are_checked_when_parsed() {
         TokenError::UnsupportedGrantType
     );
 }
+
+#[test]
+fn a_refresh_keeps_a_roles_paths_and_narrows_its_permissions_with_the_scopes() {
+    use crate::crd::Permission;
+    let r = rules(None, 3600);
+    let mut p = policy();
+    p.roles.insert(
+        "admin".into(),
+        vec![
+            Permission {
+                scopes: vec!["calendar-events:read".into()],
+                resources: vec!["/calendar-events/{tenant}/".into()],
+            },
+            Permission {
+                scopes: vec!["calendar-events:write".into()],
+                resources: vec!["/calendar-events/{tenant}/drafts/".into()],
+            },
+        ],
+    );
+    let request = req("grant_type=client_credentials&role=admin&claim.tenant=acme");
+    let mut old = build_claims(&p, &client("KeyIdAAAAAAA"), &request, NOW, "j0".into()).unwrap();
+    start(&mut old, &r, &request, |_| true, "sid-1".into(), NOW).unwrap();
+    assert_eq!(old.authorization_details.len(), 2);
+    let same = refresh_at(&old, &r, "", NOW + 1).unwrap();
+    assert_eq!(same.authorization_details, old.authorization_details);
+    // Asking for read only: the write permission goes with its scope, so
+    // no detail ever holds an action beyond `scope`.
+    let narrow = refresh_at(&old, &r, "&scope=calendar-events:read", NOW + 1).unwrap();
+    assert_eq!(narrow.scope, "calendar-events:read");
+    assert_eq!(narrow.authorization_details.len(), 1);
+    assert_eq!(narrow.authorization_details[0].paths, ["/calendar-events/acme/"]);
+}
