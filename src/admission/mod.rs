@@ -439,6 +439,9 @@ fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
     if !verdict.allowed {
         return verdict;
     }
+    if let Some(why) = roles_that_cannot_work(&policy) {
+        return Verdict::deny(why);
+    }
     if request.operation == "CREATE" {
         let issuer = decide_new_token_policy(request, facts);
         return if issuer.allowed {
@@ -464,6 +467,34 @@ fn decide_token_policy(request: &AdmissionRequest, facts: &Facts) -> Verdict {
         ));
     }
     verdict
+}
+
+/// What in a TokenPolicy's roles cannot work, said with what to change: a
+/// scope outside `allowedScopes`, a resource template that is not a
+/// canonical path, has an unclosed brace, or names an undeclared claim (the
+/// CRD's CEL checks all but the last; the webhook checks them all).
+pub fn roles_that_cannot_work(policy: &TokenPolicy) -> Option<String> {
+    let declared = |name: &str| policy.spec.custom_claims.iter().any(|c| c.name == name);
+    for (role, permissions) in &policy.spec.roles {
+        for permission in permissions {
+            if let Some(scope) = permission
+                .scopes
+                .iter()
+                .find(|s| !policy.spec.allowed_scopes.contains(s))
+            {
+                return Some(format!(
+                    "spec.roles.{role}: scope {scope} is not in spec.allowedScopes; add it there, or remove it \
+                     from the role's permission"
+                ));
+            }
+            for resource in &permission.resources {
+                if let Err(e) = crate::token::permissions::check_template(resource, declared) {
+                    return Some(format!("spec.roles.{role}: {e}"));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn labels_say_managed(object: &Value) -> bool {

@@ -219,6 +219,47 @@ fn new_policy(ns: &str, name: &str, issuer: Option<&str>) -> AdmissionRequest {
     req
 }
 
+#[test]
+fn roles_that_cannot_work_are_refused_with_what_to_change() {
+    let with_roles = |roles: Value| {
+        let mut req = new_policy("team", "login", None);
+        let spec = req.object.as_mut().unwrap().pointer_mut("/spec").unwrap();
+        spec["allowedScopes"] = json!(["calendar-events:read", "collaboration:publish"]);
+        spec["customClaims"] = json!([{"name": "tenant", "required": true}]);
+        spec["roles"] = roles;
+        decide(&req, &Facts::default(), &Config::default())
+    };
+    let good = with_roles(json!({"data-entry": [
+        {"scopes": ["calendar-events:read"], "resources": ["/calendar-events/{tenant}/"]},
+        {"scopes": ["collaboration:publish"], "resources": ["/topics/{tenant}-events"]},
+        {"scopes": ["calendar-events:read"]}
+    ]}));
+    assert!(good.allowed, "{}", good.message);
+    for (roles, says) in [
+        (
+            json!({"r": [{"scopes": ["calendar-events:read"], "resources": ["/calendar-events/{org}/"]}]}),
+            "names the claim org, which spec.customClaims does not declare: add it there",
+        ),
+        (
+            json!({"r": [{"scopes": ["calendar-events:read"], "resources": ["/calendar-events/{tenant/"]}]}),
+            "has a '{' without its '}': close it",
+        ),
+        (
+            json!({"r": [{"scopes": ["calendar-events:write"]}]}),
+            "scope calendar-events:write is not in spec.allowedScopes; add it there",
+        ),
+        (
+            json!({"r": [{"scopes": ["calendar-events:read"], "resources": ["/calendar-events/../{tenant}/"]}]}),
+            "'..' segment",
+        ),
+    ] {
+        let v = with_roles(roles.clone());
+        assert!(!v.allowed, "{roles}");
+        assert!(v.message.contains(says), "{roles}: {}", v.message);
+        assert!(v.message.starts_with("spec.roles.r: "), "{}", v.message);
+    }
+}
+
 fn holders(list: &[(&str, &str, Option<&str>)]) -> Facts {
     Facts {
         issuers: Some(Found::Present(

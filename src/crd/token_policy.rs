@@ -66,8 +66,6 @@ const DURATION_PATTERN: &str = "^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$";
 ).message("spec.tokenTTL must not be longer than spec.maxTTL").field_path(".tokenTTL"))]
 #[x_kube(validation = Rule::new(rules::ROLE_SCOPES_ALLOWED)
     .message(rules::ROLE_SCOPES_ALLOWED_MESSAGE).field_path(".roles"))]
-#[x_kube(validation = Rule::new(rules::ROLE_TEMPLATES_DECLARED)
-    .message(rules::ROLE_TEMPLATES_DECLARED_MESSAGE).field_path(".roles"))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicySpec {
     /// The `iss` of every token, an `https://` or `http://` URL without query
@@ -134,9 +132,9 @@ pub struct TokenPolicySpec {
     /// without resources applies everywhere). The token carries them with
     /// the templates filled in (`authorization_details`) and their scopes'
     /// union in `scope`. Every scope must be in `allowedScopes`, every
-    /// `{name}` a `customClaims` entry. At most 32 roles of 16 permissions.
+    /// `{name}` a `customClaims` entry. At most 16 roles of 8 permissions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("maxProperties" = 16))]
     #[schemars(extend("additionalProperties" = rules::permissions_schema()))]
     #[x_kube(validation = Rule::new("self.all(r, r.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'))")
         .message("every role name in spec.roles must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"))]
@@ -147,12 +145,12 @@ pub struct TokenPolicySpec {
     /// A name may not be (in any case) a registered JWT claim, an RFC 7662
     /// introspection member or one of latchkey's own claims: active, scope,
     /// client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti,
-    /// role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce.
-    /// At most 16.
+    /// role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce,
+    /// authorization_details. At most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(c, !(c.name.lowerAscii() in ['active','scope','client_id','username','token_type','exp','iat','nbf','sub','aud','iss','jti','role','act','may_act','sid','typ','cnf','azp','auth_time','acr','amr','nonce']))")
-        .message("spec.customClaims[].name must not be a reserved claim name (in any case: active, scope, client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti, role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce): they are RFC 7662 introspection members or claims latchkey sets itself; rename the claim, for example tenant or x_active"))]
+    #[x_kube(validation = Rule::new("self.all(c, !(c.name.lowerAscii() in ['active','scope','client_id','username','token_type','exp','iat','nbf','sub','aud','iss','jti','role','act','may_act','sid','typ','cnf','azp','auth_time','acr','amr','nonce','authorization_details']))")
+        .message("spec.customClaims[].name must not be a reserved claim name (in any case: active, scope, client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti, role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce, authorization_details): they are RFC 7662 introspection members or claims latchkey sets itself; rename the claim, for example tenant or x_active"))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
         .message("spec.customClaims must not name a claim twice"))]
     pub custom_claims: Vec<CustomClaim>,

@@ -1101,6 +1101,29 @@ mod tests {
     }
 
     #[test]
+    fn an_api_key_passes_a_resource_path_route_on_its_scopes_alone() {
+        let key = ApiKeyValue::generate();
+        let index = index_of(&[api_key(&key, None)]);
+        let k = Some(key.expose());
+        let mut r = req("scope=orders:read&resource=path");
+        assert_eq!(r.resource, ResourceRule::Path);
+        // Whatever the path, even none or a traversal: a key has no resources.
+        for target in [None, Some("/calendar-events/globex/x"), Some("/a/../b")] {
+            r.target = target.map(str::to_owned);
+            let d = decide_key_request(k, &r, &index, t(0), 1);
+            assert!(matches!(d, Decision::Allow { .. }), "{target:?}: {d:?}");
+        }
+        let d = decide_key_request(k, &req("scope=admin&resource=path"), &index, t(0), 1);
+        assert!(matches!(d, Decision::InsufficientScope { resource: false, .. }));
+        // A typo never turns the check off: every request is refused.
+        for q in ["resource=paths", "resource=path&resource=x", "resource="] {
+            let d = decide_key_request(k, &req(q), &index, t(0), 1);
+            assert_eq!(d.label(), "invalid_request", "{q}");
+            assert_eq!(d.into_response().status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
     fn requirement_from_query() {
         assert_eq!(
             req("scope=a&scope=b%20c&audience=x&other=1"),

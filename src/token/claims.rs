@@ -725,6 +725,57 @@ mod tests {
     }
 
     #[test]
+    fn a_role_with_resources_gives_authorization_details_filled_with_the_claims() {
+        let mut p = policy();
+        p.roles.insert(
+            "reader".into(),
+            vec![
+                Permission {
+                    scopes: vec!["calendar-events:read".into()],
+                    resources: vec!["/calendar-events/{tenant}/".into()],
+                },
+                Permission {
+                    scopes: vec!["calendar-events:write".into()],
+                    resources: vec!["/calendar-events/{tenant}/drafts/".into()],
+                },
+            ],
+        );
+        let mint = |body: &str| build_claims(&p, &client(), &req(body), NOW, "j".into());
+        let c = mint("grant_type=client_credentials&role=reader&claim.tenant=acme").unwrap();
+        assert_eq!(c.scope, "calendar-events:read calendar-events:write");
+        assert_eq!(
+            serde_json::to_value(&c.authorization_details).unwrap(),
+            serde_json::json!([
+                {"type": "latchkey", "actions": ["calendar-events:read"], "paths": ["/calendar-events/acme/"]},
+                {"type": "latchkey", "actions": ["calendar-events:write"], "paths": ["/calendar-events/acme/drafts/"]}
+            ])
+        );
+        // Narrowed by `scope`: the write permission is gone.
+        let c =
+            mint("grant_type=client_credentials&role=reader&claim.tenant=acme&scope=calendar-events:read")
+                .unwrap();
+        assert_eq!(c.authorization_details.len(), 1);
+        // The claim that fills a template is needed, and one segment.
+        let e = mint("grant_type=client_credentials&role=reader").unwrap_err();
+        assert_eq!(e.code(), "invalid_request");
+        assert!(
+            e.description()
+                .contains("role reader: the resource /calendar-events/{tenant}/ needs claim.tenant")
+        );
+        let e =
+            mint("grant_type=client_credentials&role=reader&claim.tenant=acme%2F..%2Fglobex").unwrap_err();
+        assert!(e.description().contains("must be one path segment"), "{e:?}");
+        // A token without a role carries none; the claim round-trips.
+        let plain = mint("grant_type=client_credentials").unwrap();
+        assert!(plain.authorization_details.is_empty());
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json["authorization_details"].is_array() && json.get("paths").is_none());
+        let back: AccessClaims = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c);
+        assert!(!back.custom.contains_key("authorization_details"));
+    }
+
+    #[test]
     fn key_audiences_narrow_the_policy_and_required_claims_are_required() {
         let auds: Box<[Box<str>]> = vec!["pubsub".into()].into_boxed_slice();
         let mut c = client();
