@@ -22,7 +22,9 @@ fn policy_manifest(ns: &str, name: &str, extra: &str) -> String {
         name,
         &format!(
             "  audiences: [calendar, pubsub]\n  allowedScopes: [\"calendar-events:read\", \"calendar-events:write\", \"pubsub:publish\"]\n  \
-             roles:\n    data-entry: [\"calendar-events:write\"]\n  customClaims:\n  - name: tenant\n{extra}"
+             roles:\n    data-entry:\n    - scopes: [\"calendar-events:write\"]\n      resources: [\"/calendar-events/{{tenant}}/\"]\n    \
+             publisher:\n    - scopes: [\"pubsub:publish\"]\n      resources: [\"/topics/{{tenant}}-events\"]\n  \
+             customClaims:\n  - name: tenant\n{extra}"
         ),
     )
 }
@@ -256,6 +258,32 @@ async fn exchange_verify_introspect_and_revoke() {
     assert_eq!(info["active"], true, "{info}");
     assert_eq!(info["client_id"], &key[3..15]);
     assert_eq!(info["scope"], "calendar-events:read");
+    assert!(info.get("authorization_details").is_none(), "{info}");
+
+    // A role's token carries its permissions, templates filled in (RFC
+    // 9396), in the JWT and in introspection.
+    let a = request_token(
+        &server,
+        &key,
+        "grant_type=client_credentials&role=data-entry&claim.tenant=acme",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let role_token = a.json["access_token"].as_str().unwrap().to_owned();
+    let details = serde_json::json!([{"type": "latchkey", "actions": ["calendar-events:write"],
+                                      "paths": ["/calendar-events/acme/"]}]);
+    assert_eq!(jose_part(&role_token, 1)["authorization_details"], details);
+    assert_eq!(jose_part(&role_token, 1)["scope"], "calendar-events:write");
+    let info = introspect(role_token.clone()).await;
+    assert_eq!(info["authorization_details"], details, "{info}");
+    // A claim value that is not one path segment cannot fill a resource.
+    let a = request_token(
+        &server,
+        &key,
+        "grant_type=client_credentials&role=data-entry&claim.tenant=acme%2F..%2Fglobex",
+    )
+    .await;
+    assert_eq!(a.json["error"], "invalid_request", "{}", a.json);
 
     // Revoking the API key refuses its tokens within a second.
     let api_keys: Api<ApiKey> = Api::namespaced(client.clone(), &ns.name);
@@ -301,10 +329,25 @@ async fn pyjwt_and_jose_verify_tokens_across_a_rotation() {
         )
         .await;
         let old_token = mint(&server, &key, "grant_type=client_credentials&audience=pubsub").await;
+        let role_token = mint(
+            &server,
+            &key,
+            "grant_type=client_credentials&audience=pubsub&role=publisher&claim.tenant=acme",
+        )
+        .await;
         for v in ["pyjwt", "jose"] {
             let claims = third_party_verify(v, &issuer, "pubsub", &old_token)
                 .unwrap_or_else(|e| panic!("{v} refused a {alg} token: {e}"));
             assert_eq!(claims["scope"], "pubsub:publish");
+            // The role's permissions, as the verifier decoded them.
+            let claims = third_party_verify(v, &issuer, "pubsub", &role_token)
+                .unwrap_or_else(|e| panic!("{v} refused a {alg} role token: {e}"));
+            assert_eq!(
+                claims["authorization_details"],
+                serde_json::json!([{"type": "latchkey", "actions": ["pubsub:publish"],
+                                    "paths": ["/topics/acme-events"]}]),
+                "{v}"
+            );
         }
         // Rotate now: the new key is published first and signs 2 s later.
         policies
@@ -451,8 +494,16 @@ async fn invalid_token_policies_are_refused_with_what_to_change() {
             "spec.tokenTTL must not be longer than spec.maxTTL",
         ),
         (
-            "  roles: {r: [\"other\"]}\n",
+            "  roles: {r: [{scopes: [\"other\"]}]}\n",
             "every scope of spec.roles must also be listed in spec.allowedScopes",
+        ),
+        (
+            "  roles: {r: [{scopes: [\"calendar-events:read\"], resources: [\"/calendar-events/{tenant/\"]}]}\n",
+            "every resource of spec.roles must be a URL path",
+        ),
+        (
+            "  roles: {r: [{scopes: [\"calendar-events:read\"], resources: [\"/calendar-events/../{tenant}/\"]}]}\n",
+            "no '.' or '..' segment",
         ),
         (
             "  customClaims: [{name: sub}]\n",

@@ -137,7 +137,7 @@ fn orders_policy(ns: &str) {
         ns,
         "orders",
         "  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:admin\"]\n  \
-         roles:\n    admin: [\"orders:read\", \"orders:admin\"]\n  customClaims:\n  - name: tenant\n",
+         roles:\n    admin: [{scopes: [\"orders:read\", \"orders:admin\"]}]\n  customClaims:\n  - name: tenant\n",
     ));
 }
 
@@ -741,4 +741,201 @@ async fn credentials_in_urls_and_headers_never_reach_the_debug_log() {
         log.lines().count(),
         log.matches("[REDACTED").count()
     );
+}
+
+/// Issue 15's data restriction through real nginx and Caddy: a `data-entry`
+/// token for tenant acme reads `/calendar-events/acme/…`, is refused
+/// globex's and every traversal spelling that could reach it, publishes to
+/// `/topics/acme-events` only; an `admin` token may write; an API key
+/// passes a `resource=path` route on its scopes alone; a client's own
+/// `X-Original-URL` / `X-Forwarded-Uri` changes nothing.
+#[tokio::test]
+async fn tokens_reach_only_their_tenants_resources_through_nginx_and_caddy() {
+    let s = Stack::start("proxy-perms").await;
+    apply(&token_policy_manifest(
+        &s.ns.name,
+        "login",
+        "  audiences: [calendar]\n  \
+         allowedScopes: [calendar-events:read, calendar-events:write, collaboration:publish, collaboration:subscribe]\n  \
+         customClaims: [{name: tenant, required: true}]\n  \
+         roles:\n    data-entry:\n    - scopes: [calendar-events:read]\n      resources: [\"/calendar-events/{tenant}/\"]\n    \
+         - scopes: [collaboration:publish, collaboration:subscribe]\n      resources: [\"/topics/{tenant}-events\"]\n    \
+         admin:\n    - scopes: [calendar-events:read, calendar-events:write]\n      resources: [\"/calendar-events/{tenant}/\"]\n",
+    ));
+    let login = s
+        .key(
+            "login-handler",
+            "  scopes: [calendar-events:read, calendar-events:write, collaboration:publish, collaboration:subscribe]\n  \
+             tokenPolicyRef: {name: login}\n",
+        )
+        .await;
+    let reader_key = s.key("reader", "  scopes: [calendar-events:read]\n").await;
+    let data_entry = mint(
+        &s,
+        &login,
+        "grant_type=client_credentials&role=data-entry&claim.tenant=acme",
+    )
+    .await;
+    let admin = mint(
+        &s,
+        &login,
+        "grant_type=client_credentials&role=admin&claim.tenant=acme",
+    )
+    .await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (de, ad, key) = (bearer(&data_entry), bearer(&admin), bearer(&reader_key));
+
+    let traversals = [
+        "/calendar-events/globex/1",
+        "/calendar-events/acme/../globex/1",
+        "/calendar-events/acme/./../globex/1",
+        "/calendar-events/acme/%2e%2e/globex/1",
+        "/calendar-events/acme/%2E%2E/globex/1",
+        "/calendar-events/acme/.%2e/globex/1",
+        "/calendar-events/acme/%2e%2e%2fglobex/1",
+        "/calendar-events/acme%2F..%2Fglobex/1",
+        "/calendar-events/acme/..%2Fglobex/1",
+        "/calendar-events/acme/..%5Cglobex/1",
+        "/calendar-events/acme/..\\globex/1",
+        "/calendar-events/acme//../globex/1",
+        "/calendar-events/acme/..;/globex/1",
+        "/calendar-events/acme/..%3B/globex/1",
+        "/calendar-events/acme/%252e%252e/globex/1",
+        "/calendar-events/%61cme/../globex/1",
+        "/calendar-events/acme/%C0%AE%C0%AE/globex/1",
+        "//calendar-events/globex/1",
+        "/calendar-events/acmeglobex/1",
+        "/calendar-events/acme",
+    ];
+    for (proxy, base) in s.proxies() {
+        let at = |what: &str| format!("{proxy}: {what}\n{}", s.latchkey.log_text());
+        // Allowed: the tenant's own calendar, with the identity of the token.
+        let (status, text) = raw_request(
+            base,
+            "GET",
+            "/calendar-events/acme/1?x=1",
+            &[("Authorization", &de)],
+        )
+        .await;
+        assert_eq!(status, 200, "{}", at(&text));
+        assert!(
+            text.contains("\"path\": \"/calendar-events/acme/1?x=1\""),
+            "{}",
+            at(&text)
+        );
+        assert!(text.contains("data-entry"), "{}", at(&text));
+        // Refused: the other tenant, however spelt; never the upstream.
+        for target in traversals {
+            let (status, text) = raw_request(base, "GET", target, &[("Authorization", &de)]).await;
+            assert!(
+                !text.contains("header_list"),
+                "{}",
+                at(&format!("{target} reached the upstream: {text}"))
+            );
+            // 403 for another tenant's canonical path, 400 for a spelling
+            // that is not canonical (README, "resource=path").
+            let want = if target.contains("..") || target.contains('%') || target.contains("//") {
+                400
+            } else {
+                403
+            };
+            assert_eq!(status, want, "{}", at(target));
+        }
+        // The query never widens: the path is still acme's.
+        let (status, text) = raw_request(
+            base,
+            "GET",
+            "/calendar-events/acme/1?/../../globex/1",
+            &[("Authorization", &de)],
+        )
+        .await;
+        assert_eq!(status, 200, "{}", at(&text));
+        assert!(
+            text.contains("\"path\": \"/calendar-events/acme/1?/../../globex/1\""),
+            "{}",
+            at(&text)
+        );
+        // Writing needs the admin role.
+        let (status, _) =
+            raw_request(base, "POST", "/calendar-events/acme/1", &[("Authorization", &de)]).await;
+        assert_eq!(status, 403, "{}", at("data-entry wrote"));
+        let (status, text) =
+            raw_request(base, "POST", "/calendar-events/acme/1", &[("Authorization", &ad)]).await;
+        assert_eq!(status, 200, "{}", at(&text));
+        let (status, _) = raw_request(
+            base,
+            "POST",
+            "/calendar-events/globex/1",
+            &[("Authorization", &ad)],
+        )
+        .await;
+        assert_eq!(status, 403, "{}", at("admin wrote globex"));
+        // Topics: exactly acme-events and below, never a longer name.
+        for (target, want) in [
+            ("/topics/acme-events", 200),
+            ("/topics/acme-events/x", 200),
+            ("/topics/acme-eventsX", 403),
+            ("/topics/globex-events", 403),
+            ("/topics/acme-events/../globex-events", 400),
+        ] {
+            let (status, _) = raw_request(base, "POST", target, &[("Authorization", &de)]).await;
+            assert_eq!(status, want, "{}", at(&format!("publish {target}")));
+        }
+        // The admin role has no topic permission.
+        let (status, _) = raw_request(base, "POST", "/topics/acme-events", &[("Authorization", &ad)]).await;
+        assert_eq!(status, 403, "{}", at("admin published"));
+        // An API key has no resources: its scopes alone, any tenant.
+        let (status, text) = raw_request(
+            base,
+            "GET",
+            "/calendar-events/globex/1",
+            &[("Authorization", &key)],
+        )
+        .await;
+        assert_eq!(status, 200, "{}", at(&text));
+        let (status, _) = raw_request(
+            base,
+            "POST",
+            "/calendar-events/globex/1",
+            &[("Authorization", &key)],
+        )
+        .await;
+        assert_eq!(status, 403, "{}", at("the reader key wrote"));
+        // A client's own original-URL headers are overwritten by the proxy.
+        let forged = [
+            ("Authorization", de.as_str()),
+            ("X-Original-URL", "http://app.example/calendar-events/acme/1"),
+            ("X-Forwarded-Uri", "/calendar-events/acme/1"),
+        ];
+        let (status, text) = raw_request(base, "GET", "/calendar-events/globex/1", &forged).await;
+        assert_eq!(status, 403, "{}", at(&text));
+    }
+    // The 403 says what is missing, never the token's content (Caddy hands
+    // latchkey's answer on; nginx keeps WWW-Authenticate for 401 only).
+    let (_, text) = raw_request(
+        &s.caddy,
+        "GET",
+        "/calendar-events/globex/1",
+        &[("Authorization", &de)],
+    )
+    .await;
+    let challenge = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+        .unwrap_or_default();
+    assert!(
+        challenge.contains("scope=\"calendar-events:read\"")
+            && challenge.contains("no permission that holds the required scopes covers the request's path")
+            && !challenge.contains("acme"),
+        "{challenge}"
+    );
+    let (status, text) = raw_request(
+        &s.caddy,
+        "GET",
+        "/calendar-events/acme/%2e%2e/globex/1",
+        &[("Authorization", &de)],
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("percent-encodes an unreserved character"), "{text}");
 }

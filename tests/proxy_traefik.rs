@@ -164,7 +164,7 @@ impl Stack {
             &self.ns.name,
             "orders",
             "  audiences: [orders]\n  allowedScopes: [\"orders:read\", \"orders:admin\"]\n  \
-             roles:\n    admin: [\"orders:read\", \"orders:admin\"]\n  customClaims:\n  - name: tenant\n",
+             roles:\n    admin: [{scopes: [\"orders:read\", \"orders:admin\"]}]\n  customClaims:\n  - name: tenant\n",
         ));
         let key = self
             .key(

@@ -45,6 +45,7 @@ fn crypto_per_core() {
             act: None,
             sid: None,
             auth_time: None,
+            authorization_details: Vec::new(),
             custom: Default::default(),
         };
         let header = claims::header(verifying.algorithm, &key.kid);

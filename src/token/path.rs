@@ -148,7 +148,7 @@ fn check_bytes(path: &str) -> Result<(), PathRefused> {
                     b'/' | b'\\' => return Err(PathRefused::EncodedSeparator),
                     b'%' => return Err(PathRefused::DoubleEncoding),
                     d if is_unreserved(d) => return Err(PathRefused::EncodedUnreserved),
-                    d if d < 0x20 || d >= 0x7f => return Err(PathRefused::EncodedByte),
+                    d if !(0x20..0x7f).contains(&d) => return Err(PathRefused::EncodedByte),
                     _ => {}
                 }
                 i += 3;

@@ -233,3 +233,37 @@ pub const FORGED: [(&str, &str); 12] = [
     ("x-auth-actor", "forged-actor"),
     ("x_auth_actor", "forged-underscore"),
 ];
+
+/// One request with a request-target sent byte for byte (`..`, `%2e`, `//`,
+/// `\`: what an HTTP client library would normalise away), `Connection:
+/// close`; returns the status and the raw answer (headers and body).
+pub async fn raw_request(base: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "GET" && method != "HEAD" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("\r\n");
+    let io = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(head.as_bytes()).await?;
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await?;
+        std::io::Result::Ok(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {target} at {base}: no answer in 10 s"))
+        .unwrap_or_else(|e| panic!("{method} {target} at {base}: {e}"));
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {target} at {base}: not an HTTP answer: {text:?}"));
+    (status, text)
+}
