@@ -75,6 +75,22 @@ async fn invalid_applies_are_refused_with_the_reason_and_dry_run_agrees() {
         "the refused change changed nothing"
     );
 
+    // 4. A role's resource naming a claim the policy does not declare (the
+    // CRD's CEL cannot afford this check; the webhook makes it).
+    assert_refused(
+        &policy(
+            n,
+            "roles",
+            &format!(
+                "  audiences: [orders]\n  allowedScopes: [\"orders:read\"]\n  issuer: https://auth.example.com/{n}/roles\n  \
+                 customClaims: [{{name: tenant}}]\n  roles:\n    reader:\n    - scopes: [\"orders:read\"]\n      \
+                 resources: [\"/orders/{{org}}/\"]\n"
+            ),
+        ),
+        "spec.roles.reader: resource \"/orders/{org}/\" names the claim org, which spec.customClaims does not declare",
+    );
+    assert!(!exists("tokenpolicy", "roles", n));
+
     // Valid: a dry run passes and creates nothing; the real apply passes.
     let good = apikey(
         n,
