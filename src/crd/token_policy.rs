@@ -133,7 +133,11 @@ pub struct TokenPolicySpec {
     /// the templates filled in (`authorization_details`) and their scopes'
     /// union in `scope`. Every scope must be in `allowedScopes`, every
     /// `{name}` a `customClaims` entry. At most 16 roles of 8 permissions.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "roles_of_either_shape"
+    )]
     #[schemars(extend("maxProperties" = 16))]
     #[schemars(extend("additionalProperties" = rules::permissions_schema()))]
     #[x_kube(validation = Rule::new("self.all(r, r.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'))")
@@ -253,6 +257,47 @@ pub struct Permission {
     /// is the token's custom claim `name`. Empty: everywhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<String>,
+}
+
+/// `spec.roles` as written now (role → permissions), or as v1alpha1 first
+/// had it (role → scopes, stored before the change): a list entry that is
+/// a string is a scope of one permission without resources (everywhere),
+/// so a policy stored in the old shape still reads, with its old meaning,
+/// instead of failing the whole watch of TokenPolicies. The CRD's schema
+/// admits only the new shape for new writes.
+fn roles_of_either_shape<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<Permission>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Scope(String),
+        Permission(Permission),
+    }
+    let raw: BTreeMap<String, Vec<Entry>> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(role, entries)| {
+            let mut old = Vec::new();
+            let mut permissions = Vec::new();
+            for entry in entries {
+                match entry {
+                    Entry::Scope(scope) => old.push(scope),
+                    Entry::Permission(p) => permissions.push(p),
+                }
+            }
+            if !old.is_empty() {
+                permissions.insert(
+                    0,
+                    Permission {
+                        scopes: old,
+                        resources: Vec::new(),
+                    },
+                );
+            }
+            (role, permissions)
+        })
+        .collect())
 }
 
 /// A custom claim a token request may set.
@@ -399,4 +444,32 @@ pub fn default_path_owner(path: &str) -> Option<(String, String)> {
     let ns = segments.next()?;
     (segments.next()? == "issuers" && !ns.is_empty() && !name.is_empty())
         .then(|| (ns.to_owned(), name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_read_in_the_new_shape_and_in_the_first_v1alpha1_one() {
+        let spec: TokenPolicySpec = serde_json::from_value(serde_json::json!({
+            "audiences": ["a"],
+            "roles": {
+                "old": ["calendar-events:read", "calendar-events:write"],
+                "new": [{"scopes": ["calendar-events:read"], "resources": ["/calendar-events/{tenant}/"]}]
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            spec.roles["old"],
+            [Permission {
+                scopes: vec!["calendar-events:read".into(), "calendar-events:write".into()],
+                resources: vec![],
+            }]
+        );
+        assert_eq!(spec.roles["new"][0].resources, ["/calendar-events/{tenant}/"]);
+        // Written back, always in the new shape.
+        let back = serde_json::to_value(&spec).unwrap();
+        assert_eq!(back["roles"]["old"][0]["scopes"][1], "calendar-events:write");
+    }
 }

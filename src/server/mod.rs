@@ -37,6 +37,7 @@ pub mod index;
 pub mod introspect;
 pub use crate::listener;
 pub mod metrics;
+pub mod requirement;
 pub mod throttle;
 pub mod token_cache;
 pub mod tokens;

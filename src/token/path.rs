@@ -56,7 +56,9 @@ impl PathRefused {
         match self {
             PathRefused::Missing => "the proxy sent no original request path",
             PathRefused::NotAbsolute => "the request path does not start with '/'",
-            PathRefused::Authority => "the original URL's host holds characters a host cannot have",
+            PathRefused::Authority => {
+                "the original URL's host holds characters a host cannot have, or no path follows it"
+            }
             PathRefused::DotSegment => "the request path holds a '.' or '..' segment",
             PathRefused::EmptySegment => "the request path holds an empty segment ('//')",
             PathRefused::Backslash => "the request path holds a backslash",
@@ -96,8 +98,10 @@ pub fn request_path(target: &str) -> Result<&str, PathRefused> {
                 return Err(PathRefused::Authority);
             }
             rest = &after[end..];
-            if rest.is_empty() || rest.starts_with('?') {
-                return Ok("/");
+            // nginx's `$request_uri` always starts with `/`: anything else
+            // after the authority came from the client's `Host` (`h?x`).
+            if !rest.starts_with('/') {
+                return Err(PathRefused::Authority);
             }
             break;
         }
@@ -195,8 +199,6 @@ mod tests {
                 "HTTPS://app.example:8443/topics/acme-events",
                 "/topics/acme-events",
             ),
-            ("http://app.example", "/"),
-            ("http://app.example?x=1", "/"),
             ("/", "/"),
             ("/a%20b/c%3Bd", "/a%20b/c%3Bd"),
             ("/a/.x/x../x.y", "/a/.x/x../x.y"),
@@ -244,6 +246,9 @@ mod tests {
             ("", NotAbsolute),
             ("http://a\\b/calendar-events/acme/x", Authority),
             ("http://a b/calendar-events/acme/x", Authority),
+            ("http://h?x/calendar-events/globex/x", Authority),
+            ("http://h#x/calendar-events/globex/x", Authority),
+            ("http://app.example", Authority),
         ] {
             assert_eq!(request_path(target), Err(why), "{target}");
         }

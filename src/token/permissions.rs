@@ -126,10 +126,7 @@ fn parts(template: &str) -> Result<Vec<(bool, &str)>, TemplateError> {
 
 /// Checks a resource template: a canonical path with `{claim}`s, each of
 /// which `declared` knows. Returns the claim names it uses.
-pub fn check_template(
-    template: &str,
-    declared: impl Fn(&str) -> bool,
-) -> Result<Vec<&str>, TemplateError> {
+pub fn check_template(template: &str, declared: impl Fn(&str) -> bool) -> Result<Vec<&str>, TemplateError> {
     if !template.starts_with('/') {
         return Err(TemplateError::NotAPath(template.to_owned()));
     }
