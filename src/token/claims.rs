@@ -327,23 +327,10 @@ pub fn build_claims(
         .copied()
         .filter(|s| policy.allowed_scopes.contains(*s))
         .collect();
-    let role_permissions = match &request.role {
-        Some(role) => Some(policy.roles.get(role).ok_or_else(|| {
-            TokenError::InvalidRequest(format!("role {role} is not defined by the TokenPolicy"))
-        })?),
-        None => None,
-    };
-    let base: BTreeSet<&str> = match (&request.role, role_permissions) {
-        (Some(role), Some(permissions)) => {
-            let scopes = permissions::role_scopes(permissions);
-            if let Some(missing) = scopes.iter().find(|s| !allowed.contains(*s)) {
-                return Err(TokenError::InvalidScope(format!(
-                    "role {role} needs scope {missing}, which this API key may not grant under the TokenPolicy"
-                )));
-            }
-            scopes
-        }
-        _ => allowed,
+    let role = permissions::requested_role(&policy.roles, request.role.as_ref())?;
+    let base: BTreeSet<&str> = match role {
+        Some((name, perms)) => permissions::role_base(name, perms, &allowed)?,
+        None => allowed,
     };
     let scopes: Vec<&str> = match &request.scopes {
         Some(asked) => {
@@ -417,15 +404,11 @@ pub fn build_claims(
         )));
     }
 
-    // The role's permissions, narrowed to the granted scopes, templates
-    // filled with the custom claims.
-    let authorization_details = match (&request.role, role_permissions) {
-        (Some(role), Some(permissions)) => {
-            let granted: BTreeSet<&str> = scopes.iter().copied().collect();
-            permissions::grant(permissions, &granted, &custom)
-                .map_err(|e| TokenError::InvalidRequest(format!("role {role}: {e}")))?
-        }
-        _ => Vec::new(),
+    // The role's permissions narrowed to the scopes, templates filled.
+    let authorization_details = match role {
+        Some((name, perms)) => permissions::grant(perms, &scopes.iter().copied().collect(), &custom)
+            .map_err(|e| TokenError::InvalidRequest(format!("role {name}: {e}")))?,
+        None => Vec::new(),
     };
 
     let ttl = match request.expires_in {

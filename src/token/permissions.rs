@@ -23,6 +23,7 @@
 //! - A role's permissions are narrowed with the token's scopes: each keeps
 //!   the actions the token was granted, and one left with none is dropped.
 
+use super::claims::TokenError;
 use super::path;
 use crate::crd::Permission;
 use serde::{Deserialize, Serialize};
@@ -259,6 +260,36 @@ pub fn narrow(details: &[AuthorizationDetail], granted: &BTreeSet<&str>) -> Vec<
             (!actions.is_empty()).then(|| AuthorizationDetail { actions, ..d.clone() })
         })
         .collect()
+}
+
+/// The role a token request names (`role=`), with its permissions.
+pub fn requested_role<'a>(
+    roles: &'a BTreeMap<String, Vec<Permission>>,
+    name: Option<&'a String>,
+) -> Result<Option<(&'a str, &'a [Permission])>, TokenError> {
+    let Some(name) = name else { return Ok(None) };
+    match roles.get(name) {
+        Some(permissions) => Ok(Some((name, permissions))),
+        None => Err(TokenError::InvalidRequest(format!(
+            "role {name} is not defined by the TokenPolicy"
+        ))),
+    }
+}
+
+/// The scopes role `name` gives a key that may use `allowed`: the union of
+/// its permissions', every one of which the key must hold.
+pub fn role_base<'a>(
+    name: &str,
+    permissions: &'a [Permission],
+    allowed: &BTreeSet<&str>,
+) -> Result<BTreeSet<&'a str>, TokenError> {
+    let scopes = role_scopes(permissions);
+    match scopes.iter().find(|s| !allowed.contains(*s)) {
+        Some(missing) => Err(TokenError::InvalidScope(format!(
+            "role {name} needs scope {missing}, which this API key may not grant under the TokenPolicy"
+        ))),
+        None => Ok(scopes),
+    }
 }
 
 /// The scopes of a role: the union of its permissions'.
