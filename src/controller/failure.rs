@@ -70,6 +70,9 @@ impl Reconciled for TokenPolicy {
     fn observed_generation(status: &mut TokenPolicyStatus) -> &mut Option<i64> {
         &mut status.observed_generation
     }
+    fn without_foreign_fields(status: TokenPolicyStatus) -> TokenPolicyStatus {
+        status.without_server_fields()
+    }
 }
 
 /// What status says about a failed reconcile: what failed, never the API

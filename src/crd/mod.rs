@@ -17,11 +17,11 @@ pub use api_key::{
     Rotation, SecretTemplate, TokenPolicyRef,
 };
 pub use credential_grant::{CredentialGrant, CredentialGrantSpec};
-pub use token_policy::Delegation;
 pub use token_policy::{
     CustomClaim, Permission, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
     TokenPolicyStatus, default_path_owner, issuer_path,
 };
+pub use token_policy::{Delegation, RevokedSubject};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

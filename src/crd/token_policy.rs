@@ -182,6 +182,35 @@ pub struct TokenPolicySpec {
         "self != '' && duration(self) >= duration('10s') && duration(self) <= duration('8760h')"
     ).message("spec.sessionMaxAge must be a duration between 10s and 8760h, for example 8h"))]
     pub session_max_age: Option<String>,
+
+    /// Revokes every token of this policy whose session began (`auth_time`)
+    /// before this instant (RFC 3339), refreshes included: "log everybody
+    /// out". Tokens minted afterwards are unaffected. Enforced by every
+    /// server replica through its TokenPolicy watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_tokens_issued_before: Option<Time>,
+
+    /// Revokes the tokens of one subject (`sub`: the user of a delegated
+    /// token, else the ApiKey's subject) whose session began before
+    /// `issuedBefore`. At most 256 entries, one per subject; an entry older
+    /// than `sessionMaxAge` revokes nothing more and may be removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(o, o.subject == r.subject))")
+        .message("spec.revokedSubjects must not name a subject twice; keep one entry with the latest issuedBefore"))]
+    pub revoked_subjects: Vec<RevokedSubject>,
+}
+
+/// The tokens of one subject revoked by an operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedSubject {
+    /// The token's `sub`, exactly.
+    #[schemars(length(min = 1, max = 256))]
+    pub subject: String,
+    /// Tokens whose session began (`auth_time`) before this instant are
+    /// refused; usually the moment the entry is written.
+    pub issued_before: Time,
 }
 
 /// Delegation: whom the admitted ApiKeys may mint tokens for.
@@ -376,6 +405,23 @@ pub struct TokenPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// Sessions revoked at `POST /revoke`: session id (`sid`) → until when
+    /// (Unix seconds: no token of the session is valid after it; the entry
+    /// is pruned then). Written only by the auth server (a JSON merge patch
+    /// guarded by `metadata.resourceVersion`); the controller never writes
+    /// it. At most 10000 entries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 10000))]
+    pub revoked_sessions: BTreeMap<String, i64>,
+}
+
+impl TokenPolicyStatus {
+    /// The status without the fields the auth server owns (the
+    /// controller's Server-Side Apply must neither own nor remove them).
+    pub fn without_server_fields(mut self) -> Self {
+        self.revoked_sessions.clear();
+        self
+    }
 }
 
 impl TokenPolicy {

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// Every `result` label value, in [`Decision::label`]'s words.
-const RESULTS: [&str; 23] = [
+const RESULTS: [&str; 24] = [
     "allow",
     "no_credential",
     "invalid_request",
@@ -39,6 +39,7 @@ const RESULTS: [&str; 23] = [
     "token_expired",
     "token_not_yet_valid",
     "token_client_revoked",
+    "token_revoked",
 ];
 
 /// Every `result` of the token endpoint: issued, or an RFC 6749 error code.

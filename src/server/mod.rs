@@ -231,6 +231,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/envoy/{*path}", any(|s, r| auth(s, Proxy::Envoy, r)))
         .route("/introspect", post(introspect::handle))
         .route("/token", post(tokens::token))
+        .route("/revoke", post(tokens::revoke))
         .fallback(tokens::by_issuer)
         .with_state(state)
 }
@@ -373,6 +374,7 @@ pub async fn run_with_metrics(
     };
     let index = Arc::new(Index::default());
     let tokens = Arc::new(tokens::Tokens::with_cache(options.limits.token_cache));
+    tokens.set_store(client.clone());
     // Grants are cluster-scoped, whatever namespace the server watches.
     index.await_grants();
     let grant_feeder = tokio::spawn(grants::feed(
@@ -387,6 +389,7 @@ pub async fn run_with_metrics(
         tokens.clone(),
         options.issuer_base_url.clone(),
     ));
+    let pruner = tokio::spawn(tokens::prune_loop(tokens.clone(), clock.clone()));
     let client_for_tls = client.clone();
     let (stop_flusher, flusher_stop) = tokio::sync::oneshot::channel::<()>();
     let flusher = tokio::spawn(usage::run(
@@ -534,6 +537,7 @@ pub async fn run_with_metrics(
         );
     }
     feeder.abort();
+    pruner.abort();
     tracing::info!("auth server stopped");
     Ok(())
 }

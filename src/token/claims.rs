@@ -483,6 +483,9 @@ pub enum TokenInvalid {
     Claims,
     /// The `client_id` is not an API key the signing policy admits.
     Client,
+    /// Revoked: its session, its subject or its policy
+    /// ([`super::revocation`]).
+    Revoked,
 }
 
 impl TokenInvalid {
@@ -501,6 +504,7 @@ impl TokenInvalid {
             TokenInvalid::Critical => "the token has a crit header; latchkey understands no JWS extension",
             TokenInvalid::Claims => "the token carries a reserved or non-string custom claim",
             TokenInvalid::Client => "the token's client_id is not an API key its policy admits",
+            TokenInvalid::Revoked => "the token has been revoked",
         }
     }
 
@@ -519,6 +523,7 @@ impl TokenInvalid {
             TokenInvalid::Critical => "token_crit",
             TokenInvalid::Claims => "token_claims",
             TokenInvalid::Client => "token_client",
+            TokenInvalid::Revoked => "token_revoked",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Short-lived tokens (TokenPolicy), pure logic: signing-key material
 //! ([`keys`]), the signing-key schedule ([`schedule`]), and token requests,
 //! claims and verification ([`claims`]), delegation and sessions
-//! ([`session`]). No client; callers pass the time.
+//! ([`session`]), revocation ([`revocation`]). No client; callers pass the time.
 
 pub mod claims;
 pub mod issuer;
@@ -9,5 +9,6 @@ pub mod jwks;
 pub mod keys;
 pub mod path;
 pub mod permissions;
+pub mod revocation;
 pub mod schedule;
 pub mod session;

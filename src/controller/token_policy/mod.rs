@@ -124,9 +124,16 @@ pub(super) async fn write_status(
     phase: &Phase,
     now: Timestamp,
 ) -> Result<TokenPolicy> {
+    // The auth server's revoked sessions are its own (a merge patch): never
+    // in the controller's apply, so the apply neither owns nor removes them.
+    status = status.without_server_fields();
     status.observed_generation = policy.metadata.generation;
     conditions::apply_phase(&mut status.conditions, phase, policy.metadata.generation, now);
-    if policy.status.as_ref() == Some(&status) {
+    let current = policy
+        .status
+        .clone()
+        .map(TokenPolicyStatus::without_server_fields);
+    if current.as_ref() == Some(&status) {
         return Ok(policy.clone());
     }
     apply_status(

@@ -34,6 +34,18 @@ pub async fn by_issuer(State(state): State<Arc<AppState>>, request: Request) -> 
             return json_response(p.jwks.clone(), p.jwks_max_age);
         }
     }
+    if let Some(p) = lookup(REVOKE_SUFFIX) {
+        if method != Method::POST {
+            return (StatusCode::METHOD_NOT_ALLOWED, [("allow", "POST")]).into_response();
+        }
+        let headers = request.headers().clone();
+        let Ok(body) = axum::body::to_bytes(request.into_body(), 64 * 1024).await else {
+            return token_error(&TokenError::InvalidRequest(
+                "the request body is too large".into(),
+            ));
+        };
+        return revoke::revoke_response(&state, &headers, &body, Some(p)).await;
+    }
     if let Some(p) = lookup(TOKEN_SUFFIX) {
         if method != Method::POST {
             return (StatusCode::METHOD_NOT_ALLOWED, [("allow", "POST")]).into_response();

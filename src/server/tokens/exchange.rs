@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::token::session::{self, Presented};
+use revoke::revoked_in;
 
 /// The claims of the token that refreshes the request's `subject_token`,
 /// for the caller's key (`client`, of ApiKey `owner`) under `policy`.
@@ -17,6 +18,7 @@ pub(super) fn refreshed_claims(
     request: &TokenRequest,
     now: Timestamp,
     jti: String,
+    revoked_here: &HashMap<String, i64>,
 ) -> Result<AccessClaims, TokenError> {
     let token = request
         .session
@@ -50,6 +52,17 @@ pub(super) fn refreshed_claims(
                     .into(),
             )
         })?;
+    // A revoked session (or subject, or policy cutoff) cannot be refreshed.
+    if let Some(why) = snapshot
+        .policy_by_kid
+        .get(&kid)
+        .and_then(|p| revoked_in(p, revoked_here, &old))
+    {
+        return Err(TokenError::InvalidGrant(format!(
+            "the subject_token is revoked ({}); log in again",
+            why.description()
+        )));
+    }
     let presented = Presented {
         claims: &old,
         same_policy,

@@ -170,6 +170,7 @@ pub fn issue(
             &request,
             now,
             jti,
+            &state.tokens.revoked_here(),
         )?
     } else {
         let mut claims = claims::build_claims(&policy.rules, &client, &request, now_s, jti)?;

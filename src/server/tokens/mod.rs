@@ -41,18 +41,21 @@
 //! The files: [`snapshot`] (what the watched policies and Secrets make),
 //! [`verify`] (a presented JWT, cached), [`issue`] (`POST /token`),
 //! [`endpoints`] (discovery, JWKS and the token endpoint by issuer path),
-//! [`feed`] (the watches).
+//! [`feed`] (the watches), [`revoke`] (`POST /revoke` and the revoked
+//! sessions in status).
 
 mod endpoints;
 mod exchange;
 mod feed;
 mod issue;
+mod revoke;
 mod snapshot;
 mod verify;
 
 pub use endpoints::by_issuer;
 pub use feed::{PemsByKid, feed};
 pub use issue::{issue, token};
+pub use revoke::{prune_loop, revoke};
 pub use snapshot::build_snapshot;
 pub use verify::{cache_weight, decide_token, introspect_token};
 
@@ -93,6 +96,7 @@ pub const SIGN_OVERLAP_SECONDS: i64 = 5;
 const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
 const JWKS_SUFFIX: &str = "/.well-known/jwks.json";
 const TOKEN_SUFFIX: &str = "/token";
+const REVOKE_SUFFIX: &str = "/revoke";
 
 /// A signing key the server holds.
 pub struct Signer {
@@ -119,6 +123,12 @@ pub struct PolicyEntry {
     pub conflicts: Vec<String>,
     /// Delegation and the session bound ([`crate::token::session`]).
     pub session: crate::token::session::SessionRules,
+    /// Revoked sessions, subjects and the policy's cutoff ([`revoke`]).
+    pub revocations: crate::token::revocation::Revocations,
+    /// `status.revokedSessions` and the `metadata.resourceVersion` it was
+    /// read at (what a revocation write starts from).
+    pub stored_revocations: BTreeMap<String, i64>,
+    pub resource_version: Option<String>,
 }
 
 impl PolicyEntry {
@@ -226,6 +236,12 @@ pub struct Tokens {
     /// Verified tokens by SHA-256, accounted per `client_id`.
     cache: ByteCache<Option<KeyId>, CachedToken>,
     synced: AtomicBool,
+    /// Sessions revoked through this replica (`sid` → kept until), in force
+    /// before the watch brings them back from status.
+    revoked_here: RwLock<HashMap<String, i64>>,
+    /// Where revocations are written (absent in in-process tests: `/revoke`
+    /// then answers `temporarily_unavailable`).
+    store: std::sync::OnceLock<kube::Client>,
 }
 
 impl Default for Tokens {

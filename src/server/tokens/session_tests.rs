@@ -47,12 +47,18 @@ fn api_key(name: &str, subject: &str, policy: &str) -> (ApiKey, ApiKeyValue) {
 }
 
 fn world() -> World {
+    world_with(|_| {})
+}
+
+/// The world with `edit` applied to the policy `login`.
+fn world_with(edit: impl Fn(&mut TokenPolicy)) -> World {
     let (mut login, login_key) = policy_with_key(SigningAlgorithm::ES256);
     login.spec.allowed_scopes = vec!["orders:read".into(), "orders:write".into()];
     login.spec.delegation = Some(Delegation {
         subject_pattern: "^user-[0-9]+$".into(),
     });
     login.spec.session_max_age = Some("30m".into());
+    edit(&mut login);
     let (mut other, other_key) = policy_with_key(SigningAlgorithm::ES256);
     other.metadata.name = Some("other".into());
     other.metadata.uid = Some("uid-shop-other".into());
@@ -124,6 +130,17 @@ impl World {
             enc(ACCESS_TOKEN_TYPE)
         );
         self.token(key, &body)
+    }
+
+    fn allowed(&self, token: &str) -> Decision {
+        decide_token(
+            token,
+            &Requirement::from_query(Some("scope=orders:read")),
+            &self.state.index,
+            &self.state.tokens,
+            self.state.clock.now(),
+            1,
+        )
     }
 
     fn introspect(&self, token: &str) -> Option<serde_json::Value> {
@@ -303,4 +320,121 @@ fn a_session_survives_a_rotation_of_the_minting_apikey() {
     let e = w.refresh(&new_key, &token, "").unwrap_err();
     assert_eq!(e.code(), "invalid_grant");
     assert!(e.description().contains("grace period"), "{e:?}");
+}
+
+fn sid_of(w: &World, token: &str) -> String {
+    w.introspect(token).unwrap()["sid"].as_str().unwrap().to_owned()
+}
+
+fn is_revoked(d: &Decision) -> bool {
+    matches!(
+        d,
+        Decision::Invalid(Invalid::Token(claims::TokenInvalid::Revoked))
+    )
+}
+
+#[test]
+fn a_revoked_session_is_refused_everywhere_even_cached_and_cannot_be_refreshed() {
+    let w = world();
+    let first = w.mint(&w.handler, "user-42").unwrap();
+    w.at(60);
+    let second = w.refresh(&w.handler, &first, "").unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Both verified and cached.
+    assert!(matches!(w.allowed(&first), Decision::Allow { .. }));
+    assert!(matches!(w.allowed(&second), Decision::Allow { .. }));
+    let other = w.mint(&w.handler, "user-42").unwrap();
+    w.state.tokens.remember(&sid_of(&w, &first), NOW + 3600);
+    for token in [&first, &second] {
+        assert!(is_revoked(&w.allowed(token)));
+        assert!(w.introspect(token).is_none(), "introspection: active false");
+        let e = w.refresh(&w.handler, token, "").unwrap_err();
+        assert_eq!(e.code(), "invalid_grant");
+        assert!(e.description().contains("revoked"), "{e:?}");
+    }
+    // Another session of the same user is untouched.
+    assert!(matches!(w.allowed(&other), Decision::Allow { .. }));
+}
+
+#[test]
+fn spec_revocations_are_enforced_by_subject_and_time() {
+    let w2 = world_with(|p| {
+        p.spec.revoked_subjects = vec![crate::crd::RevokedSubject {
+            subject: "user-2".into(),
+            issued_before: Time(Timestamp::from_second(NOW + 1).unwrap()),
+        }];
+    });
+    let a = w2.mint(&w2.handler, "user-1").unwrap();
+    let b = w2.mint(&w2.handler, "user-2").unwrap();
+    assert!(
+        matches!(w2.allowed(&a), Decision::Allow { .. }),
+        "another subject"
+    );
+    assert!(
+        is_revoked(&w2.allowed(&b)),
+        "user-2's session began before the cutoff"
+    );
+    w2.at(5);
+    let later = w2.mint(&w2.handler, "user-2").unwrap();
+    assert!(
+        matches!(w2.allowed(&later), Decision::Allow { .. }),
+        "a login after the cutoff"
+    );
+    let cutoff = world_with(|p| {
+        p.spec.revoke_tokens_issued_before = Some(Time(Timestamp::from_second(NOW + 10).unwrap()));
+    });
+    let t = cutoff.mint(&cutoff.handler, "user-9").unwrap();
+    assert!(is_revoked(&cutoff.allowed(&t)));
+    assert!(cutoff.introspect(&t).is_none());
+}
+
+fn revoke_call(w: &World, key: &ApiKeyValue, token: &str) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    h.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {}", key.expose())).unwrap(),
+    );
+    let body = format!("token={}&token_type_hint=access_token", token);
+    futures::executor::block_on(revoke::revoke_response(&w.state, &h, body.as_bytes(), None))
+}
+
+#[test]
+fn revoke_answers_200_for_unknown_or_foreign_tokens_without_saying_which() {
+    let w = world();
+    let token = w.mint(&w.handler, "user-42").unwrap();
+    // Unknown, garbage: 200, nothing written (this world has no store, so a
+    // write would have been a 503).
+    assert_eq!(
+        revoke_call(&w, &w.handler, "not-a-token").status(),
+        StatusCode::OK
+    );
+    // Another client's token: 200, and it still works.
+    assert_eq!(revoke_call(&w, &w.attacker, &token).status(), StatusCode::OK);
+    assert!(matches!(w.allowed(&token), Decision::Allow { .. }));
+    // Expired: 200.
+    w.at(3600);
+    assert_eq!(revoke_call(&w, &w.handler, &token).status(), StatusCode::OK);
+    w.at(0);
+    // Its own: written to status, here refused for want of a store.
+    let resp = revoke_call(&w, &w.handler, &token);
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // No client authentication: 401.
+    let mut h = HeaderMap::new();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let resp = futures::executor::block_on(revoke::revoke_response(
+        &w.state,
+        &h,
+        format!("token={token}").as_bytes(),
+        None,
+    ));
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }

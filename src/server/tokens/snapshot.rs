@@ -91,6 +91,8 @@ pub fn build_snapshot(
             "issuer": issuer,
             "jwks_uri": format!("{issuer}{JWKS_SUFFIX}"),
             "token_endpoint": format!("{issuer}{TOKEN_SUFFIX}"),
+            "revocation_endpoint": format!("{issuer}{REVOKE_SUFFIX}"),
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "grant_types_supported": ["client_credentials", crate::token::session::TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "response_types_supported": ["token"],
@@ -126,6 +128,13 @@ pub fn build_snapshot(
             discovery: discovery.to_string(),
             conflicts,
             session: crate::token::session::SessionRules::of(&policy.spec, settings.max_ttl.as_secs()),
+            revocations: crate::token::revocation::Revocations::of(&policy.spec, policy.status.as_ref()),
+            stored_revocations: policy
+                .status
+                .as_ref()
+                .map(|s| s.revoked_sessions.clone())
+                .unwrap_or_default(),
+            resource_version: policy.metadata.resource_version.clone(),
         });
         if entry.conflicts.is_empty() {
             snap.by_issuer_path.insert(path, entry.clone());

@@ -11,6 +11,8 @@ impl Tokens {
             version: AtomicU64::new(0),
             cache: ByteCache::new(limits),
             synced: AtomicBool::new(false),
+            revoked_here: RwLock::default(),
+            store: std::sync::OnceLock::new(),
         }
     }
 
@@ -233,6 +235,9 @@ pub fn decide_token(
         // where the credential comes from.
         let snapshot = tokens.snapshot.read().expect("token snapshot lock");
         let policy = snapshot.policy_by_kid.get(&t.kid);
+        if tokens.revoked(policy.map(|p| &**p), &t.claims).is_some() {
+            return Decision::Invalid(Invalid::Token(claims::TokenInvalid::Revoked));
+        }
         index
             .find_valid_with(&client_id, now, |entry| {
                 if !policy.is_some_and(|p| p.admits(&entry.owner)) {
@@ -270,6 +275,13 @@ pub fn introspect_token(
             if !t
                 .client_id
                 .is_some_and(|id| tokens.client_admitted(&t.kid, &id, index, now))
+            {
+                return None;
+            }
+            let snapshot = tokens.snapshot();
+            if tokens
+                .revoked(snapshot.policy_by_kid.get(&t.kid).map(|p| &**p), &t.claims)
+                .is_some()
             {
                 return None;
             }
