@@ -29,9 +29,10 @@ use std::collections::{BTreeMap, HashMap};
 pub const MAX_REVOKED_SESSIONS: usize = 10_000;
 
 /// How long after the computed end of a session its entry is kept: the
-/// verifiers' clock leeway, plus a replica that minted a refresh just before
-/// it saw the revocation.
-pub const KEEP_MARGIN: i64 = 2 * CLOCK_LEEWAY + 60;
+/// verifiers' clock leeway (a token is accepted until `exp + 30 s`), plus
+/// 30 s for a replica that refreshed the session just before the
+/// revocation reached it, and for clocks that differ between replicas.
+pub const KEEP_MARGIN: i64 = CLOCK_LEEWAY + 30;
 
 /// The revocations of one policy, as the server matches tokens against them.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -39,7 +39,7 @@ use std::time::Duration;
 /// How many times a write is retried after a `409 Conflict`.
 const WRITE_ATTEMPTS: usize = 8;
 /// How often every replica removes expired entries from status.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 /// Whether `claims` is revoked under `policy` or by this replica.
 pub(super) fn revoked_in(
