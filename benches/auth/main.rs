@@ -18,6 +18,10 @@
 //! - `revocation N`: N times, create an ApiKey, wait until nginx lets it
 //!   through, patch `revoked: true` and time from the patch's return to the
 //!   first 401 through nginx; prints p50, p99 and max.
+//! - `token-revocation N`: a controller and two `latchkey serve` replicas;
+//!   N times, mint a delegated token at one, see both allow it (cached),
+//!   `POST /revoke` it at one (alternating) and time from its return to the
+//!   first 401 on both; prints p50, p99 and max.
 //! - `tokens`: JWT signatures and verifications per second on one core for
 //!   each algorithm (in process); then, over HTTP against one `latchkey
 //!   serve`: `POST /token` mints per second, and `/auth/nginx` with a JWT
@@ -69,6 +73,7 @@ mod revocation;
 mod stats;
 mod throughput;
 mod tls;
+mod token_revocation;
 mod tokens;
 
 #[tokio::main]
@@ -81,13 +86,14 @@ async fn main() {
         Some("throughput") => throughput::throughput().await,
         Some("revocation") => revocation::revocation(n(20)).await,
         Some("tokens") => tokens::tokens().await,
+        Some("token-revocation") => token_revocation::token_revocation(n(20)).await,
         Some("tls") => tls::tls().await,
         Some("grpc") => grpc::grpc().await,
         Some("cache-flood") => cache_flood::cache_flood(n(200_000)).await,
         Some("index-synthetic") => index::index_synthetic(n(100_000)),
         Some("index-real") => index::index_real(n(10_000)).await,
         other => panic!(
-            "unknown benchmark {other:?}: throughput | revocation N | tokens | tls | grpc | cache-flood N | index-synthetic N | index-real N"
+            "unknown benchmark {other:?}: throughput | revocation N | tokens | token-revocation N | tls | grpc | cache-flood N | index-synthetic N | index-real N"
         ),
     }
 }
