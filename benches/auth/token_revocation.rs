@@ -64,6 +64,9 @@ pub async fn token_revocation(trials: usize) {
             &basic,
             &format!("grant_type=client_credentials&requested_subject=user-{user}"),
         );
+        if code != 200 {
+            eprintln!("POST /token at {port}: {code} {v}");
+        }
         (code == 200).then(|| v["access_token"].as_str().map(str::to_owned))?
     };
     let deadline = Instant::now() + Duration::from_secs(120);
