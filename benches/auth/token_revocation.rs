@@ -71,7 +71,10 @@ pub async fn token_revocation(trials: usize) {
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while mint(a, 0).is_none_or(|t| http_status_with(b, ROUTE, Some(&t)) != Some(200)) {
-        assert!(Instant::now() < deadline, "the replicas never served the policy's tokens");
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never served the policy's tokens"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut latencies = Vec::new();
