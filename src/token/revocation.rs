@@ -245,6 +245,24 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_s_status_never_carries_the_server_s_revocations() {
+        let status = TokenPolicyStatus {
+            revoked_sessions: BTreeMap::from([("s1".to_owned(), 5)]),
+            active_key_id: Some("k".into()),
+            ..Default::default()
+        };
+        let theirs = status.without_server_fields();
+        assert!(theirs.revoked_sessions.is_empty());
+        assert_eq!(theirs.active_key_id.as_deref(), Some("k"));
+        // An empty map is not serialized: the controller's apply does not own it.
+        assert!(
+            !serde_json::to_string(&theirs)
+                .unwrap()
+                .contains("revokedSessions")
+        );
+    }
+
+    #[test]
     fn keep_until_is_the_session_end_or_the_longest_token_whichever_comes_first() {
         // Session of 8h that began 1h ago, tokens of at most 15m.
         assert_eq!(keep_until(0, 8 * 3600, 900, 3600), 3600 + 900 + KEEP_MARGIN);

@@ -438,3 +438,43 @@ fn revoke_answers_200_for_unknown_or_foreign_tokens_without_saying_which() {
     ));
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[test]
+fn the_grpc_front_end_refuses_a_revoked_token_too() {
+    use crate::server::grpc::ExtAuthz;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let w = world();
+    let token = w.mint(&w.handler, "user-42").unwrap();
+    let state = Arc::new(super::super::AppState {
+        index: w.state.index.clone(),
+        tokens: w.state.tokens.clone(),
+        clock: w.state.clock.clone(),
+        options: super::super::Options::for_tests("http://127.0.0.1:8080"),
+        metrics: super::super::metrics::Metrics::new(),
+    });
+    let guard = Arc::new(crate::server::guard::Guard {
+        state: state.clone(),
+        throttle: crate::server::throttle::Throttle::new(Default::default()),
+        max_body_bytes: 1024,
+        body_timeout: std::time::Duration::from_secs(1),
+    });
+    let svc = ExtAuthz { state, guard };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    path: "/orders".into(),
+                    headers: [("authorization".to_owned(), format!("Bearer {token}"))].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let code = |svc: &ExtAuthz| svc.decide(&request).status.unwrap().code;
+    assert_eq!(code(&svc), tonic::Code::Ok as i32, "allowed (and cached) first");
+    w.state.tokens.remember(&sid_of(&w, &token), NOW + 3600);
+    assert_eq!(code(&svc), tonic::Code::Unauthenticated as i32);
+}
