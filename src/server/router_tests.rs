@@ -563,3 +563,45 @@ async fn tokens_get_at_most_the_effective_scopes_and_audiences_of_their_key() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["scope"], "orders:read");
 }
+
+#[tokio::test]
+async fn revoke_is_routed_at_the_root_and_under_each_issuer() {
+    let f = fixture();
+    let basic = {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            f.reader.key_id(),
+            f.reader.expose()
+        ));
+        format!("Basic {creds}")
+    };
+    for uri in ["/revoke", "/issuers/shop/login/revoke"] {
+        // An unknown token: 200, no body, not cached.
+        let resp = send(
+            &f.state,
+            form(uri)
+                .header(header::AUTHORIZATION, &basic)
+                .body(Body::from("token=unknown&token_type_hint=refresh_token"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        assert_eq!(header_of(&resp, "cache-control"), "no-store");
+        // Without client authentication: 401 invalid_client.
+        let resp = send(&f.state, form(uri).body(Body::from("token=x")).unwrap()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(body_json(resp).await["error"], "invalid_client");
+        // Without token: 400 invalid_request.
+        let resp = send(
+            &f.state,
+            form(uri)
+                .header(header::AUTHORIZATION, &basic)
+                .body(Body::from("token_type_hint=access_token"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{uri}");
+    }
+    let resp = send(&f.state, get("/revoke").body(Body::empty()).unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
