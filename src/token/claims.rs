@@ -483,8 +483,7 @@ pub enum TokenInvalid {
     Claims,
     /// The `client_id` is not an API key the signing policy admits.
     Client,
-    /// Revoked: its session, its subject or its policy
-    /// ([`super::revocation`]).
+    /// Revoked: its session, subject or policy ([`super::revocation`]).
     Revoked,
 }
 
