@@ -64,15 +64,21 @@ node_pause_image() {
 # under the chart's default name and tag.
 node_latchkey_image() {
   local out="$NODE_DIR/images/latchkey.tar" bin root version
-  bin=$(cd "$E2E/.." && "$E2E/build-static")
+  # (Called inside $(...), where set -e does not reach: every failure is
+  # checked, or an image without the binary would be imported.)
+  bin=$(cd "$E2E/.." && "$E2E/build-static") || die "e2e/build-static failed"
+  [ -n "$bin" ] || die "e2e/build-static printed no path"
   case $bin in /*) ;; *) bin="${CARGO_TARGET_DIR:-$E2E/../target}/${bin#target/}" ;; esac
-  [ -x "$bin" ] || die "e2e/build-static printed $bin, which is not there"
+  [ -f "$bin" ] && [ -x "$bin" ] || die "e2e/build-static printed $bin, which is not there"
   version=$(sed -nE 's/^appVersion: "?([^"]+)"?$/\1/p' "$E2E/../charts/latchkey/Chart.yaml")
   root=$(mktemp -d)
   mkdir -p "$root/etc/ssl/certs" "$root/usr/share" "$root/tmp" "$root/home/nonroot" "$NODE_DIR/images"
-  install -m 0755 "$bin" "$root/latchkey"
-  install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-  cp -a /usr/share/zoneinfo "$root/usr/share/zoneinfo"
+  if ! { install -m 0755 "$bin" "$root/latchkey" &&
+    install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt" &&
+    cp -a /usr/share/zoneinfo "$root/usr/share/zoneinfo"; }; then
+    rm -rf "$root"
+    die "could not fill the image's root"
+  fi
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$root/etc/group"
   chmod 1777 "$root/tmp"
@@ -81,7 +87,8 @@ node_latchkey_image() {
     --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     --expose 8080/tcp --expose 8443/tcp \
-    --entrypoint '["/latchkey"]' --cmd '["--help"]' "$root" "$out"
+    --entrypoint '["/latchkey"]' --cmd '["--help"]' "$root" "$out" ||
+    { rm -rf "$root"; die "e2e/oci-image failed"; }
   rm -rf "$root"
   echo "$out"
 }
@@ -308,8 +315,10 @@ EOF
   start_bin "$NODE_BIN" kube-proxy --config="$NODE_DIR/kube-proxy.yaml"
   wait_for kube-proxy "$LOGS/kube-proxy.log" 60 curl -fsS "http://127.0.0.1:$proxy_healthz/healthz"
   # kube-proxy inserts its jumps before ours (KUBE-FORWARD accepts marked
-  # and established packets): put ours first again; it only adds a jump that
-  # is missing, so ours stays first.
+  # and established packets), after its healthz already answers: wait for
+  # them (and the kubelet's KUBE-FIREWALL), then put ours first again; they
+  # only add a jump that is missing, so ours stays first.
+  wait_for kube-proxy "$LOGS/kube-proxy.log" 60 node_proxy_jumps
   node_guard_first FORWARD LATCHKEY-NODE-FWD
   node_guard_first INPUT LATCHKEY-NODE-IN
   t=$SECONDS
@@ -318,12 +327,23 @@ EOF
 }
 
 # node_guard_first CHAIN TARGET: the jump to TARGET as CHAIN's first rule,
-# with no moment without one (insert, then delete the old one by number).
+# with no moment without one (insert, then delete every other copy, the last
+# first so that the numbers stay valid).
 node_guard_first() {
   local n
   iptables -w -I "$1" 1 -j "$2"
-  n=$(iptables -w -S "$1" | grep -n -- "^-A $1 -j $2\$" | tail -n +2 | tail -1 | cut -d: -f1)
-  [ -z "$n" ] || iptables -w -D "$1" "$((n - 1))"
+  for n in $(iptables -w -S "$1" | sed 1d | grep -n -- "^-A $1 -j $2\$" | cut -d: -f1 | tail -n +2 | sort -rn); do
+    iptables -w -D "$1" "$n"
+  done
+}
+
+# node_proxy_jumps: kube-proxy's jumps from FORWARD and INPUT and the
+# kubelet's from INPUT are in place.
+node_proxy_jumps() {
+  local forward input
+  forward=$(iptables -w -S FORWARD) && input=$(iptables -w -S INPUT) || return 1
+  grep -q -- '-j KUBE-FORWARD$' <<<"$forward" && grep -q -- '-j KUBE-EXTERNAL-SERVICES$' <<<"$forward" &&
+    grep -q -- '-j KUBE-NODEPORTS$' <<<"$input" && grep -q -- '-j KUBE-FIREWALL$' <<<"$input"
 }
 
 node_ready() {

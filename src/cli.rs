@@ -533,9 +533,11 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
     );
     let lease = args.reconcile.lease(&ctx.client, &controller_options);
     // Only the leader writes the webhook configuration's caBundle.
-    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The sync loop writes it at once when this replica takes the Lease.
+    let (leading, leading_rx) = tokio::sync::watch::channel(false);
+    let leading = Arc::new(leading);
     serving.webhook = serving.webhook.map(|w| crate::webhook::Options {
-        leading: Some(leading.clone()),
+        leading: Some(leading_rx),
         ..w
     });
     // Both stop on SIGTERM/SIGINT; either failing stops the process. The

@@ -142,13 +142,13 @@ pub struct Options {
 /// Sets the flag (and `latchkey_leader`) while alive, clears them when
 /// dropped (the leader's work is dropped mid-flight when the Lease is lost).
 struct Leading(
-    Arc<std::sync::atomic::AtomicBool>,
+    Arc<tokio::sync::watch::Sender<bool>>,
     Arc<metrics::ControllerMetrics>,
 );
 
 impl Leading {
-    fn new(flag: Arc<std::sync::atomic::AtomicBool>, metrics: Arc<metrics::ControllerMetrics>) -> Self {
-        flag.store(true, std::sync::atomic::Ordering::Release);
+    fn new(flag: Arc<tokio::sync::watch::Sender<bool>>, metrics: Arc<metrics::ControllerMetrics>) -> Self {
+        flag.send_replace(true);
         metrics.set_leading(true);
         Self(flag, metrics)
     }
@@ -156,7 +156,7 @@ impl Leading {
 
 impl Drop for Leading {
     fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
+        self.0.send_replace(false);
         self.1.set_leading(false);
     }
 }
@@ -165,12 +165,12 @@ impl Drop for Leading {
 /// with a Lease, only while this process holds it (see [`leader`]); without
 /// one, all the time. `leading` is true exactly while this process runs the
 /// controllers (other leader-only work, such as writing the webhook's
-/// caBundle, reads it).
+/// caBundle, reads it, and acts at once when it turns true).
 pub async fn run(
     ctx: Arc<Context>,
     options: Options,
     lease: Option<leader::LeaseConfig>,
-    leading: Arc<std::sync::atomic::AtomicBool>,
+    leading: Arc<tokio::sync::watch::Sender<bool>>,
 ) -> Result<()> {
     let Some(lease) = lease else {
         tracing::warn!("leader election is off: run only one latchkey controller");

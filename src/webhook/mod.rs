@@ -21,7 +21,9 @@
 //! cluster the chart creates it with a Service reference and latchkey only
 //! patches `caBundle` into it. Under `latchkey run` only the leader writes
 //! it (`Options::leading`, set while this replica holds the controllers'
-//! Lease); every replica serves reviews. A `latchkey serve` without a
+//! Lease), with a sync round the moment it takes the Lease (a fresh
+//! install's first round runs before any replica holds it); every replica
+//! serves reviews with the shared CA whether it leads or not. A `latchkey serve` without a
 //! controller writes it too: the write is idempotent, every replica holds
 //! the same CA.
 //!
@@ -59,7 +61,6 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The field manager of latchkey's writes to the configuration and CA Secret.
@@ -134,8 +135,9 @@ pub struct Options {
     /// no CA and leave `caBundle` to cert-manager's CA injector.
     pub cert_dir: Option<std::path::PathBuf>,
     /// With leader election (`latchkey run`): true while this replica leads;
-    /// only the leader writes the configuration. `None`: always write.
-    pub leading: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// only the leader writes the configuration, at once when it takes the
+    /// Lease and then every sync interval. `None`: always write.
+    pub leading: Option<tokio::sync::watch::Receiver<bool>>,
     /// `--require-grants`: namespaces no CredentialGrant selects claim nothing.
     pub require_grants: bool,
 }
