@@ -21,7 +21,7 @@ pub use token_policy::{
     CustomClaim, Permission, SigningAlgorithm, SigningKeyRecord, SigningKeys, TokenPolicy, TokenPolicySpec,
     TokenPolicyStatus, default_path_owner, issuer_path,
 };
-pub use token_policy::{Delegation, RevokedSubject};
+pub use token_policy::{Delegation, RevokedSubject, TrustedIssuer};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

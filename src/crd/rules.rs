@@ -24,6 +24,14 @@ pub const ROLE_SCOPES_ALLOWED: &str = "!has(self.roles) || self.roles.all(r, sel
 pub const ROLE_SCOPES_ALLOWED_MESSAGE: &str = "every scope of spec.roles must also be listed in \
      spec.allowedScopes: add it there, or remove it from the role's permission";
 
+/// Every custom claim a trusted issuer fills (`spec.trustedIssuers[].claims`
+/// keys) is a `spec.customClaims` entry (TokenPolicy).
+pub const TRUSTED_CLAIMS_DECLARED: &str = "!has(self.trustedIssuers) || self.trustedIssuers.all(t, \
+     !has(t.claims) || t.claims.all(k, has(self.customClaims) && self.customClaims.exists(c, c.name == k)))";
+/// The message of [`TRUSTED_CLAIMS_DECLARED`].
+pub const TRUSTED_CLAIMS_DECLARED_MESSAGE: &str = "every key of spec.trustedIssuers[].claims must be a \
+     custom claim of spec.customClaims: add it there (for example {name: tenant}), or remove it from the claims map";
+
 // That every `{name}` of a role's resources is a `spec.customClaims`
 // entry is the webhook's (`admission`): every CEL form of it (findAll, or a
 // regex joined from the claim names) is estimated 25-100x over the API

@@ -66,6 +66,8 @@ const DURATION_PATTERN: &str = "^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$";
 ).message("spec.tokenTTL must not be longer than spec.maxTTL").field_path(".tokenTTL"))]
 #[x_kube(validation = Rule::new(rules::ROLE_SCOPES_ALLOWED)
     .message(rules::ROLE_SCOPES_ALLOWED_MESSAGE).field_path(".roles"))]
+#[x_kube(validation = Rule::new(rules::TRUSTED_CLAIMS_DECLARED)
+    .message(rules::TRUSTED_CLAIMS_DECLARED_MESSAGE).field_path(".trustedIssuers"))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicySpec {
     /// The `iss` of every token, an `https://` or `http://` URL without query
@@ -199,6 +201,79 @@ pub struct TokenPolicySpec {
     #[x_kube(validation = Rule::new("self.all(r, self.exists_one(o, o.subject == r.subject))")
         .message("spec.revokedSubjects must not name a subject twice; keep one entry with the latest issuedBefore"))]
     pub revoked_subjects: Vec<RevokedSubject>,
+
+    /// External identity providers (OpenID providers) whose JWTs may be
+    /// exchanged for a token of this policy (RFC 8693 token exchange at
+    /// `POST /token` with `subject_token_type=urn:ietf:params:oauth:token-type:jwt`
+    /// or `...:id_token`): the new token names the external subject, the
+    /// role its role claim names, and custom claims copied from its claims.
+    /// At most 8, one per issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(o, o.issuer == t.issuer))")
+        .message("spec.trustedIssuers must not name an issuer twice"))]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+}
+
+/// The rule shared by `issuer` and `jwksURL` of a trusted issuer: `https://`,
+/// or `http://` on a loopback host only (a provider on the same machine, as
+/// in tests); no query, fragment, user info or whitespace.
+pub const TRUSTED_URL_RULE: &str = "self.matches('^https://[^/?#@\\\\s]+(/[^?#\\\\s]*)?$') \
+     || self.matches('^http://(127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}|localhost|\\\\[::1\\\\])(:[0-9]{1,5})?(/[^?#\\\\s]*)?$')";
+
+/// An external OpenID provider a TokenPolicy trusts (`spec.trustedIssuers[]`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.claims) || self.claims.all(c, c.matches('^[A-Za-z][A-Za-z0-9_-]{0,63}$'))")
+    .message("every key of spec.trustedIssuers[].claims must be a custom claim name (letters, digits, '_' or '-', starting with a letter, at most 64)").field_path(".claims"))]
+pub struct TrustedIssuer {
+    /// The external token's `iss`, exactly (an `https://` URL; `http://`
+    /// only on a loopback host such as 127.0.0.1, for tests). Without
+    /// `jwksURL`, its keys are found by OpenID discovery at
+    /// `<issuer>/.well-known/openid-configuration`.
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = Rule::new(TRUSTED_URL_RULE)
+        .message("spec.trustedIssuers[].issuer must be an https:// URL (http:// only on a loopback host such as 127.0.0.1) without query, fragment or user info, for example https://idp.example.com"))]
+    pub issuer: String,
+
+    /// Where the provider publishes its JWK Set; same rule as `issuer`.
+    /// Default: the `jwks_uri` of the issuer's OpenID discovery document.
+    #[serde(default, rename = "jwksURL", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = Rule::new(TRUSTED_URL_RULE)
+        .message("spec.trustedIssuers[].jwksURL must be an https:// URL (http:// only on a loopback host such as 127.0.0.1) without query, fragment or user info, for example https://idp.example.com/.well-known/jwks.json"))]
+    pub jwks_url: Option<String>,
+
+    /// The external token's `aud` must contain one of these (the audience
+    /// the provider gives tokens meant for latchkey). 1–8 entries.
+    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new(rules::PRINTABLE_ENTRIES)
+        .message("every entry of spec.trustedIssuers[].audiences must be printable ASCII without spaces"))]
+    pub audiences: Vec<String>,
+
+    /// The external claim that becomes the new token's `sub` (a string).
+    /// Default `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[A-Za-z_][A-Za-z0-9_.:-]*$"))]
+    pub subject_claim: Option<String>,
+
+    /// The external claim (a string or a list of strings, such as `groups`)
+    /// whose first value naming one of `spec.roles` becomes the new token's
+    /// role. An external token naming none is refused. Without it, the
+    /// token has no role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[A-Za-z_][A-Za-z0-9_.:-]*$"))]
+    pub role_claim: Option<String>,
+
+    /// Custom claim of the new token (a `spec.customClaims` name) → the
+    /// external claim (a string) it is copied from, for example
+    /// `{tenant: org}`. A required custom claim missing from the external
+    /// token refuses the exchange. At most 16.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z_][A-Za-z0-9_.:-]*$"}))]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// The tokens of one subject revoked by an operator.

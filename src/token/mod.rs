@@ -4,6 +4,7 @@
 //! ([`session`]), revocation ([`revocation`]). No client; callers pass the time.
 
 pub mod claims;
+pub mod federation;
 pub mod issuer;
 pub mod jwks;
 pub mod keys;

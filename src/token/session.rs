@@ -216,6 +216,16 @@ impl SessionRequest {
         }
     }
 
+    /// An exchange of an external provider's JWT (federation), not a refresh.
+    pub fn external(&self) -> bool {
+        use super::federation::{ID_TOKEN_TYPE, JWT_TOKEN_TYPE};
+        self.exchange
+            && matches!(
+                self.subject_token_type.as_deref(),
+                Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE)
+            )
+    }
+
     /// The parameters of a token exchange (RFC 8693 §2.1) are complete and
     /// of a kind latchkey exchanges.
     pub fn check_exchange(&mut self) -> Result<(), TokenError> {
@@ -225,12 +235,14 @@ impl SessionRequest {
                 "subject_token is missing: send the latchkey access token to refresh".into(),
             ));
         }
+        use super::federation::{ID_TOKEN_TYPE, JWT_TOKEN_TYPE};
         match self.subject_token_type.as_deref() {
-            Some(ACCESS_TOKEN_TYPE) => {}
+            Some(ACCESS_TOKEN_TYPE | JWT_TOKEN_TYPE | ID_TOKEN_TYPE) => {}
             Some(other) => {
                 return Err(TokenError::InvalidRequest(format!(
                     "subject_token_type {other} is not supported; latchkey exchanges its own access tokens \
-                     (subject_token_type={ACCESS_TOKEN_TYPE})"
+                     (subject_token_type={ACCESS_TOKEN_TYPE}) and JWTs of a TokenPolicy's trusted issuers \
+                     (subject_token_type={JWT_TOKEN_TYPE} or {ID_TOKEN_TYPE})"
                 )));
             }
             None => {

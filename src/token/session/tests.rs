@@ -343,7 +343,7 @@ fn exchange_requests_are_checked_when_parsed() {
         grant.to_owned(),
         format!("{grant}&subject_token=eyJ.x.y"),
         format!(
-            "{grant}&subject_token=eyJ.x.y&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt"
+            "{grant}&subject_token=eyJ.x.y&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Asaml2"
         ),
         format!("{EXCHANGE}&actor_token=x"),
         format!("{EXCHANGE}&requested_subject=user-1"),
@@ -355,6 +355,17 @@ fn exchange_requests_are_checked_when_parsed() {
         let e = TokenRequest::parse(body.as_bytes()).unwrap_err();
         assert_eq!(e.code(), "invalid_request", "{body}");
     }
+    // An external provider's JWT (federation) is an exchange too, not a refresh.
+    for kind in ["jwt", "id_token"] {
+        let body = format!(
+            "{grant}&subject_token=eyJ.x.y&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3A{kind}"
+        );
+        assert!(
+            TokenRequest::parse(body.as_bytes()).unwrap().session.external(),
+            "{kind}"
+        );
+    }
+    assert!(!ok.session.external());
     assert_eq!(
         TokenRequest::parse(b"grant_type=refresh_token").unwrap_err(),
         TokenError::UnsupportedGrantType
