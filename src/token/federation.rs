@@ -155,6 +155,46 @@ pub fn parse_jwks(document: &[u8]) -> Result<Vec<ExternalKey>, JwksError> {
         .collect())
 }
 
+/// The fewest seconds between two fetches of one JWK Set: an unknown `kid`
+/// refreshes the set at most this often, so tokens with made-up `kid`s
+/// cannot make latchkey hammer the provider.
+pub const MIN_REFETCH_SECONDS: i64 = 10;
+/// A JWK Set older than this is fetched again on its next use (a key the
+/// provider withdrew stops verifying within this, plus one use).
+pub const MAX_KEYS_AGE_SECONDS: i64 = 300;
+
+/// Whether a JWK Set must be fetched now: never fetched, older than
+/// [`MAX_KEYS_AGE_SECONDS`], or lacking the `kid` presented; and the last
+/// attempt (successful or not) at least [`MIN_REFETCH_SECONDS`] ago.
+pub fn should_fetch(fetched_at: Option<i64>, last_attempt: Option<i64>, has_kid: bool, now: i64) -> bool {
+    let due = match fetched_at {
+        None => true,
+        Some(at) => !has_kid || now.saturating_sub(at) >= MAX_KEYS_AGE_SECONDS,
+    };
+    due && last_attempt.is_none_or(|at| now.saturating_sub(at) >= MIN_REFETCH_SECONDS)
+}
+
+/// Whether a URL is one latchkey fetches keys from: `https://`, or `http://`
+/// on a loopback host (as the CRD's rule says; a discovery document's
+/// `jwks_uri` is held to it too).
+pub fn fetchable_url(url: &str) -> bool {
+    if let Some(rest) = url.strip_prefix("https://") {
+        return !rest.is_empty() && !rest.starts_with('/');
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A trusted issuer as verification needs it (from `spec.trustedIssuers[]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trusted {

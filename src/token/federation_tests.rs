@@ -379,3 +379,57 @@ fn the_session_bound_caps_exp_and_ends_the_exchange() {
     let t = exchanged(c, body, 3600, true).unwrap();
     assert_eq!(t.auth_time, Some(NOW));
 }
+
+#[test]
+fn jwks_refetches_are_bounded() {
+    // Never fetched: now; then not again for an unknown kid within the bound.
+    assert!(should_fetch(None, None, false, NOW));
+    assert!(
+        !should_fetch(None, Some(NOW - 3), false, NOW),
+        "a failed fetch is not retried at once"
+    );
+    assert!(
+        should_fetch(Some(NOW - 20), Some(NOW - 20), false, NOW),
+        "unknown kid"
+    );
+    assert!(
+        !should_fetch(Some(NOW - 5), Some(NOW - 5), false, NOW),
+        "unknown kid, just fetched"
+    );
+    assert!(
+        !should_fetch(Some(NOW - 20), Some(NOW - 20), true, NOW),
+        "known kid, fresh set"
+    );
+    let old = NOW - MAX_KEYS_AGE_SECONDS;
+    assert!(should_fetch(Some(old), Some(old), true, NOW), "old set");
+    // However many unknown kids arrive in a minute, at most 6 fetches.
+    let (mut fetched, mut attempt, mut count) = (None, None, 0);
+    for t in 0..60 {
+        if should_fetch(fetched, attempt, false, NOW + t) {
+            (fetched, attempt, count) = (Some(NOW + t), Some(NOW + t), count + 1);
+        }
+    }
+    assert_eq!(count, 60 / MIN_REFETCH_SECONDS);
+}
+
+#[test]
+fn keys_are_fetched_over_https_or_from_loopback_only() {
+    for ok in [
+        "https://idp.example.com/.well-known/jwks.json",
+        "http://127.0.0.1:4444/.well-known/jwks.json",
+        "http://localhost:4444/x",
+        "http://[::1]:4444/x",
+    ] {
+        assert!(fetchable_url(ok), "{ok}");
+    }
+    for bad in [
+        "http://idp.example.com/jwks",
+        "http://10.0.0.1/jwks",
+        "http://127.0.0.1.evil.example/jwks",
+        "http://user@127.0.0.1/jwks",
+        "ftp://127.0.0.1/jwks",
+        "https:///jwks",
+    ] {
+        assert!(!fetchable_url(bad), "{bad}");
+    }
+}

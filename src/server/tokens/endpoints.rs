@@ -56,6 +56,7 @@ pub async fn by_issuer(State(state): State<Arc<AppState>>, request: Request) -> 
                 "the request body is too large".into(),
             ));
         };
+        super::federation::prefetch(&state, &body).await;
         return token_response(&state, &headers, &body, Some(p));
     }
     (StatusCode::NOT_FOUND, "not found").into_response()

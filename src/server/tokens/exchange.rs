@@ -20,14 +20,6 @@ pub(super) fn refreshed_claims(
     jti: String,
     revoked_here: &HashMap<String, i64>,
 ) -> Result<AccessClaims, TokenError> {
-    if request.session.external() {
-        // The pure decision is token::federation; the JWKS fetcher and this
-        // route's use of it are the next step of issue 15 part 6.
-        return Err(TokenError::InvalidRequest(
-            "this latchkey server does not exchange external tokens yet (spec.trustedIssuers is not served)"
-                .into(),
-        ));
-    }
     let token = request
         .session
         .subject_token

@@ -160,7 +160,9 @@ pub fn issue(
     };
     let jti = key::random_id(22);
     let exchange = request.session.exchange;
-    let claims = if exchange {
+    let claims = if request.session.external() {
+        super::federation::exchanged_claims(state, &policy, &client, &request, now_s, jti)?
+    } else if exchange {
         super::exchange::refreshed_claims(
             &state.index,
             &snapshot,
@@ -224,5 +226,6 @@ pub(super) fn token_response(
 
 /// `POST /token`.
 pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    super::federation::prefetch(&state, &body).await;
     token_response(&state, &headers, &body, None)
 }

@@ -46,6 +46,7 @@
 
 mod endpoints;
 mod exchange;
+mod federation;
 mod feed;
 mod issue;
 mod revoke;
@@ -123,6 +124,8 @@ pub struct PolicyEntry {
     pub conflicts: Vec<String>,
     /// Delegation and the session bound ([`crate::token::session`]).
     pub session: crate::token::session::SessionRules,
+    /// `spec.trustedIssuers` ([`federation`]).
+    pub trusted: Vec<federation::TrustedSource>,
     /// Revoked sessions, subjects and the policy's cutoff ([`revoke`]).
     pub revocations: crate::token::revocation::Revocations,
     /// `status.revokedSessions` and the `metadata.resourceVersion` it was
@@ -242,6 +245,8 @@ pub struct Tokens {
     /// Where revocations are written (absent in in-process tests: `/revoke`
     /// then answers `temporarily_unavailable`).
     store: std::sync::OnceLock<kube::Client>,
+    /// The JWK Sets of trusted issuers ([`federation`]).
+    external: federation::ExternalKeys,
 }
 
 impl Default for Tokens {

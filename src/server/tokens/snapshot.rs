@@ -128,6 +128,12 @@ pub fn build_snapshot(
             discovery: discovery.to_string(),
             conflicts,
             session: crate::token::session::SessionRules::of(&policy.spec, settings.max_ttl.as_secs()),
+            trusted: policy
+                .spec
+                .trusted_issuers
+                .iter()
+                .map(super::federation::TrustedSource::of)
+                .collect(),
             revocations: crate::token::revocation::Revocations::of(&policy.spec, policy.status.as_ref()),
             stored_revocations: policy
                 .status

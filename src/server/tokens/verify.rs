@@ -13,6 +13,7 @@ impl Tokens {
             synced: AtomicBool::new(false),
             revoked_here: RwLock::default(),
             store: std::sync::OnceLock::new(),
+            external: Default::default(),
         }
     }
 
