@@ -106,7 +106,7 @@ impl Hydra {
                 "dsn: memory\nserve:\n  public: {{host: 127.0.0.1, port: {public}}}\n  admin: {{host: 127.0.0.1, port: {admin}}}\n\
                  urls:\n  self: {{issuer: 'http://127.0.0.1:{public}'}}\nstrategies:\n  access_token: jwt\n\
                  secrets:\n  system: [a-test-system-secret-of-32-bytes]\n\
-                 oauth2:\n  token_hook: {{url: '{hook}'}}\n  allowed_top_level_claims: [groups, org]\nlog: {{level: warn}}\n"
+                 oauth2:\n  token_hook: {{url: '{hook}'}}\n  allowed_top_level_claims: [groups, org, employee]\nlog: {{level: warn}}\n"
             ),
         )
         .unwrap();
@@ -163,6 +163,30 @@ impl Hydra {
     }
 }
 
+/// A cluster-scoped CredentialGrant, deleted on drop.
+struct Grant(String);
+
+impl Grant {
+    fn apply(name: &str, spec: &str) -> Self {
+        apply(&format!(
+            "apiVersion: latchkey.dev/v1alpha1\nkind: CredentialGrant\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        ));
+        Grant(name.to_owned())
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "credentialgrant",
+            &self.0,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
 struct Answer {
     status: StatusCode,
     json: Value,
@@ -210,7 +234,7 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
          \x20 roles:\n    data-entry: [{{scopes: [\"calendar-events:write\"], resources: [\"/calendar-events/{{tenant}}/\"]}}]\n\
          \x20   admin: [{{scopes: [\"calendar-events:read\"]}}]\n\
          \x20 sessionMaxAge: 8h\n\
-         \x20 trustedIssuers:\n  - issuer: {}\n    audiences: [latchkey]\n    roleClaim: groups\n    claims: {{tenant: org}}\n",
+         \x20 trustedIssuers:\n  - issuer: {}\n    audiences: [latchkey]\n    subjectClaim: employee\n    roleClaim: groups\n    claims: {{tenant: org}}\n",
         hydra.public
     );
     let manifest = token_policy_manifest(&ns.name, "federated", &spec);
@@ -249,7 +273,7 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
     let user = hydra.client(&["latchkey", "elsewhere"]).await;
     claims.lock().unwrap().insert(
         user.0.clone(),
-        json!({"groups": ["staff", "data-entry"], "org": "acme"}),
+        json!({"groups": ["staff", "data-entry"], "org": "acme", "employee": "employee-7"}),
     );
     let external = hydra.token(&user, "latchkey").await;
     let started = Instant::now();
@@ -260,7 +284,7 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
         "urn:ietf:params:oauth:token-type:access_token"
     );
     let minted = payload(a.json["access_token"].as_str().unwrap());
-    assert_eq!(minted["sub"], user.0.as_str(), "{minted}");
+    assert_eq!(minted["sub"], "employee-7", "{minted}");
     assert_eq!(minted["act"]["sub"], "login-handler");
     assert_eq!(minted["role"], "data-entry");
     assert_eq!(minted["tenant"], "acme");
@@ -276,10 +300,10 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
 
     // A short-lived one for the expiry check below.
     let brief = hydra.client(&["latchkey"]).await;
-    claims
-        .lock()
-        .unwrap()
-        .insert(brief.0.clone(), json!({"groups": ["admin"], "org": "acme"}));
+    claims.lock().unwrap().insert(
+        brief.0.clone(),
+        json!({"groups": ["admin"], "org": "acme", "employee": "employee-8"}),
+    );
     let lifespans = hydra
         .http
         .put(format!("{}/admin/clients/{}/lifespans", hydra.admin, brief.0))
@@ -303,10 +327,10 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
         "aud",
     );
     let stranger = other.client(&["latchkey"]).await;
-    claims
-        .lock()
-        .unwrap()
-        .insert(stranger.0.clone(), json!({"groups": ["admin"], "org": "acme"}));
+    claims.lock().unwrap().insert(
+        stranger.0.clone(),
+        json!({"groups": ["admin"], "org": "acme", "employee": "employee-8"}),
+    );
     let untrusted = other.token(&stranger, "latchkey").await;
     refused(
         &exchange(&token_url, &key, &untrusted).await,
@@ -315,12 +339,48 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
     );
     // No role among the policy's.
     let nobody = hydra.client(&["latchkey"]).await;
-    claims
-        .lock()
-        .unwrap()
-        .insert(nobody.0.clone(), json!({"groups": ["staff"], "org": "acme"}));
+    claims.lock().unwrap().insert(
+        nobody.0.clone(),
+        json!({"groups": ["staff"], "org": "acme", "employee": "employee-9"}),
+    );
     let roleless = hydra.token(&nobody, "latchkey").await;
     refused(&exchange(&token_url, &key, &roleless).await, "no role", "groups");
+
+    // Someone with this namespace's rights runs a provider and trusts it: it
+    // names any subject it likes. Once the platform team restricts the
+    // namespace (a CredentialGrant), only granted subjects are exchanged,
+    // as for delegation.
+    let outsider = hydra.client(&["latchkey"]).await;
+    claims.lock().unwrap().insert(
+        outsider.0.clone(),
+        json!({"groups": ["admin"], "org": "acme", "employee": "ceo"}),
+    );
+    let outsider_token = hydra.token(&outsider, "latchkey").await;
+    let a = exchange(&token_url, &key, &outsider_token).await;
+    assert_eq!(a.status, StatusCode::OK, "unrestricted namespace: {}", a.json);
+    let _grant = Grant::apply(
+        &format!("{}-federation", ns.name),
+        &format!(
+            "  namespaces: [{}]\n  scopes: [\"calendar-events:*\"]\n  audiences: [calendar]\n  subjects: [login-handler, \"employee-*\"]\n",
+            ns.name
+        ),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the CredentialGrant refuses subject ceo",
+        || async {
+            let a = exchange(&token_url, &key, &outsider_token).await;
+            (a.status == StatusCode::BAD_REQUEST).then_some(a)
+        },
+    )
+    .await;
+    refused(
+        &exchange(&token_url, &key, &outsider_token).await,
+        "ungranted subject",
+        "CredentialGrants",
+    );
+    let a = exchange(&token_url, &key, &external).await;
+    assert_eq!(a.status, StatusCode::OK, "a granted subject: {}", a.json);
 
     // Expired: 1 s of lifetime plus latchkey's 30 s of clock leeway.
     let wait = Duration::from_secs(33).saturating_sub(issued.elapsed());
@@ -346,6 +406,6 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
     assert_eq!(a.status, StatusCode::OK, "after rotation: {}", a.json);
     assert_eq!(
         payload(a.json["access_token"].as_str().unwrap())["sub"],
-        user.0.as_str()
+        "employee-7"
     );
 }

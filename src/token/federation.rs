@@ -24,6 +24,10 @@
 //!   policy's roles (none: refused; `role=` in the request must be one of
 //!   those values); custom claims ← the `claims` map, strings only. The
 //!   request may not set `claim.*` itself: a tenant comes from the provider.
+//! - The external subject must be one the policy's namespace may present
+//!   (its CredentialGrants' `subjects`, or `<namespace>/...`), as for a
+//!   delegated subject: a namespace that trusts a provider of its own could
+//!   otherwise mint tokens for any subject.
 //! - The session: `auth_time` is the external token's `auth_time`, else its
 //!   `iat`; the new token's `exp` is at most `now + TTL` and at most
 //!   `auth_time + sessionMaxAge` (refreshes keep that bound, as any session's).
@@ -422,7 +426,11 @@ pub fn map(verified: &Verified, trusted: &Trusted, policy: &PolicyRules) -> Resu
 /// `client` is the API key that made the request (its subject becomes
 /// `act.sub`) or, for a request without one, a client the caller built
 /// (`acting` false: no `act`). `request.role` picks among the mapped roles;
-/// `request.claims` must be empty. `sid` and `jti` are the caller's random ids.
+/// `request.claims` must be empty. `granted` says whether the policy's
+/// namespace may present a subject (its CredentialGrants, as for
+/// delegation: trusting an issuer of its own must not let a namespace name
+/// subjects it could not delegate to). `sid` and `jti` are the caller's
+/// random ids.
 #[allow(clippy::too_many_arguments)]
 pub fn exchange(
     verified: &Verified,
@@ -432,10 +440,19 @@ pub fn exchange(
     client: &ClientKey<'_>,
     acting: bool,
     request: &TokenRequest,
+    granted: impl Fn(&str) -> bool,
     now: i64,
     sid: String,
     jti: String,
 ) -> Result<AccessClaims, TokenError> {
+    if !granted(&mapped.sub) {
+        return Err(TokenError::InvalidGrant(
+            "the external token's subject is not granted to this namespace by its CredentialGrants \
+             (spec.subjects); ask the platform team to grant the provider's subjects (for example a prefix \
+             pattern), or map a subject claim that starts with <namespace>/"
+                .into(),
+        ));
+    }
     if !request.claims.is_empty() {
         return Err(TokenError::InvalidRequest(
             "claim.* cannot be set in an exchange of an external token: custom claims come from it, \

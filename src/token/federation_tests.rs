@@ -311,6 +311,7 @@ fn exchanged(claims: Value, body: &str, max_age: i64, acting: bool) -> Result<Ac
         &client(),
         acting,
         &request,
+        |sub: &str| sub != "not-granted",
         NOW,
         "sid-1".into(),
         "jti-1".into(),
@@ -354,6 +355,19 @@ fn the_exchanged_token_names_the_external_subject_with_act_role_and_tenant() {
     let e = exchanged(c, body, 3600, true).unwrap_err();
     assert!(
         e.description().contains("claim.tenant is required"),
+        "{}",
+        e.description()
+    );
+}
+
+#[test]
+fn a_subject_the_namespace_may_not_present_is_refused() {
+    let mut c = good_claims();
+    c["sub"] = json!("not-granted");
+    let e = exchanged(c, BODY, 3600, true).unwrap_err();
+    assert_eq!(e.code(), "invalid_grant");
+    assert!(
+        e.description().contains("CredentialGrants"),
         "{}",
         e.description()
     );

@@ -217,6 +217,8 @@ pub(super) fn exchanged_claims(
     )
     .map_err(invalid)?;
     let mapped = fed::map(&verified, &source.trusted, &policy.rules).map_err(invalid)?;
+    let grants = state.index.grants();
+    let granted = |subject: &str| grants.subject_granted(&policy.namespace, subject);
     fed::exchange(
         &verified,
         &mapped,
@@ -225,6 +227,7 @@ pub(super) fn exchanged_claims(
         client,
         true,
         request,
+        granted,
         now,
         key::random_id(22),
         jti,
