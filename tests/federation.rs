@@ -409,3 +409,91 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
         "employee-7"
     );
 }
+
+#[tokio::test]
+async fn the_api_server_refuses_trusted_issuers_that_cannot_work() {
+    let ns = TestNamespace::new("federation-cel").await;
+    let n = ns.name.as_str();
+    let policy = |name: &str, issuers: &str| {
+        token_policy_manifest(
+            n,
+            name,
+            &format!(
+                "  audiences: [calendar]\n  customClaims: [{{name: tenant}}]\n  trustedIssuers:\n{issuers}"
+            ),
+        )
+    };
+    let entry =
+        |issuer: &str, extra: &str| format!("  - issuer: {issuer}\n    audiences: [latchkey]\n{extra}");
+    let cases = [
+        (entry("http://idp.example.com", ""), "must be an https:// URL"),
+        (
+            entry("http://127.0.0.1.evil.example:4444", ""),
+            "must be an https:// URL",
+        ),
+        (
+            entry("https://user@idp.example.com", ""),
+            "must be an https:// URL",
+        ),
+        (
+            entry("https://idp.example.com", "    jwksURL: http://10.0.0.1/jwks\n"),
+            "jwksURL must be an https:// URL",
+        ),
+        (
+            entry("https://idp.example.com", "    claims: {org_id: org}\n"),
+            "must be a custom claim of spec.customClaims",
+        ),
+        (
+            format!(
+                "{}{}",
+                entry("https://idp.example.com", ""),
+                entry("https://idp.example.com", "")
+            ),
+            "must not name an issuer twice",
+        ),
+        (
+            "  - issuer: https://idp.example.com\n    audiences: []\n".to_owned(),
+            "audiences",
+        ),
+    ];
+    let good = policy(
+        "good",
+        &format!(
+            "{}{}",
+            entry(
+                "https://idp.example.com",
+                "    roleClaim: groups\n    claims: {tenant: org}\n"
+            ),
+            entry(
+                "http://127.0.0.1:4444",
+                "    jwksURL: http://127.0.0.1:4444/.well-known/jwks.json\n"
+            ),
+        ),
+    );
+    // This worktree's schema (the shared control plane may hold another's
+    // for a moment, which would prune the field and accept anything).
+    eventually(
+        Duration::from_secs(60),
+        "the CRD's rules on spec.trustedIssuers",
+        || async {
+            kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                repo().join("crds").to_str().unwrap(),
+            ]);
+            for (issuers, says) in &cases {
+                let (ok, out) = apply_result(&policy("bad", issuers), true);
+                if ok {
+                    return None;
+                }
+                assert!(out.contains(says), "{issuers}: {out}");
+            }
+            let (ok, out) = apply_result(&good, true);
+            assert!(ok, "{out}");
+            Some(())
+        },
+    )
+    .await;
+}
