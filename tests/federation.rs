@@ -5,9 +5,12 @@
 //! grant, with `groups` and `org` claims added by Hydra's own token hook
 //! (`oauth2.token_hook`, served here), are exchanged at latchkey's `/token`
 //! (RFC 8693, `subject_token_type=urn:ietf:params:oauth:token-type:jwt`) for
-//! latchkey tokens naming the Hydra subject, role and tenant; an expired,
-//! foreign-audience or other-issuer token is refused; a key rotated at
-//! Hydra is picked up on its unknown `kid`.
+//! latchkey tokens naming the provider's subject, role and tenant (and
+//! allowed on acme's calendar, not globex's); an expired, foreign-audience,
+//! other-issuer or role-less token is refused; a subject the namespace's
+//! CredentialGrant does not give is refused; a key rotated at Hydra is
+//! picked up on its unknown `kid`; no credential reaches latchkey's log.
+//! Also: the API server's CEL rules on `spec.trustedIssuers`.
 
 mod common;
 
@@ -225,7 +228,7 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
     let hydra = Hydra::start(&bin, &dir, "hydra", &hook);
     let other = Hydra::start(&bin, &dir, "hydra-other", &hook);
 
-    let (_latchkey, server) = LatchkeyProcess::start_run(&ns.name, &[]);
+    let (latchkey, server) = LatchkeyProcess::start_run(&ns.name, &[]);
     let token_url = format!("{server}/token");
     let policies: Api<TokenPolicy> = Api::namespaced(client().await, &ns.name);
     let spec = format!(
@@ -297,6 +300,27 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
         minted["sid"].is_string() && minted["auth_time"].is_i64(),
         "{minted}"
     );
+    // On a resource=path route: acme's calendar, not globex's.
+    let minted_token = a.json["access_token"].as_str().unwrap().to_owned();
+    for (tenant, want) in [("acme", StatusCode::OK), ("globex", StatusCode::FORBIDDEN)] {
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{server}/auth/nginx?scope=calendar-events:write&resource=path"
+            ))
+            .bearer_auth(&minted_token)
+            .header(
+                "x-original-url",
+                format!("http://app.example/calendar-events/{tenant}/1"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "{tenant}");
+        if want == StatusCode::OK {
+            assert_eq!(header(resp.headers(), "x-auth-subject"), "employee-7");
+            assert_eq!(header(resp.headers(), "x-auth-actor"), "login-handler");
+        }
+    }
 
     // A short-lived one for the expiry check below.
     let brief = hydra.client(&["latchkey"]).await;
@@ -408,6 +432,12 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
         payload(a.json["access_token"].as_str().unwrap())["sub"],
         "employee-7"
     );
+    // No credential in latchkey's log (the provider's tokens included).
+    let log = latchkey.log_text();
+    assert!(log.contains("fetched a trusted issuer's JWK Set"), "{log}");
+    for secret in [&key, &external, &after, &foreign, &untrusted, &minted_token] {
+        assert!(!log.contains(secret.as_str()), "a credential in latchkey's log");
+    }
 }
 
 #[tokio::test]

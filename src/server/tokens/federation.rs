@@ -11,7 +11,8 @@
 //!   provider's rotation is picked up), and again when older than
 //!   [`fed::MAX_KEYS_AGE_SECONDS`]. Responses over [`fed::MAX_JWKS_BYTES`],
 //!   redirects and slow providers (5 s) are failures; a failed fetch keeps
-//!   the keys held.
+//!   the keys held. Sets not refreshed for an hour are forgotten, so the
+//!   cache holds at most the sets of the trusted issuers in use.
 //! - The fetch happens before the synchronous `/token` decision, from the
 //!   request's unverified `iss` and `kid`; the decision then verifies with
 //!   the keys held.
@@ -42,6 +43,9 @@ impl TrustedSource {
             .unwrap_or_else(|| format!("discovery:{}", self.trusted.issuer))
     }
 }
+
+/// A JWK Set not refreshed for this long is forgotten (see [`ExternalKeys::refresh`]).
+const UNUSED_SET_SECONDS: i64 = 3600;
 
 #[derive(Default)]
 struct KeySet {
@@ -130,6 +134,12 @@ impl ExternalKeys {
         let key = source.source();
         {
             let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+            // Sets unused for an hour (a policy that no longer trusts the
+            // issuer) are dropped: only configured sources are ever added.
+            sets.retain(|_, s| {
+                s.last_attempt
+                    .is_some_and(|at| now.saturating_sub(at) < UNUSED_SET_SECONDS)
+            });
             let set = sets.entry(key.clone()).or_default();
             let has_kid = set.keys.iter().any(|k| k.kid == kid);
             if !fed::should_fetch(set.fetched_at, set.last_attempt, has_kid, now) {
