@@ -74,6 +74,10 @@ enum FetchError {
 impl ExternalKeys {
     fn client(&self) -> &reqwest::Client {
         self.client.get_or_init(|| {
+            // reqwest (rustls-no-provider) takes the process's default
+            // provider: ring, latchkey's one (kube's client installs it too;
+            // whichever comes first wins, and it is the same).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))
                 .redirect(reqwest::redirect::Policy::none())
@@ -242,4 +246,69 @@ pub(super) fn exchanged_claims(
         key::random_id(22),
         jti,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A loopback JWK Set server counting its GETs.
+    async fn jwks_server(doc: String) -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let doc = doc.clone();
+                async move { doc }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, hits)
+    }
+
+    fn source(jwks_url: &str) -> TrustedSource {
+        TrustedSource {
+            trusted: Trusted {
+                issuer: "http://127.0.0.1:1".into(),
+                audiences: vec!["latchkey".into()],
+                subject_claim: "sub".into(),
+                role_claim: None,
+                claims: Default::default(),
+            },
+            jwks_url: Some(jwks_url.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refetch_at_most_every_ten_seconds() {
+        let key = keys::generate(crate::crd::SigningAlgorithm::ES256).unwrap();
+        let jwk =
+            keys::public_jwk(&key.kid, crate::crd::SigningAlgorithm::ES256, key.pem.as_bytes()).unwrap();
+        let (url, hits) = jwks_server(format!("{{\"keys\":[{jwk}]}}")).await;
+        let cache = ExternalKeys::default();
+        let src = source(&url);
+        let now = 1_800_000_000;
+        cache.refresh(&src, &key.kid, now).await;
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.keys(&src).len(), 1);
+        // A known kid: no fetch; 100 made-up kids in the same second: none.
+        cache.refresh(&src, &key.kid, now + 1).await;
+        for i in 0..100 {
+            cache.refresh(&src, &format!("made-up-{i}"), now + 1).await;
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        cache
+            .refresh(&src, "made-up", now + fed::MIN_REFETCH_SECONDS)
+            .await;
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // Not fetched from a URL that is neither https nor loopback.
+        let far = source("http://192.0.2.1/jwks");
+        cache.refresh(&far, "k", now).await;
+        assert!(cache.keys(&far).is_empty());
+    }
 }
