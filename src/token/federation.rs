@@ -182,15 +182,17 @@ pub fn should_fetch(fetched_at: Option<i64>, last_attempt: Option<i64>, has_kid:
 /// on a loopback host (as the CRD's rule says; a discovery document's
 /// `jwks_uri` is held to it too).
 pub fn fetchable_url(url: &str) -> bool {
-    if let Some(rest) = url.strip_prefix("https://") {
-        return !rest.is_empty() && !rest.starts_with('/');
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return false,
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
+    if authority.is_empty() || authority.contains('@') || url.chars().any(char::is_whitespace) {
         return false;
+    }
+    if https {
+        return true;
     }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),

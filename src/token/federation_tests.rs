@@ -443,6 +443,8 @@ fn keys_are_fetched_over_https_or_from_loopback_only() {
         "http://user@127.0.0.1/jwks",
         "ftp://127.0.0.1/jwks",
         "https:///jwks",
+        "https://user@idp.example.com/jwks",
+        "https://idp.example.com/a b",
     ] {
         assert!(!fetchable_url(bad), "{bad}");
     }
