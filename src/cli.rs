@@ -5,6 +5,7 @@
 
 use crate::clock::SystemClock;
 use crate::controller::{self, Context};
+use crate::namespaces::WatchNamespaces;
 use crate::{Error, crd, server, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -38,15 +39,24 @@ struct KubeArgs {
     /// Log one JSON object per line instead of plain text (filter with RUST_LOG).
     #[arg(long, env = "LATCHKEY_LOG_JSON")]
     log_json: bool,
-    /// Watch ApiKeys and TokenPolicies in this namespace only (default: every namespace).
-    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch ApiKeys and TokenPolicies in these namespaces only: one, or a
+    /// comma-separated list (a,b,c: one watch each, one index). Default:
+    /// every namespace.
+    #[arg(long, env = "LATCHKEY_WATCH_NAMESPACE", value_name = "NS[,NS…]")]
+    watch_namespace: Option<WatchNamespaces>,
     /// The URL clients reach the latchkey server at: default TokenPolicy
     /// issuers are `<URL>/issuers/<namespace>/<name>`. Default: http://
     /// (https:// with --http-tls) and the --http-addr (0.0.0.0 as
     /// 127.0.0.1), or http://127.0.0.1:8080 for `latchkey controller`.
     #[arg(long, env = "LATCHKEY_ISSUER_BASE_URL")]
     issuer_base_url: Option<String>,
+}
+
+impl KubeArgs {
+    /// The watched namespaces (every one without --watch-namespace).
+    fn namespaces(&self) -> WatchNamespaces {
+        self.watch_namespace.clone().unwrap_or_default()
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,7 +149,7 @@ impl WebhookArgs {
     fn options(
         &self,
         client: &kube::Client,
-        namespace: Option<String>,
+        namespaces: WatchNamespaces,
         require_grants: bool,
     ) -> Result<Option<crate::webhook::Options>, Error> {
         let Some(addr) = self.webhook_addr else {
@@ -153,7 +163,7 @@ impl WebhookArgs {
             ca_secret,
             dns_names: self.webhook_dns_name.clone(),
             allowed_users: self.webhook_allowed_user.clone(),
-            namespace,
+            namespaces,
             failure_policy: self.webhook_failure_policy.clone(),
             timeout_seconds: self.webhook_timeout_seconds,
             secret_operations: self.webhook_secret_operations.clone(),
@@ -298,12 +308,16 @@ impl ServerArgs {
         })
     }
 
-    fn options(&self, namespace: Option<String>, issuer_base_url: Option<String>) -> crate::server::Options {
+    fn options(
+        &self,
+        namespaces: WatchNamespaces,
+        issuer_base_url: Option<String>,
+    ) -> crate::server::Options {
         crate::server::Options {
             issuer_base_url: issuer_base_url.unwrap_or_else(|| self.default_base_url()),
             http_addr: self.http_addr,
             grpc_addr: self.grpc_addr,
-            namespace,
+            namespaces,
             api_key_header: self.api_key_header.clone(),
             decision_cache_seconds: self.decision_cache_seconds,
             last_used_flush: std::time::Duration::from_secs(self.last_used_flush_seconds),
@@ -376,7 +390,8 @@ struct LeaseArgs {
     /// the namespace of the kubeconfig's context (or of the service account).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// Name of the Lease. Default: `latchkey`, or `latchkey-<NS>` with --watch-namespace NS.
+    /// Name of the Lease. Default: `latchkey`, `latchkey-<NS>` with
+    /// --watch-namespace NS, `latchkey-<A>.<B>…` (sorted) with a list.
     #[arg(long, env = "LATCHKEY_LEASE_NAME")]
     lease_name: Option<String>,
     /// This process' holder identity. Default: --instance (the pod name), or
@@ -397,7 +412,7 @@ impl LeaseArgs {
     fn config(
         &self,
         client: &kube::Client,
-        watch_namespace: Option<&str>,
+        namespaces: &WatchNamespaces,
         instance: Option<&str>,
     ) -> Option<controller::leader::LeaseConfig> {
         if self.no_leader_election {
@@ -408,10 +423,7 @@ impl LeaseArgs {
                 .lease_namespace
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_owned()),
-            name: self.lease_name.clone().unwrap_or_else(|| match watch_namespace {
-                Some(ns) => format!("latchkey-{ns}"),
-                None => "latchkey".into(),
-            }),
+            name: self.lease_name.clone().unwrap_or_else(|| namespaces.lease_name()),
             identity: self
                 .lease_identity
                 .clone()
@@ -449,11 +461,12 @@ fn print_crds() {
 async fn run_controller(args: ControllerArgs) -> Result<(), Error> {
     telemetry::init(args.kube.log_json);
     let client = crate::client::from_kubeconfig(args.kube.kubeconfig.as_deref()).await?;
+    let namespaces = args.kube.namespaces();
     let base = args
         .kube
         .issuer_base_url
         .unwrap_or_else(|| controller::DEFAULT_ISSUER_BASE_URL.into());
-    let (ctx, options) = args.reconcile.context(client, args.kube.watch_namespace, base);
+    let (ctx, options) = args.reconcile.context(client, namespaces, base);
     let lease = args.reconcile.lease(&ctx.client, &options);
     let probes = async {
         match args.http_addr {
@@ -482,9 +495,8 @@ impl Serving {
     async fn new(kube: &KubeArgs, server_args: &ServerArgs, webhook: &WebhookArgs) -> Result<Self, Error> {
         telemetry::init(kube.log_json);
         let client = crate::client::from_kubeconfig(kube.kubeconfig.as_deref()).await?;
-        let webhook_options =
-            webhook.options(&client, kube.watch_namespace.clone(), server_args.require_grants)?;
-        let mut server = server_args.options(kube.watch_namespace.clone(), kube.issuer_base_url.clone());
+        let webhook_options = webhook.options(&client, kube.namespaces(), server_args.require_grants)?;
+        let mut server = server_args.options(kube.namespaces(), kube.issuer_base_url.clone());
         server.tls = server_args.tls_source(webhook.ca_secret(&client)?, &server.issuer_base_url)?;
         server.grpc_tls = server_args.grpc_tls_source(webhook.ca_secret(&client)?)?;
         let webhook = webhook_options;
@@ -528,7 +540,7 @@ async fn run_both(args: RunArgs) -> Result<(), Error> {
     let mut serving = Serving::new(&args.kube, &args.server, &args.webhook).await?;
     let (ctx, controller_options) = args.reconcile.context(
         serving.client.clone(),
-        args.kube.watch_namespace,
+        args.kube.namespaces(),
         serving.server.issuer_base_url.clone(),
     );
     let lease = args.reconcile.lease(&ctx.client, &controller_options);
@@ -557,13 +569,13 @@ impl ReconcileArgs {
         options: &controller::Options,
     ) -> Option<controller::leader::LeaseConfig> {
         self.lease
-            .config(client, options.namespace.as_deref(), self.instance.as_deref())
+            .config(client, &options.namespaces, self.instance.as_deref())
     }
 
     fn context(
         &self,
         client: kube::Client,
-        namespace: Option<String>,
+        namespaces: WatchNamespaces,
         issuer_base_url: String,
     ) -> (Arc<Context>, controller::Options) {
         let ctx = Arc::new(
@@ -571,7 +583,7 @@ impl ReconcileArgs {
                 .with_issuer_base_url(issuer_base_url),
         );
         let options = controller::Options {
-            namespace,
+            namespaces,
             concurrency: self.concurrency,
         };
         (ctx, options)
@@ -610,12 +622,65 @@ mod tests {
             panic!("parsed as another subcommand");
         };
         assert_eq!(args.server.default_base_url(), "http://127.0.0.1:9000");
-        let options = args.server.options(args.kube.watch_namespace.clone(), None);
-        assert_eq!(options.namespace.as_deref(), Some("team-a"));
+        let options = args.server.options(args.kube.namespaces(), None);
+        assert_eq!(options.namespaces, "team-a".parse().unwrap());
         assert_eq!(options.issuer_base_url, "http://127.0.0.1:9000");
         assert_eq!(options.grpc_addr, Some("127.0.0.1:9001".parse().unwrap()));
         assert!(args.reconcile.lease.no_leader_election);
         assert_eq!(args.reconcile.concurrency, 4);
+    }
+
+    fn controller_args(argv: &[&str]) -> Result<ControllerArgs, clap::Error> {
+        let mut all = vec!["latchkey", "controller"];
+        all.extend_from_slice(argv);
+        match Cli::try_parse_from(all)?.command {
+            Command::Controller(args) => Ok(args),
+            _ => panic!("parsed as another subcommand"),
+        }
+    }
+
+    #[test]
+    fn watch_namespace_takes_one_namespace_or_a_comma_separated_list() {
+        let all = controller_args(&[]).unwrap();
+        assert_eq!(all.kube.namespaces(), WatchNamespaces::All);
+        let one = controller_args(&["--watch-namespace", "team-a"]).unwrap();
+        assert_eq!(one.kube.namespaces().names().unwrap(), ["team-a"]);
+        let list = controller_args(&["--watch-namespace", "a,b,c"]).unwrap();
+        assert_eq!(list.kube.namespaces().names().unwrap(), ["a", "b", "c"]);
+        let spaced = controller_args(&["--watch-namespace=a, b"]).unwrap();
+        assert_eq!(spaced.kube.namespaces().names().unwrap(), ["a", "b"]);
+        // The default Lease: as before for all and one, sorted names for a list.
+        let lease = |args: &ControllerArgs| {
+            args.reconcile
+                .lease
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| args.kube.namespaces().lease_name())
+        };
+        assert_eq!(lease(&all), "latchkey");
+        assert_eq!(lease(&one), "latchkey-team-a");
+        assert_eq!(
+            lease(&controller_args(&["--watch-namespace", "c,a,b"]).unwrap()),
+            "latchkey-a.b.c"
+        );
+    }
+
+    #[test]
+    fn a_bad_namespace_list_is_refused_naming_the_flag_and_what_to_change() {
+        for (value, says) in [
+            ("", "leave --watch-namespace"),
+            ("a,,b", "remove the extra comma"),
+            ("a,", "remove the extra comma"),
+            ("a,b,a", "listed twice"),
+            ("a,Team-B", "not a namespace name"),
+            ("a,b_c", "not a namespace name"),
+        ] {
+            let err = controller_args(&["--watch-namespace", value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--watch-namespace"), "{value:?}: {err}");
+            assert!(err.contains(says), "{value:?}: {err}");
+        }
     }
 
     #[test]
@@ -626,7 +691,7 @@ mod tests {
         };
         assert_eq!(args.server.default_base_url(), "http://127.0.0.1:8080");
         assert_eq!(
-            args.server.options(None, None).grpc_addr,
+            args.server.options(WatchNamespaces::All, None).grpc_addr,
             None,
             "gRPC is off by default"
         );
@@ -754,7 +819,7 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("parsed as another subcommand");
         };
-        let options = args.server.options(None, None);
+        let options = args.server.options(WatchNamespaces::All, None);
         let headers: Vec<&str> = options.claim_headers.iter().map(|c| c.header.as_str()).collect();
         assert_eq!(headers, ["x-auth-claim-tenant", "x-auth-claim-region"]);
     }

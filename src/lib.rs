@@ -20,6 +20,7 @@ pub mod grants;
 pub mod key;
 pub mod listener;
 pub mod meta;
+pub mod namespaces;
 pub mod plugin;
 pub mod redact;
 pub mod server;

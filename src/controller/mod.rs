@@ -27,8 +27,10 @@ pub use failure::failure_summary;
 use crate::clock::Clock;
 use crate::crd::{ApiKey, TokenPolicy};
 use crate::error::{Error, Result};
+use crate::namespaces::WatchNamespaces;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
 use kube::api::DynamicObject;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
@@ -36,7 +38,6 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
-use kube::{Api, Client};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,8 +134,8 @@ pub fn backoff(n: u32) -> Duration {
 /// Options of `latchkey controller`.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Watch only this namespace (all namespaces when `None`).
-    pub namespace: Option<String>,
+    /// The namespaces watched: every one, one, or a list (see [`crate::namespaces`]).
+    pub namespaces: WatchNamespaces,
     /// How many ApiKeys are reconciled at once.
     pub concurrency: u16,
 }
@@ -197,31 +198,20 @@ pub async fn run(
     .await
 }
 
-/// The `Api`s of a reconciled kind `K` and of a kind `C` of its children,
-/// in `namespace` or in all, once one list of `K` succeeded: a missing CRD
-/// or a missing right is a clear error at startup (`action` names the
-/// right), not a watch that retries forever.
-async fn watched_apis<K, C>(
-    client: &Client,
-    namespace: Option<&str>,
-    action: &'static str,
-) -> Result<(Api<K>, Api<C>)>
+/// Checks that a reconciled kind `K` can be listed in every watched
+/// namespace (or in all): a missing CRD or a missing right is a clear error
+/// at startup (`action` names the right; the API server's message names the
+/// namespace), not a watch that retries forever.
+async fn check_listable<K>(client: &Client, namespaces: &WatchNamespaces, action: &'static str) -> Result<()>
 where
     K: failure::Reconciled,
-    C: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
-    let (watched, children) = match namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    watched
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(|e| Error::at_startup(K::KIND, action, e))?;
-    Ok((watched, children))
+    for api in namespaces.apis::<K>(client) {
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| Error::at_startup(K::KIND, action, e))?;
+    }
+    Ok(())
 }
 
 /// The ApiKey and TokenPolicy controllers, until `shutdown` completes (then
@@ -230,8 +220,9 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     let stop = |c| with_shutdown(c, &shutdown);
     let ctx_metrics = ctx.metrics.clone();
     let stop_policies = |c| with_shutdown(c, &shutdown);
-    let (api_keys, secrets): (Api<ApiKey>, Api<Secret>) =
-        watched_apis(&ctx.client, options.namespace.as_deref(), "list ApiKeys").await?;
+    let scope = &options.namespaces;
+    let client = &ctx.client;
+    check_listable::<ApiKey>(client, scope, "list ApiKeys").await?;
 
     // Only Secrets latchkey wrote: a cluster's other Secrets are none of our business.
     let managed = format!(
@@ -240,42 +231,40 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
         crate::meta::MANAGED_BY_VALUE
     );
     tracing::info!(
-        namespace = options.namespace.as_deref().unwrap_or("*"),
+        namespaces = %scope,
         "ApiKey controller starting"
     );
     // Reconcile on changes of spec and annotations (see `spec_changes`).
-    let (reader, api_key_changes) = spec_changes(api_keys);
+    let (reader, api_key_changes) =
+        spec_changes(scope.watch(client, watcher::Config::default().any_semantic()));
     let api_keys_listed = reader.clone();
     ctx.metrics.watch_api_keys(reader.clone());
     // A TokenPolicy that appears (or goes) changes the readiness of the
     // ApiKeys naming it (see `policy_ref`).
     let referring = reader.clone();
-    let policies_for_keys: Api<TokenPolicy> = match &options.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let policies_for_keys = scope.watch::<TokenPolicy>(client, watcher::Config::default().any_semantic());
     let api_key_controller = stop(
         Controller::for_stream(api_key_changes, reader)
-            .owns(
-                secrets.clone(),
-                watcher::Config::default().labels(&managed).any_semantic(),
+            .owns_stream(
+                scope
+                    .watch_metadata::<Secret>(
+                        client,
+                        watcher::Config::default().labels(&managed).any_semantic(),
+                    )
+                    .touched_objects(),
             )
-            .watches(
-                policies_for_keys,
-                watcher::Config::default().any_semantic(),
-                move |policy: TokenPolicy| {
-                    let (ns, name) = (policy.metadata.namespace, policy.metadata.name);
-                    referring
-                        .state()
-                        .into_iter()
-                        .filter(|ak| {
-                            ak.metadata.namespace == ns
-                                && ak.spec.token_policy_ref.as_ref().map(|r| &r.name) == name.as_ref()
-                        })
-                        .map(|ak| ObjectRef::from_obj(&*ak))
-                        .collect::<Vec<_>>()
-                },
-            )
+            .watches_stream(policies_for_keys.touched_objects(), move |policy: TokenPolicy| {
+                let (ns, name) = (policy.metadata.namespace, policy.metadata.name);
+                referring
+                    .state()
+                    .into_iter()
+                    .filter(|ak| {
+                        ak.metadata.namespace == ns
+                            && ak.spec.token_policy_ref.as_ref().map(|r| &r.name) == name.as_ref()
+                    })
+                    .map(|ak| ObjectRef::from_obj(&*ak))
+                    .collect::<Vec<_>>()
+            })
             .with_config(controller::Config::default().concurrency(options.concurrency)),
     )
     .run(
@@ -290,13 +279,13 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     });
 
     // TokenPolicies: their signing-key Secrets and JWKS ConfigMaps.
-    let (policies, config_maps): (Api<TokenPolicy>, Api<ConfigMap>) =
-        watched_apis(&ctx.client, options.namespace.as_deref(), "list TokenPolicies").await?;
+    check_listable::<TokenPolicy>(client, scope, "list TokenPolicies").await?;
     let owned = watcher::Config::default()
         .labels(crate::meta::TOKEN_POLICY_LABEL)
         .any_semantic();
-    let policy_peers = policies.clone();
-    let (policy_reader, policy_changes) = spec_changes(policies);
+    let policy_peers = scope.watch::<TokenPolicy>(client, watcher::Config::default().any_semantic());
+    let (policy_reader, policy_changes) =
+        spec_changes(scope.watch(client, watcher::Config::default().any_semantic()));
     let policies_listed = policy_reader.clone();
     *ctx.token_policies.write().expect("token policy store lock") = Some(policy_reader.clone());
     // Any change of a policy (a new one, a deleted one) re-checks the others
@@ -315,9 +304,13 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     };
     let policy_controller = stop_policies(
         Controller::for_stream(policy_changes, policy_reader)
-            .owns(secrets, owned.clone())
-            .owns(config_maps, owned)
-            .watches(policy_peers, watcher::Config::default().any_semantic(), mates_of)
+            .owns_stream(
+                scope
+                    .watch_metadata::<Secret>(client, owned.clone())
+                    .touched_objects(),
+            )
+            .owns_stream(scope.watch_metadata::<ConfigMap>(client, owned).touched_objects())
+            .watches_stream(policy_peers.touched_objects(), mates_of)
             .with_config(controller::Config::default().concurrency(4)),
     )
     .run(
@@ -378,13 +371,14 @@ where
     }
 }
 
-/// A reflector store of `api`'s objects and the stream of those whose spec
+/// A reflector store of the objects `events` bring (one watcher's events,
+/// see [`WatchNamespaces::watch`]) and the stream of those whose spec
 /// (generation) or annotations (rotate-now) changed: not status writes, so
 /// our own status writes need no second look, the auth server's lastUsedAt
 /// updates neither, and a failure recorded in status does not trigger a
 /// retry before its backoff. Both kinds are driven this way.
 fn spec_changes<K>(
-    api: Api<K>,
+    events: impl futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send,
 ) -> (
     reflector::Store<K>,
     impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + Send,
@@ -399,13 +393,10 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let changes = reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
+    let changes = reflector(writer, events).touched_objects().predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
     (reader, changes)
 }
 

@@ -57,7 +57,7 @@ use axum::routing::{any, get, post};
 use decision::Requirement;
 use futures::StreamExt;
 use index::{Index, Rebuild};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,8 +69,9 @@ pub struct Options {
     pub http_addr: SocketAddr,
     /// The gRPC ext_authz listener (`--grpc-addr`), off when `None`.
     pub grpc_addr: Option<SocketAddr>,
-    /// Watch only this namespace (all namespaces when `None`).
-    pub namespace: Option<String>,
+    /// The namespaces whose ApiKeys and TokenPolicies are watched (every
+    /// one, one, or a list: one watch each, one index).
+    pub namespaces: crate::namespaces::WatchNamespaces,
     /// A header that carries the API key besides `Authorization: Bearer` and `X-Api-Key`.
     pub api_key_header: Option<HeaderName>,
     /// The longest a proxy may cache an allow.
@@ -101,7 +102,7 @@ impl Options {
         Self {
             http_addr: "127.0.0.1:0".parse().expect("an address"),
             grpc_addr: None,
-            namespace: None,
+            namespaces: crate::namespaces::WatchNamespaces::All,
             api_key_header: None,
             decision_cache_seconds: 1,
             last_used_flush: Duration::from_secs(60),
@@ -314,13 +315,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 /// Keeps `index` up to date from a watch of ApiKeys until the stream ends.
 /// A (re-)list is built aside and swapped in whole once complete, so a
 /// request never sees a half-loaded index.
-pub async fn feed_index(api_keys: Api<ApiKey>, index: Arc<Index>) {
+pub async fn feed_index(client: Client, namespaces: crate::namespaces::WatchNamespaces, index: Arc<Index>) {
     let mut rebuild: Option<Rebuild> = None;
     // Paged lists (500 per page), not one list from the watch cache: with
     // 100,000 ApiKeys a single list would be hundreds of megabytes at once.
-    let mut events = watcher(api_keys, watcher::Config::default().page_size(500))
-        .default_backoff()
-        .boxed();
+    // A namespace list: one watch per namespace, merged into these events.
+    let mut events = namespaces.watch::<ApiKey>(&client, watcher::Config::default().page_size(500));
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => rebuild = Some(Rebuild::default()),
@@ -361,17 +361,7 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
     more: impl FnOnce(&mut prometheus_client::registry::Registry),
 ) -> Result<()> {
-    let api_keys: Api<ApiKey> = match &options.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (policies, secrets) = match &options.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let scope = options.namespaces.clone();
     let index = Arc::new(Index::default());
     let tokens = Arc::new(tokens::Tokens::with_cache(options.limits.token_cache));
     tokens.set_store(client.clone());
@@ -382,10 +372,10 @@ pub async fn run_with_metrics(
         index.clone(),
         options.require_grants,
     ));
-    let feeder = tokio::spawn(feed_index(api_keys, index.clone()));
+    let feeder = tokio::spawn(feed_index(client.clone(), scope.clone(), index.clone()));
     let token_feeder = tokio::spawn(tokens::feed(
-        policies,
-        secrets,
+        client.clone(),
+        scope,
         tokens.clone(),
         options.issuer_base_url.clone(),
     ));

@@ -17,8 +17,8 @@ pub struct ConfigurationSpec {
     pub name: String,
     /// `https://HOST:PORT/validate`.
     pub url: String,
-    /// Only this namespace (`kubernetes.io/metadata.name`), or every one.
-    pub namespace: Option<String>,
+    /// Only these namespaces (`kubernetes.io/metadata.name`), or every one.
+    pub namespaces: crate::namespaces::WatchNamespaces,
     /// `Fail` or `Ignore`.
     pub failure_policy: String,
     pub timeout_seconds: u8,
@@ -33,8 +33,13 @@ pub fn ca_bundle(ca_pem: &str) -> String {
 /// The whole configuration (for Server-Side Apply).
 pub fn desired(spec: &ConfigurationSpec, ca_pem: &str) -> Value {
     let client = json!({"url": spec.url, "caBundle": ca_bundle(ca_pem)});
-    let namespace_selector = match &spec.namespace {
-        Some(ns) => json!({"matchLabels": {"kubernetes.io/metadata.name": ns}}),
+    // One namespace as before (matchLabels); a list as `In` (the
+    // namespace controller sets the label on every namespace).
+    let namespace_selector = match spec.namespaces.names() {
+        Some([ns]) => json!({"matchLabels": {"kubernetes.io/metadata.name": ns}}),
+        Some(names) => json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "In", "values": names,
+        }]}),
         None => json!({}),
     };
     let hook = |name: &str, rules: Value, object_selector: Value| {
@@ -95,7 +100,7 @@ mod tests {
         ConfigurationSpec {
             name: "latchkey-test".into(),
             url: "https://127.0.0.1:9443/validate".into(),
-            namespace: Some("team".into()),
+            namespaces: "team".parse().unwrap(),
             failure_policy: "Fail".into(),
             timeout_seconds: 5,
             secret_operations: vec!["UPDATE".into(), "DELETE".into()],
@@ -120,6 +125,31 @@ mod tests {
         assert_eq!(
             hooks[1]["objectSelector"]["matchLabels"]["app.kubernetes.io/managed-by"],
             "latchkey"
+        );
+    }
+
+    #[test]
+    fn a_namespace_list_selects_those_namespaces_and_every_namespace_selects_all() {
+        let list = ConfigurationSpec {
+            namespaces: "a,b".parse().unwrap(),
+            ..spec()
+        };
+        let vwc = desired(&list, "PEM");
+        for hook in vwc["webhooks"].as_array().unwrap() {
+            assert_eq!(
+                hook["namespaceSelector"],
+                serde_json::json!({"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a", "b"],
+                }]})
+            );
+        }
+        let all = ConfigurationSpec {
+            namespaces: crate::namespaces::WatchNamespaces::All,
+            ..spec()
+        };
+        assert_eq!(
+            desired(&all, "PEM")["webhooks"][0]["namespaceSelector"],
+            serde_json::json!({})
         );
     }
 

@@ -116,9 +116,11 @@ pub struct Options {
     pub dns_names: Vec<String>,
     /// latchkey's own usernames; empty: ask with a SelfSubjectReview.
     pub allowed_users: Vec<String>,
-    /// For a configuration latchkey creates: namespaceSelector, failure
-    /// policy, timeout and the operations checked on Secrets.
-    pub namespace: Option<String>,
+    /// The watched namespaces: the TokenPolicies the webhook may list, and
+    /// for a configuration latchkey creates its namespaceSelector; with the
+    /// three below, its failure policy, timeout and the operations checked
+    /// on Secrets.
+    pub namespaces: crate::namespaces::WatchNamespaces,
     pub failure_policy: String,
     pub timeout_seconds: u8,
     pub secret_operations: Vec<String>,

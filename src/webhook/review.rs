@@ -5,6 +5,7 @@
 
 use crate::admission::{self, Facts, Found, Lookups, review};
 use crate::crd::TokenPolicy;
+use crate::namespaces::WatchNamespaces;
 use crate::tls::short_error;
 use axum::Router;
 use axum::body::Bytes;
@@ -27,8 +28,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 struct WebhookState {
     client: Client,
     config: admission::Config,
-    /// The watched namespace, if any (where TokenPolicies can always be listed).
-    namespace: Option<String>,
+    /// The watched namespaces (where TokenPolicies can always be listed).
+    namespaces: WatchNamespaces,
     /// The CredentialGrants, from a watch (`None` until the first list).
     grants: Arc<RwLock<Option<Arc<crate::grants::Grants>>>>,
 }
@@ -38,7 +39,7 @@ struct WebhookState {
 pub(super) fn start(
     client: Client,
     allowed_users: BTreeSet<String>,
-    namespace: Option<String>,
+    namespaces: WatchNamespaces,
     require_grants: bool,
 ) -> (Router, JoinHandle<()>) {
     // The CredentialGrants, cached from a watch: no API call per review.
@@ -54,7 +55,7 @@ pub(super) fn start(
     let app = router(Arc::new(WebhookState {
         client,
         config: admission::Config { allowed_users },
-        namespace,
+        namespaces,
         grants,
     }));
     (app, grant_watch)
@@ -100,8 +101,8 @@ impl WebhookState {
     }
 
     /// Every TokenPolicy's `spec.issuer`, cluster-wide (issuer paths are
-    /// routed cluster-wide), or only the watched namespace's when latchkey
-    /// may list no more.
+    /// routed cluster-wide), or only the watched namespaces' when latchkey
+    /// may list no more (a namespace list: one list per namespace).
     async fn issuers(&self) -> Found<Vec<admission::PolicyIssuer>> {
         let list = |api: Api<TokenPolicy>| async move {
             match tokio::time::timeout(LOOKUP_TIMEOUT, api.list(&Default::default())).await {
@@ -118,10 +119,21 @@ impl WebhookState {
                 Err(_) => Err(kube::Error::Service("timed out".into())),
             }
         };
-        let found = match (list(Api::all(self.client.clone())).await, &self.namespace) {
+        let found = match (list(Api::all(self.client.clone())).await, self.namespaces.names()) {
             (Ok(all), _) => Ok(all),
-            (Err(kube::Error::Api(s)), Some(ns)) if s.code == 403 => {
-                list(Api::namespaced(self.client.clone(), ns)).await
+            (Err(kube::Error::Api(s)), Some(names)) if s.code == 403 => {
+                let mut all = Vec::new();
+                let mut failed = None;
+                for ns in names {
+                    match list(Api::namespaced(self.client.clone(), ns)).await {
+                        Ok(found) => all.extend(found),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failed.map_or(Ok(all), Err)
             }
             (Err(e), _) => Err(e),
         };

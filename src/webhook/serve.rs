@@ -26,7 +26,7 @@ pub(super) async fn listen_and_serve(
     let (app, grant_watch) = review::start(
         client,
         allowed_users,
-        options.namespace.clone(),
+        options.namespaces.clone(),
         options.require_grants,
     );
     serve_tls(

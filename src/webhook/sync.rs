@@ -24,7 +24,7 @@ pub async fn sync_configuration(
         let spec = configuration::ConfigurationSpec {
             name: name.clone(),
             url: url.clone(),
-            namespace: options.namespace.clone(),
+            namespaces: options.namespaces.clone(),
             failure_policy: options.failure_policy.clone(),
             timeout_seconds: options.timeout_seconds,
             secret_operations: options.secret_operations.clone(),

@@ -38,17 +38,18 @@ pub(super) fn secret_keys(secret: &Secret) -> Option<(SecretKey, SigningSecret)>
 
 /// Keeps `tokens` up to date from watches of TokenPolicies and their
 /// signing-key Secrets until the streams end.
+/// `namespaces`: where (one watch per listed namespace, merged).
 pub async fn feed(
-    policies: Api<TokenPolicy>,
-    secrets: Api<Secret>,
+    client: kube::Client,
+    namespaces: crate::namespaces::WatchNamespaces,
     tokens: Arc<Tokens>,
     issuer_base_url: String,
 ) {
-    let policy_events = watcher(policies, watcher::Config::default())
-        .default_backoff()
+    let policy_events = namespaces
+        .watch::<TokenPolicy>(&client, watcher::Config::default())
         .map(Change::Policy);
-    let secret_events = watcher(secrets, watcher::Config::default().labels(TOKEN_POLICY_LABEL))
-        .default_backoff()
+    let secret_events = namespaces
+        .watch::<Secret>(&client, watcher::Config::default().labels(TOKEN_POLICY_LABEL))
         .map(Change::Secret);
     let mut events = futures::stream::select(policy_events.boxed(), secret_events.boxed());
     let mut policy_store: BTreeMap<(String, String), TokenPolicy> = BTreeMap::new();
