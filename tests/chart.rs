@@ -20,7 +20,8 @@
 //! One file per job under tests/chart/ (this file is the root, so the
 //! binary keeps its name `chart`): running helm and reading its output
 //! (helm.rs), the chart's files (files.rs), lint and template (render.rs),
-//! rights (rbac.rs), install (install.rs), HTTPS on the HTTP port (tls.rs).
+//! rights (rbac.rs), install (install.rs), a list of watched namespaces
+//! (namespaces.rs), HTTPS on the HTTP port (tls.rs).
 
 mod common;
 
@@ -30,6 +31,8 @@ mod files;
 mod helm;
 #[path = "chart/install.rs"]
 mod install;
+#[path = "chart/namespaces.rs"]
+mod namespaces;
 #[path = "chart/rbac.rs"]
 mod rbac;
 #[path = "chart/render.rs"]

@@ -50,15 +50,54 @@ app.kubernetes.io/part-of: latchkey
 {{- end -}}
 {{- end -}}
 
-{{/* The one namespace latchkey watches, or "" for all of them. latchkey
-0.1.0 takes a single --watch-namespace, so a longer list is refused here
-rather than silently watching only part of it. */}}
-{{- define "latchkey.watchNamespace" -}}
+{{/* The namespaces latchkey watches, comma-separated (the value of
+--watch-namespace), or "" for every namespace: watchNamespaces [] or ["*"].
+Refused here, with what to change, rather than by latchkey at start: "*"
+mixed with names, empty names, duplicates and names that are not DNS labels. */}}
+{{- define "latchkey.watchNamespaces" -}}
 {{- $ns := .Values.watchNamespaces | default list -}}
-{{- if gt (len $ns) 1 -}}
-{{- fail (printf "watchNamespaces lists %d namespaces (%s); latchkey %s watches one namespace (--watch-namespace) or all of them (an empty list)" (len $ns) (join ", " $ns) .Chart.AppVersion) -}}
+{{- if not (kindIs "slice" $ns) -}}
+{{- fail (printf "watchNamespaces must be a list (for example [team-a, team-b]), not %v; use [] for every namespace" $ns) -}}
 {{- end -}}
-{{- if $ns -}}{{ first $ns }}{{- end -}}
+{{- $names := list -}}
+{{- range $ns -}}
+{{- $n := toString . -}}
+{{- if eq $n "*" -}}
+{{- else if eq $n "" -}}
+{{- fail (printf "watchNamespaces %s has an empty name; remove it (use [] or [\"*\"] for every namespace)" (toJson $ns)) -}}
+{{- else if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $n) -}}
+{{- fail (printf "watchNamespaces: %q is not a namespace name (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)" $n) -}}
+{{- else if has $n $names -}}
+{{- fail (printf "watchNamespaces lists %q twice; list each namespace once" $n) -}}
+{{- else -}}
+{{- $names = append $names $n -}}
+{{- end -}}
+{{- end -}}
+{{- if and (has "*" ($ns | toStrings)) $names -}}
+{{- fail (printf "watchNamespaces mixes \"*\" (every namespace) with names (%s); use [] or [\"*\"] alone for every namespace (a ClusterRole), or list only names (a Role in each)" (join ", " $names)) -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{/* The webhooks' namespaceSelector: only the watched namespaces' objects
+reach latchkey (one: matchLabels as before; a list: the label In the list;
+the namespace controller sets kubernetes.io/metadata.name on every namespace),
+none for every namespace. */}}
+{{- define "latchkey.webhookNamespaceSelector" -}}
+{{- $watch := include "latchkey.watchNamespaces" . -}}
+{{- if $watch }}
+{{- $names := splitList "," $watch }}
+    namespaceSelector:
+{{- if eq (len $names) 1 }}
+      matchLabels:
+        kubernetes.io/metadata.name: {{ first $names }}
+{{- else }}
+      matchExpressions:
+        - key: kubernetes.io/metadata.name
+          operator: In
+          values: {{ toJson $names }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Rules latchkey needs wherever ApiKeys and TokenPolicies live: cluster-wide
