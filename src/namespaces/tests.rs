@@ -179,3 +179,45 @@ fn a_relist_of_one_namespace_becomes_changes_and_leaves_the_others_alone() {
     let out = list_in(&mut m, 0, &[]);
     assert_eq!(out, ["Delete a1@7"], "only a1 was left in namespace 0");
 }
+
+#[tokio::test]
+async fn merged_streams_give_one_list_then_changes_and_pass_errors_through() {
+    use futures::StreamExt;
+    type Item = Result<Event<ConfigMap>, watcher::Error>;
+    let first: Vec<Item> = vec![
+        Ok(Event::Init),
+        Ok(Event::InitApply(cm("a1", "1"))),
+        Ok(Event::InitDone),
+    ];
+    let second: Vec<Item> = vec![
+        Err(watcher::Error::NoResourceVersion),
+        Ok(Event::Init),
+        Ok(Event::InitApply(cm("b1", "2"))),
+        Ok(Event::InitDone),
+        Ok(Event::Apply(cm("b1", "3"))),
+    ];
+    let out: Vec<Item> = merged(vec![
+        futures::stream::iter(first).boxed(),
+        futures::stream::iter(second).boxed(),
+    ])
+    .collect()
+    .await;
+    let errors = out.iter().filter(|e| e.is_err()).count();
+    assert_eq!(errors, 1, "the error is passed on");
+    let events: Vec<Event<ConfigMap>> = out.into_iter().filter_map(Result::ok).collect();
+    let shown = show(&events);
+    assert_eq!(shown.first().map(String::as_str), Some("Init"));
+    assert_eq!(shown.len(), 5, "{shown:?}");
+    assert_eq!(shown[3..], ["InitDone", "Apply b1@3"]);
+    let mut listed = shown[1..3].to_vec();
+    listed.sort();
+    assert_eq!(listed, ["InitApply a1@1", "InitApply b1@2"]);
+    // One stream is passed on as it is.
+    let single: Vec<Item> = merged(vec![futures::stream::iter(vec![Ok(Event::Init)]).boxed()])
+        .collect()
+        .await;
+    assert_eq!(
+        show(&single.into_iter().filter_map(Result::ok).collect::<Vec<_>>()),
+        ["Init"]
+    );
+}

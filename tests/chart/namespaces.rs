@@ -155,11 +155,7 @@ fn the_charts_identity_may_read_secrets_in_the_listed_namespaces_and_gets_403_el
         .into_iter()
         .filter(|d| keep.contains(&kind(d)))
         .collect();
-    let roles: Vec<&str> = rbac
-        .iter()
-        .filter(|d| kind(d) == "Role")
-        .map(|d| namespace(d))
-        .collect();
+    let roles: Vec<&str> = rbac.iter().filter(|d| kind(d) == "Role").map(namespace).collect();
     assert_eq!(
         roles.len(),
         3,
