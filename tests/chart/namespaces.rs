@@ -75,6 +75,24 @@ fn a_list_renders_a_role_and_binding_per_namespace_and_nothing_cluster_wide_for_
         assert_eq!(strings(&expr["values"]), ["team-a", "team-b"]);
     }
 
+    // The NOTES name the namespaces.
+    let notes = helm_ok(&[
+        "install",
+        "notes-nsl",
+        CHART,
+        "--dry-run=client",
+        "--namespace",
+        "notes-nsl",
+        "--set",
+        "crds.install=false",
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+    ]);
+    assert!(
+        notes.contains("It manages ApiKeys in namespaces team-a, team-b."),
+        "{notes}"
+    );
+
     // "*" alone is every namespace, like [].
     let star = kinds(&template(&["watchNamespaces={*}"]));
     assert!(star.contains("ClusterRole/latchkey"), "{star:?}");
