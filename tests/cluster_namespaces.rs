@@ -4,10 +4,12 @@
 //! and B become Ready and authenticate; the ApiKey in C is never reconciled,
 //! and C's key (minted by a controller of C's own) is unknown to the server
 //! (401). A key deleted in B stops working: deletes reach the one index
-//! through B's watch.
+//! through B's watch. The webhook of such a process is called for A and B
+//! and never for C.
 
 mod common;
 
+use common::webhook::{WEBHOOK_LISTENING, grant_development_webhook_rights, webhook_called};
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -119,4 +121,83 @@ async fn a_namespace_list_reconciles_and_serves_the_listed_namespaces_only() {
         "latchkey was refused calls:\n{log}"
     );
     assert!(!log.contains(&key_a) && !log.contains(&key_c), "a key in the log");
+}
+
+/// The webhook of a `latchkey run --watch-namespace A,B` (its own
+/// configuration, `--webhook-url`): the configuration selects A and B
+/// (`In`), the API server calls it for both, and its lookup of a Secret's
+/// owners works in both; an object of C never reaches it.
+#[tokio::test]
+async fn the_webhook_of_a_namespace_list_judges_the_listed_namespaces_only() {
+    grant_development_webhook_rights();
+    let a = TestNamespace::new("lk-nslw-a").await;
+    let b = TestNamespace::new("lk-nslw-b").await;
+    let c = TestNamespace::new("lk-nslw-c").await;
+    let watch = format!("{},{}", a.name, b.name);
+    let lease = format!("{LEASE_PREFIX}nslistw-{}-{}", std::process::id(), unique());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}/validate");
+    let configuration = format!("latchkey-test-{}", a.name);
+    let ca = format!("{}/webhook-ca", a.name);
+    let mut latchkey = LatchkeyProcess::spawn_http(
+        &[
+            "run",
+            "--watch-namespace",
+            &watch,
+            "--lease-namespace",
+            LATCHKEY_NS,
+            "--lease-name",
+            &lease,
+            "--webhook-addr",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--webhook-configuration-name",
+            &configuration,
+            "--webhook-ca-secret",
+            &ca,
+            "--webhook-sync-seconds",
+            "2",
+        ],
+        latchkey_kubeconfig(),
+        &[],
+        "nslist-webhook",
+    );
+    struct Configuration(String);
+    impl Drop for Configuration {
+        fn drop(&mut self) {
+            let _ = kubectl(&[
+                "delete",
+                "validatingwebhookconfiguration",
+                &self.0,
+                "--ignore-not-found",
+            ]);
+        }
+    }
+    let _configuration = Configuration(configuration.clone());
+    latchkey.wait_logged(WEBHOOK_LISTENING, &addr);
+    webhook_called(&a.name, &latchkey);
+    webhook_called(&b.name, &latchkey);
+    let selector = kubectl_ok(&[
+        "get",
+        "validatingwebhookconfiguration",
+        &configuration,
+        "-o",
+        "jsonpath={.webhooks[*].namespaceSelector.matchExpressions[0].values}",
+    ]);
+    let expected = format!("[\"{}\",\"{}\"]", a.name, b.name);
+    assert_eq!(
+        selector.trim(),
+        format!("{expected} {expected}"),
+        "both webhooks select A and B"
+    );
+    // The same ApiKey in C (claiming a Secret that is not its own) is not
+    // judged by latchkey: nothing refuses it.
+    let _ = kubectl(&["create", "secret", "generic", "probe-taken", "-n", &c.name]);
+    let probe = api_key_manifest(&c.name, "probe", "  secretName: probe-taken\n");
+    let (ok, out) = apply_result(&probe, true);
+    assert!(ok, "an ApiKey of C was refused: {out}");
+    let log = latchkey.log_text();
+    assert!(!log.contains(&c.name), "latchkey saw something of C:\n{log}");
 }
