@@ -158,6 +158,10 @@ fn default_render_has_crds_rbac_deployment_webhook_and_pdb() {
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
     assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(65532));
+    // Graceful shutdown: a 5 s preStop sleep (the endpoint's removal reaches
+    // kube-proxy and the proxies first), then SIGTERM and the drain.
+    assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64(), Some(5));
+    assert_eq!(pod["terminationGracePeriodSeconds"].as_u64(), Some(30));
 
     // Service: http 8080 and webhook 8443.
     let svc = find(&docs, "Service", "latchkey");
@@ -487,6 +491,19 @@ fn values_turn_parts_off_and_on() {
         Some("team-a")
     );
     // A list of namespaces: tests/chart/namespaces.rs.
+
+    // No shutdown delay: no preStop hook; a grace period shorter than the
+    // delay plus the 10 s drain is refused.
+    let docs = template(&["shutdownDelaySeconds=0"]);
+    let deploy = find(&docs, "Deployment", "latchkey");
+    assert!(deploy["spec"]["template"]["spec"]["containers"][0]["lifecycle"].is_null());
+    let bad = helm(&["template", RELEASE, CHART, "--set", "shutdownDelaySeconds=25"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("shutdownDelaySeconds + 10"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 #[test]
