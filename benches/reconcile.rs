@@ -1,17 +1,21 @@
 //! `e2e/bench-reconcile N`: create N ApiKeys at once on the local control
-//! plane and report the time until all are Ready, keys per second, and the
-//! controller's peak RSS (VmHWM). Run through the script, which builds the
-//! release binary and brings the cluster up.
+//! plane and report the time until all are Ready, keys per second, the
+//! controller's peak RSS (VmHWM), the API calls per key by verb and resource
+//! (the API server's `apiserver_request_total` before and after), and a
+//! forced resync: the controller restarted over the N unchanged ApiKeys
+//! (writes made, which must be 0, and the time until all are reconciled).
+//! Run through the script, which builds the release binary and brings the
+//! cluster up.
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use latchkey::conditions;
 use latchkey::crd::{ApiKey, ApiKeySpec};
-use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -29,6 +33,14 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The 1-minute load average (the CPU is shared: every figure is printed beside it).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// CPU seconds of the control plane's processes, by the PIDs `e2e/cluster` recorded.
 fn control_plane_cpu() -> Vec<(String, f64)> {
     let dir = std::env::var("BENCH_CLUSTER_DIR").unwrap_or_default();
@@ -39,6 +51,189 @@ fn control_plane_cpu() -> Vec<(String, f64)> {
             Some((name.to_string(), cpu_seconds(pid.trim().parse().ok()?)?))
         })
         .collect()
+}
+
+/// The API server's `apiserver_request_total`, summed by (verb, resource[/subresource]).
+/// It counts every client of the shared control plane, not only ours.
+async fn api_requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's /metrics");
+    let mut counts = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (resource, sub) = (label("resource"), label("subresource"));
+        let resource = if sub.is_empty() {
+            resource
+        } else {
+            format!("{resource}/{sub}")
+        };
+        *counts.entry((label("verb"), resource)).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
+const OURS: [&str; 5] = ["apikeys", "apikeys/status", "secrets", "events", "tokenpolicies"];
+
+/// Prints the calls made between `before` and `after` on the resources the
+/// controller touches, per key; `own` are the bench's own calls to subtract.
+fn print_calls(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+    n: usize,
+    own: &[(&str, &str, f64)],
+) -> f64 {
+    let mut total = 0.0;
+    let mut writes = 0.0;
+    for ((verb, resource), a) in after {
+        if !OURS.contains(&resource.as_str()) || verb == "WATCH" {
+            continue;
+        }
+        let mut d = a - before
+            .get(&(verb.clone(), resource.clone()))
+            .copied()
+            .unwrap_or(0.0);
+        for (v, r, c) in own {
+            if v == verb && r == resource {
+                d -= c;
+            }
+        }
+        if d < 0.5 {
+            continue;
+        }
+        total += d;
+        if !matches!(verb.as_str(), "GET" | "LIST") {
+            writes += d;
+        }
+        println!(
+            "    {verb:<7} {resource:<15} {d:>8.0}   {:>6.2} per key",
+            d / n as f64
+        );
+    }
+    println!(
+        "    total                   {total:>8.0}   {:>6.2} per key (writes {:.2})",
+        total / n as f64,
+        writes / n as f64
+    );
+    writes
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Controller {
+    child: Child,
+    port: u16,
+}
+
+impl Controller {
+    fn start(binary: &str, kubeconfig: &str, ns: &str, concurrency: &str, log: &str) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
+        let child = Command::new(binary)
+            .args(["controller", "--kubeconfig", kubeconfig, "--watch-namespace", ns])
+            .args(["--concurrency", concurrency, "--no-leader-election"])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        Self { child, port }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// ApiKey reconciles finished so far (success and error).
+    async fn reconciles(&self, http: &reqwest::Client) -> Option<f64> {
+        let text = http
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with(r#"latchkey_controller_reconciles_total{kind="ApiKey""#))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    /// Waits until no reconcile has finished for `quiet`.
+    async fn settle(&self, http: &reqwest::Client, quiet: Duration) -> f64 {
+        let mut last = -1.0;
+        let mut since = Instant::now();
+        loop {
+            let now = self.reconciles(http).await.unwrap_or(-1.0);
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// resourceVersions of the namespace's ApiKeys and Secrets, and its Event count.
+async fn snapshot(client: &kube::Client, ns: &str) -> (BTreeMap<String, String>, usize) {
+    let mut versions = BTreeMap::new();
+    let lp = ListParams::default();
+    for ak in Api::<ApiKey>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+    {
+        versions.insert(
+            format!("apikey/{}", ak.metadata.name.unwrap()),
+            ak.metadata.resource_version.unwrap(),
+        );
+    }
+    for s in Api::<Secret>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+    {
+        versions.insert(
+            format!("secret/{}", s.metadata.name.unwrap()),
+            s.metadata.resource_version.unwrap(),
+        );
+    }
+    let events = Api::<Event>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .items
+        .len();
+    (versions, events)
 }
 
 #[tokio::main]
@@ -55,28 +250,21 @@ async fn main() {
     let client = latchkey::client::from_kubeconfig(Some(std::path::Path::new(&kubeconfig)))
         .await
         .expect("a client for the local cluster");
+    let http = reqwest::Client::new();
 
     let ns_name = format!("bench-{}", std::process::id());
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces.create(&PostParams::default(), &ns).await.unwrap();
 
-    let log = std::fs::File::create(std::env::temp_dir().join("latchkey-bench-controller.log")).unwrap();
-    let mut controller = Command::new(&binary)
-        .args([
-            "controller",
-            "--kubeconfig",
-            &kubeconfig,
-            "--watch-namespace",
-            &ns_name,
-        ])
-        .args(["--concurrency", &concurrency])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the controller");
-    let pid = controller.id();
+    let controller = Controller::start(
+        &binary,
+        &kubeconfig,
+        &ns_name,
+        &concurrency,
+        "latchkey-bench-controller.log",
+    );
+    let pid = controller.pid();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = peak_rss_kib(pid).unwrap_or(0);
 
@@ -104,6 +292,8 @@ async fn main() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let load_start = load();
+    let calls_before = api_requests(&client).await;
     let cpu_before = control_plane_cpu();
     let controller_cpu_before = cpu_seconds(pid).unwrap_or(0.0);
     let start = Instant::now();
@@ -132,11 +322,16 @@ async fn main() {
         .expect("all ApiKeys Ready within 30 minutes")
         .unwrap();
     let elapsed = done - start;
-    let rss_peak = peak_rss_kib(pid).unwrap_or(0);
+    let load_ready = load();
     let controller_cpu = cpu_seconds(pid).unwrap_or(0.0) - controller_cpu_before;
     let cpu_after = control_plane_cpu();
+    // Reconciles our own writes triggered come after Ready: count them too.
+    let reconciles = controller.settle(&http, Duration::from_secs(3)).await;
+    let calls_after = api_requests(&client).await;
+    let rss_peak = peak_rss_kib(pid).unwrap_or(0);
 
     println!("bench-reconcile: N = {n}, controller concurrency = {concurrency}");
+    println!("  load average (1 min) at start {load_start}, at all Ready {load_ready}");
     println!("  all {n} ApiKeys created in   {:>8.2} s", created.as_secs_f64());
     println!("  all {n} ApiKeys Ready after  {:>8.2} s", elapsed.as_secs_f64());
     println!(
@@ -151,6 +346,11 @@ async fn main() {
         "  controller peak RSS         {:>8.1} MiB",
         rss_peak as f64 / 1024.0
     );
+    println!(
+        "  ApiKey reconciles           {:>8.0}   {:>6.2} per key",
+        reconciles,
+        reconciles / n as f64
+    );
 
     let wall = elapsed.as_secs_f64();
     println!(
@@ -164,7 +364,71 @@ async fn main() {
             100.0 * (after - before) / wall
         );
     }
-    let _ = controller.kill();
-    let _ = controller.wait();
+    println!(
+        "  API calls (apiserver_request_total, whole control plane; the bench's {n} creates subtracted):"
+    );
+    print_calls(&calls_before, &calls_after, n, &[("POST", "apikeys", n as f64)]);
+    controller.stop();
+
+    // A forced resync: a new controller lists the N unchanged ApiKeys and
+    // reconciles each once; it must write nothing.
+    let (versions_before, events_before) = snapshot(&client, &ns_name).await;
+    let load_resync = load();
+    let calls_before = api_requests(&client).await;
+    let started = Instant::now();
+    let controller = Controller::start(
+        &binary,
+        &kubeconfig,
+        &ns_name,
+        &concurrency,
+        "latchkey-bench-resync.log",
+    );
+    loop {
+        if controller.reconciles(&http).await.unwrap_or(0.0) >= n as f64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "resync within 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resync = started.elapsed();
+    let load_resynced = load();
+    controller.settle(&http, Duration::from_secs(2)).await;
+    let calls_after = api_requests(&client).await;
+    let (versions_after, events_after) = snapshot(&client, &ns_name).await;
+    let changed = versions_after
+        .iter()
+        .filter(|(k, v)| versions_before.get(*k) != Some(*v))
+        .count();
+    let rss_resync = peak_rss_kib(controller.pid()).unwrap_or(0);
+    controller.stop();
+    println!(
+        "  resync of {n} unchanged ApiKeys (controller restarted; load {load_resync} → {load_resynced}):"
+    );
+    println!(
+        "    all reconciled after        {:>8.2} s (from the process start, list included)",
+        resync.as_secs_f64()
+    );
+    println!(
+        "    objects written             {changed:>8} (ApiKeys and Secrets whose resourceVersion moved), Events {}",
+        events_after.saturating_sub(events_before)
+    );
+    println!(
+        "    controller peak RSS         {:>8.1} MiB",
+        rss_resync as f64 / 1024.0
+    );
+    println!("    API calls (apiserver_request_total; the bench's own lists subtracted):");
+    print_calls(
+        &calls_before,
+        &calls_after,
+        n,
+        &[
+            ("LIST", "apikeys", 1.0),
+            ("LIST", "secrets", 1.0),
+            ("LIST", "events", 1.0),
+        ],
+    );
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
 }
