@@ -75,6 +75,12 @@ impl Error {
         "forbidden",
     ];
 
+    /// Whether the API server refused a write as `409 Conflict` (a
+    /// `resourceVersion` precondition that no longer holds).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(status), .. } if status.code == 409)
+    }
+
     /// A short label for metrics and logs.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -94,6 +94,7 @@ pub struct ControllerMetrics {
     errors: Family<ErrorLabels, Counter>,
     delivered: Family<ReasonLabels, Counter>,
     signing_keys: Counter,
+    events_dropped: Counter,
     leader: Gauge,
     /// Keys in grace, from the watch cache while leading.
     grace: Arc<GraceGauges>,
@@ -126,6 +127,7 @@ impl ControllerMetrics {
             errors: Family::default(),
             delivered: Family::default(),
             signing_keys: Counter::default(),
+            events_dropped: Counter::default(),
             leader: Gauge::default(),
             grace: Arc::new(GraceGauges::new(clock)),
             elected: AtomicBool::new(false),
@@ -188,6 +190,11 @@ impl ControllerMetrics {
             self.signing_keys.clone(),
         );
         registry.register(
+            "controller_events_dropped",
+            "Events not recorded because the queue in front of the API server was full",
+            self.events_dropped.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this process holds the leader-election Lease (or runs without one), else 0",
             self.leader.clone(),
@@ -244,6 +251,11 @@ impl ControllerMetrics {
     /// A TokenPolicy signing key was generated (and its status written).
     pub fn signing_key_generated(&self) {
         self.signing_keys.inc();
+    }
+
+    /// An Event was dropped: the queue of Events to record was full.
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     /// Leader election is on: a standby counts as ready.

@@ -11,6 +11,7 @@
 
 mod api_key;
 pub mod apply;
+pub mod cache;
 pub mod failure;
 pub mod grace;
 pub mod leader;
@@ -34,7 +35,7 @@ use kube::Client;
 use kube::api::DynamicObject;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
@@ -57,7 +58,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who the Events say reported them.
+    pub reporter: Reporter,
+    /// The queue of Events to record (its writer starts with the first).
+    events: std::sync::OnceLock<tokio::sync::mpsc::Sender<apply::QueuedEvent>>,
+    /// The metadata of the ApiKeys' Secrets and our own Secret writes in flight.
+    pub secrets: cache::SecretCache,
     pub clock: Arc<dyn Clock>,
     /// The base of default TokenPolicy issuers (`<base>/issuers/<ns>/<name>`).
     pub issuer_base_url: String,
@@ -77,7 +83,9 @@ impl Context {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
+            events: std::sync::OnceLock::new(),
+            secrets: cache::SecretCache::default(),
             client,
             issuer_base_url: DEFAULT_ISSUER_BASE_URL.into(),
             failures: Mutex::default(),
@@ -243,16 +251,32 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     // ApiKeys naming it (see `policy_ref`).
     let referring = reader.clone();
     let policies_for_keys = scope.watch::<TokenPolicy>(client, watcher::Config::default().any_semantic());
+    // Their Secrets: metadata only, without the events of our own writes
+    // (see `cache`).
+    let (secret_reader, secret_writer) = reflector::store();
+    ctx.secrets.watch(secret_reader);
+    let own = ctx.clone();
+    let secret_changes = reflector(
+        secret_writer,
+        scope.watch_metadata::<Secret>(
+            client,
+            watcher::Config::default().labels(&managed).any_semantic(),
+        ),
+    )
+    .filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                (!own.secrets.is_own_write(&s.metadata)).then_some(Ok(s))
+            }
+            Ok(watcher::Event::Delete(s)) => Some(Ok(s)),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(err) => Some(Err(err)),
+        };
+        futures::future::ready(changed)
+    });
     let api_key_controller = stop(
         Controller::for_stream(api_key_changes, reader)
-            .owns_stream(
-                scope
-                    .watch_metadata::<Secret>(
-                        client,
-                        watcher::Config::default().labels(&managed).any_semantic(),
-                    )
-                    .touched_objects(),
-            )
+            .owns_stream(secret_changes)
             .watches_stream(policies_for_keys.touched_objects(), move |policy: TokenPolicy| {
                 let (ns, name) = (policy.metadata.namespace, policy.metadata.name);
                 referring
@@ -393,6 +417,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    // managedFields are not kept: nothing reads them, and they are most of
+    // a small object's size.
+    let events = events.modify(|o| {
+        o.meta_mut().managed_fields = None;
+    });
     let changes = reflector(writer, events).touched_objects().predicate_filter(
         predicates::generation.combine(predicates::annotations),
         Default::default(),

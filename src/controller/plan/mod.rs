@@ -141,9 +141,17 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
             });
             refresh_metadata.then_some(key)
         }
+        KeyDecision::KeepUnread => {
+            status.pending_key = None;
+            status.pending_rotate_request = None;
+            None
+        }
         KeyDecision::Issue(_) | KeyDecision::Conflict => None,
     };
-    let secret_holds_a_known_key = matches!(decision, KeyDecision::Keep { .. } | KeyDecision::Promote { .. });
+    let secret_holds_a_known_key = matches!(
+        decision,
+        KeyDecision::Keep { .. } | KeyDecision::KeepUnread | KeyDecision::Promote { .. }
+    );
 
     if let Some(terminal) = rotation::terminal(api_key, now) {
         // No new key, no Secret write. The key the Secret holds stays
@@ -193,7 +201,7 @@ pub fn plan(api_key: &ApiKey, observation: &SecretObservation, schedule: &Schedu
                 in_use,
             }
         }
-        KeyDecision::Keep { .. } | KeyDecision::Promote { .. } => {
+        KeyDecision::Keep { .. } | KeyDecision::KeepUnread | KeyDecision::Promote { .. } => {
             status.previous_keys = rotation::prune_ended(&status.previous_keys, now);
             let due = rotation::rotation_due(api_key, &status, schedule, now);
             let deferred = due

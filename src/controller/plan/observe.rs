@@ -17,6 +17,11 @@ pub enum SecretObservation {
         /// would write for the key it holds.
         metadata_in_sync: bool,
     },
+    /// A Secret this ApiKey controls whose metadata alone (from the
+    /// metadata-only watch, its data not read) shows that latchkey applied
+    /// `currentKey` to it last and that nothing is to refresh: see
+    /// [`holds_current_key`]. Only then is its data not read.
+    HoldsCurrent,
 }
 
 /// Why a new key is issued.
@@ -43,6 +48,9 @@ pub enum KeyDecision {
         key: ApiKeyValue,
         refresh_metadata: bool,
     },
+    /// The Secret's metadata shows `currentKey`, in sync (its data unread):
+    /// as `Keep` without a refresh.
+    KeepUnread,
     /// Generate a key and deliver it.
     Issue(IssueReason),
     /// The Secret belongs to someone else: touch nothing.
@@ -116,6 +124,12 @@ pub fn key_decision(status: Option<&ApiKeyStatus>, observation: &SecretObservati
     let pending = status.and_then(|s| s.pending_key.as_ref());
     match observation {
         SecretObservation::Foreign => KeyDecision::Conflict,
+        // Only built when status has a current key and no pending one; a
+        // status that knows no key cannot trust the Secret (as below).
+        SecretObservation::HoldsCurrent => match (current, pending) {
+            (Some(_), None) => KeyDecision::KeepUnread,
+            _ => KeyDecision::Issue(IssueReason::FirstKey),
+        },
         // A pending first key that never reached the Secret: still the first key.
         SecretObservation::Missing => match current {
             None => KeyDecision::Issue(IssueReason::FirstKey),
@@ -150,4 +164,73 @@ pub fn key_decision(status: Option<&ApiKeyStatus>, observation: &SecretObservati
             }
         }
     }
+}
+
+/// Whether the metadata of `api_key`'s Secret (from the metadata-only
+/// watch) proves, without reading its data, that it holds `currentKey` with
+/// everything latchkey would write: the ApiKey controls it; status has a
+/// current key and no pending one (a pending key must be verified against
+/// the data); the key-id, revision and rotated-at annotations are the
+/// current key's stamp; the labels and annotations latchkey owns are
+/// exactly the desired ones; and `field_manager`'s Apply owns the key's data
+/// entry while no other manager owns any data (a change of the data by
+/// anyone else moves its ownership there). Anything else: read the Secret.
+pub fn holds_current_key(api_key: &ApiKey, secret: &ObjectMeta, field_manager: &str) -> bool {
+    let Some(status) = api_key.status.as_ref() else {
+        return false;
+    };
+    let (Some(current), None) = (&status.current_key, &status.pending_key) else {
+        return false;
+    };
+    let uid = api_key.metadata.uid.as_deref();
+    let controlled = secret
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+    let Some(stamp) = stamp_for(status, &current.sha256) else {
+        return false;
+    };
+    controlled
+        && metadata_in_sync_for(api_key, secret, &current.id, stamp, field_manager)
+        && data_applied_only_by(secret, field_manager)
+}
+
+/// Whether `field_manager`'s Apply owns the Secret's key entry and no other
+/// manager owns any of its data.
+pub(super) fn data_applied_only_by(secret: &ObjectMeta, field_manager: &str) -> bool {
+    let data_key = format!("f:{SECRET_DATA_KEY}");
+    let mut ours = false;
+    for entry in secret.managed_fields.iter().flatten() {
+        let data = entry
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:data"))
+            .and_then(|d| d.as_object());
+        let Some(data) = data else { continue };
+        let mine =
+            entry.manager.as_deref() == Some(field_manager) && entry.operation.as_deref() == Some("Apply");
+        if !mine && !data.is_empty() {
+            return false;
+        }
+        ours |= mine && data.contains_key(&data_key);
+    }
+    ours
+}
+
+/// Whether a watch event showing the Secret `secret` is the one latchkey's
+/// own apply of the key `key_id` at `revision` caused: its key-id and
+/// revision annotations are those, and `field_manager`'s Apply alone owns
+/// its data (so nobody changed the data since).
+pub fn is_own_secret_write(secret: &ObjectMeta, key_id: &str, revision: i64, field_manager: &str) -> bool {
+    let annotation = |k: &str| {
+        secret
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(k))
+            .map(String::as_str)
+    };
+    annotation(KEY_ID_ANNOTATION) == Some(key_id)
+        && annotation(REVISION_ANNOTATION) == Some(revision.to_string().as_str())
+        && data_applied_only_by(secret, field_manager)
 }

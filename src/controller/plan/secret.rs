@@ -28,11 +28,19 @@ pub(super) fn desired_metadata(
     key: &ApiKeyValue,
     stamp: SecretStamp,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    desired_metadata_for(api_key, key.key_id(), stamp)
+}
+
+fn desired_metadata_for(
+    api_key: &ApiKey,
+    key_id: &str,
+    stamp: SecretStamp,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let template = api_key.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     let mut annotations = template.annotations;
-    annotations.insert(KEY_ID_ANNOTATION.into(), key.key_id().into());
+    annotations.insert(KEY_ID_ANNOTATION.into(), key_id.into());
     annotations.insert(REVISION_ANNOTATION.into(), stamp.revision.to_string());
     annotations.insert(ROTATED_AT_ANNOTATION.into(), rfc3339(stamp.rotated_at));
     (labels, annotations)
@@ -48,7 +56,20 @@ pub(super) fn metadata_in_sync(
     stamp: SecretStamp,
     field_manager: &str,
 ) -> bool {
-    let (labels, annotations) = desired_metadata(api_key, key, stamp);
+    metadata_in_sync_for(api_key, &secret.metadata, key.key_id(), stamp, field_manager)
+        && secret.type_.as_deref() == Some("Opaque")
+}
+
+/// [`metadata_in_sync`] from the metadata alone, for the key with `key_id`
+/// (a Secret's type cannot change once it is created).
+pub(super) fn metadata_in_sync_for(
+    api_key: &ApiKey,
+    secret: &ObjectMeta,
+    key_id: &str,
+    stamp: SecretStamp,
+    field_manager: &str,
+) -> bool {
+    let (labels, annotations) = desired_metadata_for(api_key, key_id, stamp);
     let (owned_labels, owned_annotations) = owned_metadata_keys(secret, field_manager);
     let same = |want: &BTreeMap<String, String>,
                 owned: &BTreeSet<String>,
@@ -58,17 +79,16 @@ pub(super) fn metadata_in_sync(
                 .iter()
                 .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    same(&labels, &owned_labels, &secret.metadata.labels)
-        && same(&annotations, &owned_annotations, &secret.metadata.annotations)
-        && secret.type_.as_deref() == Some("Opaque")
+    same(&labels, &owned_labels, &secret.labels)
+        && same(&annotations, &owned_annotations, &secret.annotations)
 }
 
 /// Label and annotation keys that `field_manager` applied, read from the
 /// Secret's `managedFields` (`f:metadata` → `f:labels` → `f:<key>`).
-pub fn owned_metadata_keys(secret: &Secret, field_manager: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+pub fn owned_metadata_keys(secret: &ObjectMeta, field_manager: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut labels = BTreeSet::new();
     let mut annotations = BTreeSet::new();
-    for entry in secret.metadata.managed_fields.iter().flatten() {
+    for entry in secret.managed_fields.iter().flatten() {
         if entry.manager.as_deref() != Some(field_manager) || entry.operation.as_deref() != Some("Apply") {
             continue;
         }

@@ -822,3 +822,146 @@ fn a_replaced_key_used_late_in_its_grace_warns_once_and_usage_is_never_applied()
     let p = plan(&again, &obs, &Schedule::default(), later);
     assert!(p.status.previous_keys.is_empty() && p.status.still_in_use_reported.is_empty());
 }
+
+/// [`applied`] with the managedFields the API server records for the data:
+/// our Apply owns `data.api-key`.
+fn applied_with_data(ak: &ApiKey, key: &ApiKeyValue) -> Secret {
+    let mut s = applied(ak, key);
+    let entry = &mut s.metadata.managed_fields.as_mut().unwrap()[0];
+    entry.fields_v1.as_mut().unwrap().0["f:data"] = serde_json::json!({ format!("f:{SECRET_DATA_KEY}"): {} });
+    s
+}
+
+/// Someone else (`kubectl edit`) changed the data: the entry moved to them.
+fn edited_by_someone(mut s: Secret) -> Secret {
+    let fields = s.metadata.managed_fields.as_mut().unwrap();
+    fields[0].fields_v1.as_mut().unwrap().0["f:data"] = serde_json::json!({});
+    fields.push(ManagedFieldsEntry {
+        manager: Some("kubectl-edit".into()),
+        operation: Some("Update".into()),
+        fields_v1: Some(FieldsV1(
+            serde_json::json!({ "f:data": { format!("f:{SECRET_DATA_KEY}"): {} } }),
+        )),
+        ..Default::default()
+    });
+    s
+}
+
+#[test]
+fn the_metadata_alone_settles_a_secret_that_holds_the_current_key_as_we_applied_it() {
+    let key = ApiKeyValue::generate();
+    let ak = with_status(api_key(), Some(&key), None);
+    let secret = applied_with_data(&ak, &key);
+    assert!(holds_current_key(&ak, &secret.metadata, MANAGER));
+    // The decision from the metadata is the one the data gives, without a refresh.
+    let schedule = Schedule::default();
+    let unread = plan(&ak, &SecretObservation::HoldsCurrent, &schedule, now());
+    let read = plan(
+        &ak,
+        &observe_secret(&ak, Some(&secret), MANAGER),
+        &schedule,
+        now(),
+    );
+    assert_eq!(unread, read);
+    assert_eq!(unread.refresh_secret, None);
+    assert_eq!(unread.deliver, None);
+    assert_eq!(
+        key_decision(ak.status.as_ref(), &SecretObservation::HoldsCurrent),
+        KeyDecision::KeepUnread
+    );
+}
+
+#[test]
+fn the_data_is_read_whenever_the_metadata_does_not_prove_the_current_key() {
+    let key = ApiKeyValue::generate();
+    let other = ApiKeyValue::generate();
+    let ak = with_status(api_key(), Some(&key), None);
+    let secret = applied_with_data(&ak, &key);
+    // A pending key (a delivery interrupted after step 1 or 2) is verified against the data.
+    let pending = with_status(api_key(), Some(&key), Some(&other));
+    assert!(!holds_current_key(&pending, &secret.metadata, MANAGER));
+    // No status, or no current key.
+    assert!(!holds_current_key(&api_key(), &secret.metadata, MANAGER));
+    // The data was changed by someone else.
+    assert!(!holds_current_key(
+        &ak,
+        &edited_by_someone(secret.clone()).metadata,
+        MANAGER
+    ));
+    // Our Apply does not own the data (written before managedFields said so).
+    assert!(!holds_current_key(&ak, &applied(&ak, &key).metadata, MANAGER));
+    // The key-id annotation names another key.
+    let mut renamed = secret.clone();
+    renamed
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(KEY_ID_ANNOTATION.into(), other.key_id().into());
+    assert!(!holds_current_key(&ak, &renamed.metadata, MANAGER));
+    // Another revision, or a template entry that changed.
+    let mut revised = secret.clone();
+    revised
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(REVISION_ANNOTATION.into(), "7".into());
+    assert!(!holds_current_key(&ak, &revised.metadata, MANAGER));
+    let mut retemplated = ak.clone();
+    retemplated.spec.secret_template = None;
+    assert!(!holds_current_key(&retemplated, &secret.metadata, MANAGER));
+    // Another ApiKey's Secret.
+    let mut foreign = secret.clone();
+    foreign.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-2".into();
+    assert!(!holds_current_key(&ak, &foreign.metadata, MANAGER));
+}
+
+#[test]
+fn a_metadata_observation_never_issues_over_a_status_with_a_pending_key() {
+    let key = ApiKeyValue::generate();
+    let other = ApiKeyValue::generate();
+    let pending = with_status(api_key(), Some(&key), Some(&other));
+    // Only built when status has a current key and no pending one; if it
+    // were, it would not keep (drop) the pending key unverified.
+    assert_eq!(
+        key_decision(pending.status.as_ref(), &SecretObservation::HoldsCurrent),
+        KeyDecision::Issue(IssueReason::FirstKey)
+    );
+    assert_eq!(
+        key_decision(None, &SecretObservation::HoldsCurrent),
+        KeyDecision::Issue(IssueReason::FirstKey)
+    );
+}
+
+#[test]
+fn our_own_secret_write_is_recognised_once_and_only_with_our_data() {
+    let key = ApiKeyValue::generate();
+    let ak = with_status(api_key(), Some(&key), None);
+    let secret = applied_with_data(&ak, &key);
+    let revision = stamp(&ak, &key).revision;
+    assert!(is_own_secret_write(
+        &secret.metadata,
+        key.key_id(),
+        revision,
+        MANAGER
+    ));
+    assert!(!is_own_secret_write(
+        &secret.metadata,
+        key.key_id(),
+        revision + 1,
+        MANAGER
+    ));
+    assert!(!is_own_secret_write(
+        &secret.metadata,
+        "someOtherId0",
+        revision,
+        MANAGER
+    ));
+    assert!(!is_own_secret_write(
+        &edited_by_someone(secret).metadata,
+        key.key_id(),
+        revision,
+        MANAGER
+    ));
+}
