@@ -19,9 +19,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmHWM:` the peak RSS, `VmRSS:` now).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `latchkey run` (controller and auth server in one process) instead of
+/// `latchkey controller` when BENCH_RUN=1.
+fn run_mode() -> bool {
+    std::env::var("BENCH_RUN").is_ok_and(|v| v == "1")
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -147,8 +158,9 @@ impl Controller {
     fn start(binary: &str, kubeconfig: &str, ns: &str, concurrency: &str, log: &str) -> Self {
         let port = free_port();
         let log = std::fs::File::create(std::env::temp_dir().join(log)).unwrap();
+        let command = if run_mode() { "run" } else { "controller" };
         let child = Command::new(binary)
-            .args(["controller", "--kubeconfig", kubeconfig, "--watch-namespace", ns])
+            .args([command, "--kubeconfig", kubeconfig, "--watch-namespace", ns])
             .args(["--concurrency", concurrency, "--no-leader-election"])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
@@ -330,7 +342,10 @@ async fn main() {
     let calls_after = api_requests(&client).await;
     let rss_peak = peak_rss_kib(pid).unwrap_or(0);
 
-    println!("bench-reconcile: N = {n}, controller concurrency = {concurrency}");
+    println!(
+        "bench-reconcile: N = {n}, latchkey {}, concurrency = {concurrency}",
+        if run_mode() { "run" } else { "controller" }
+    );
     println!("  load average (1 min) at start {load_start}, at all Ready {load_ready}");
     println!("  all {n} ApiKeys created in   {:>8.2} s", created.as_secs_f64());
     println!("  all {n} ApiKeys Ready after  {:>8.2} s", elapsed.as_secs_f64());
@@ -403,6 +418,25 @@ async fn main() {
         .filter(|(k, v)| versions_before.get(*k) != Some(*v))
         .count();
     let rss_resync = peak_rss_kib(controller.pid()).unwrap_or(0);
+    let rss_now = status_kib(controller.pid(), "VmRSS:").unwrap_or(0);
+    // Memory given back once the keys are gone.
+    let mut rss_deleted = None;
+    if run_mode() {
+        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .expect("delete the ApiKeys");
+        while !api
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        rss_deleted = status_kib(controller.pid(), "VmRSS:");
+    }
     controller.stop();
     println!(
         "  resync of {n} unchanged ApiKeys (controller restarted; load {load_resync} → {load_resynced}):"
@@ -419,6 +453,17 @@ async fn main() {
         "    controller peak RSS         {:>8.1} MiB",
         rss_resync as f64 / 1024.0
     );
+    println!(
+        "    RSS with the {n} keys         {:>8.1} MiB ({:.1} KiB per key)",
+        rss_now as f64 / 1024.0,
+        rss_now as f64 / n as f64
+    );
+    if let Some(deleted) = rss_deleted {
+        println!(
+            "    RSS 15 s after deleting them {:>8.1} MiB",
+            deleted as f64 / 1024.0
+        );
+    }
     println!("    API calls (apiserver_request_total; the bench's own lists subtracted):");
     print_calls(
         &calls_before,

@@ -66,11 +66,12 @@ async fn reconcile_from(cached: &Arc<ApiKey>, ctx: &Context, read: Read) -> Resu
     let api_keys: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret_name = api_key.secret_name();
-    let settled = read == Read::Cache
-        && ctx
-            .secrets
-            .metadata(&namespace, &secret_name)
-            .is_some_and(|m| plan::holds_current_key(&api_key, &m.metadata, FIELD_MANAGER));
+    let cached_secret = match read {
+        Read::Cache => ctx.secrets.metadata(&namespace, &secret_name).await,
+        Read::Fresh => None,
+    };
+    let settled =
+        cached_secret.is_some_and(|m| plan::holds_current_key(&api_key, &m.metadata, FIELD_MANAGER));
     let (observation, secret_version) = if settled {
         (plan::SecretObservation::HoldsCurrent, None)
     } else {

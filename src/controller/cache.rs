@@ -13,6 +13,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+/// How long a reconcile waits for the Secret watch's first list before it
+/// reads the Secret instead.
+pub const FIRST_LIST: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The Secrets' metadata and our own writes in flight.
 #[derive(Default)]
 pub struct SecretCache {
@@ -27,11 +31,19 @@ impl SecretCache {
         *self.store.write().expect("secret store lock") = Some(store);
     }
 
-    /// The metadata of Secret `namespace/name` as the watch last saw it.
-    pub fn metadata(&self, namespace: &str, name: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
-        let store = self.store.read().expect("secret store lock");
-        let key = ObjectRef::<PartialObjectMeta<Secret>>::new(name).within(namespace);
-        store.as_ref()?.get(&key)
+    /// The metadata of Secret `namespace/name` as the watch last saw it,
+    /// once the watch has its first list (waiting up to [`FIRST_LIST`] for
+    /// it: the first reconciles after a start would otherwise all read
+    /// their Secrets); `None` if it is not there, or there is no list yet.
+    pub async fn metadata(&self, namespace: &str, name: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        let store = self.store.read().expect("secret store lock").clone()?;
+        if tokio::time::timeout(FIRST_LIST, store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        store.get(&ObjectRef::<PartialObjectMeta<Secret>>::new(name).within(namespace))
     }
 
     /// We are about to apply `namespace/name` with the key `key_id` at `revision`.
