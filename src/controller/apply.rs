@@ -125,8 +125,9 @@ pub type QueuedEvent = (ObjectReference, PlannedEvent);
 /// Records `note` as an Event about `object`, best effort and without
 /// waiting: it is queued for a background writer (at most [`EVENT_QUEUE`]
 /// wait; one more is dropped and counted in
-/// `latchkey_controller_events_dropped_total`); a failure to create it is
-/// logged, not retried.
+/// `latchkey_controller_events_dropped_total`); a repeat of the same reason
+/// about the same object within [`REPEAT_WINDOW`] is recorded once; a
+/// failure to create it is logged, not retried.
 pub async fn publish(ctx: &Context, object: &ObjectReference, note: PlannedEvent) {
     let queue = ctx
         .events
@@ -144,7 +145,11 @@ pub async fn publish(ctx: &Context, object: &ObjectReference, note: PlannedEvent
 /// Starts the task that creates queued Events, a few at a time.
 fn spawn_event_writer(client: kube::Client, reporter: Reporter) -> tokio::sync::mpsc::Sender<QueuedEvent> {
     let (queue, rx) = tokio::sync::mpsc::channel::<QueuedEvent>(EVENT_QUEUE);
-    let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let mut recent = RecentEvents::default();
+    let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+        .filter(move |(object, note)| {
+            futures::future::ready(recent.first_time(object, note.reason, std::time::Instant::now()))
+        });
     tokio::spawn(events.for_each_concurrent(EVENT_WRITERS, move |(object, note)| {
         let (client, reporter) = (client.clone(), reporter.clone());
         async move {
@@ -158,6 +163,50 @@ fn spawn_event_writer(client: kube::Client, reporter: Reporter) -> tokio::sync::
         }
     }));
     queue
+}
+
+/// How long a repeated Event (same object, same reason) is not recorded
+/// again: kube's Recorder made a repeat within this time one Event with a
+/// series count; latchkey records it once.
+pub const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(360);
+
+/// The Events recorded in the last [`REPEAT_WINDOW`], by object and reason
+/// (about 100 bytes each; the ended ones are dropped whenever the map has
+/// doubled since the last sweep).
+#[derive(Default)]
+pub struct RecentEvents {
+    seen: std::collections::HashMap<(String, &'static str), std::time::Instant>,
+    swept_at_len: usize,
+}
+
+impl RecentEvents {
+    /// Whether an Event `reason` about `object` at `now` is not a repeat
+    /// (and remembers it).
+    pub fn first_time(
+        &mut self,
+        object: &ObjectReference,
+        reason: &'static str,
+        now: std::time::Instant,
+    ) -> bool {
+        let who = object.uid.clone().unwrap_or_else(|| {
+            format!(
+                "{}/{}",
+                object.namespace.as_deref().unwrap_or_default(),
+                object.name.as_deref().unwrap_or_default()
+            )
+        });
+        if self.seen.len() >= 2 * self.swept_at_len.max(512) {
+            self.seen.retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
+            self.swept_at_len = self.seen.len();
+        }
+        match self.seen.get(&(who.clone(), reason)) {
+            Some(at) if now.duration_since(*at) < REPEAT_WINDOW => false,
+            _ => {
+                self.seen.insert((who, reason), now);
+                true
+            }
+        }
+    }
 }
 
 /// The `events.k8s.io/v1` Event for `note` about `object` at `now`: one
@@ -226,6 +275,12 @@ mod tests {
         assert_eq!(event.reporting_controller.as_deref(), Some("latchkey"));
         assert_eq!(event.reporting_instance.as_deref(), Some("latchkey"));
         assert_eq!(event.regarding, Some(object.clone()));
+        let mut recent = RecentEvents::default();
+        let t0 = std::time::Instant::now();
+        assert!(recent.first_time(&object, "KeyIssued", t0));
+        assert!(!recent.first_time(&object, "KeyIssued", t0 + std::time::Duration::from_secs(10)));
+        assert!(recent.first_time(&object, "Revoked", t0));
+        assert!(recent.first_time(&object, "KeyIssued", t0 + REPEAT_WINDOW));
         let later = event_for(
             &object,
             note(true),

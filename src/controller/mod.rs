@@ -258,10 +258,7 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     let own = ctx.clone();
     let secret_changes = reflector(
         secret_writer,
-        scope.watch_metadata::<Secret>(
-            client,
-            watcher::Config::default().labels(&managed).any_semantic(),
-        ),
+        scope.watch_metadata::<Secret>(client, watcher::Config::default().labels(&managed).any_semantic()),
     )
     .filter_map(move |event| {
         let changed = match event {
