@@ -454,9 +454,9 @@ async fn main() {
         rss_resync as f64 / 1024.0
     );
     println!(
-        "    RSS with the {n} keys         {:>8.1} MiB ({:.1} KiB per key)",
+        "    RSS with the {n} keys         {:>8.1} MiB ({:.1} KiB per key above the idle RSS)",
         rss_now as f64 / 1024.0,
-        rss_now as f64 / n as f64
+        rss_now.saturating_sub(rss_idle) as f64 / n as f64
     );
     if let Some(deleted) = rss_deleted {
         println!(
