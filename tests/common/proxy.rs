@@ -119,6 +119,62 @@ pub fn render(template: &str, out: &Path, vars: &[(&str, String)]) {
     std::fs::write(out, text).unwrap();
 }
 
+/// Caddy (`caddy run`) on the Caddyfile `conf`, its state and log in
+/// `dir`, once it listens on `port`.
+pub fn start_caddy(dir: &Path, conf: &Path, port: u16) -> LoggedChild {
+    let mut caddy = LoggedChild::spawn(
+        "caddy",
+        dir.join(format!("caddy-{port}.log")),
+        Command::new(require("caddy"))
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(conf)
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir)
+            .env("XDG_CONFIG_HOME", dir),
+        Stop::Term,
+    );
+    caddy.wait_listening(port, LISTEN_WAIT);
+    caddy
+}
+
+/// Request-targets that must never reach tenant globex's calendar with an
+/// `acme` permission (`/calendar-events/acme/`): globex's own path, every
+/// traversal spelling that could resolve to it somewhere (dot segments,
+/// encoded, doubled, with `;`, `\`, overlong UTF-8), a longer name and the
+/// prefix without its slash. Those with `..`, `%` or `//` are not canonical
+/// (400), the others are another resource (403): README, "resource=path".
+pub const TRAVERSALS: [&str; 20] = [
+    "/calendar-events/globex/1",
+    "/calendar-events/acme/../globex/1",
+    "/calendar-events/acme/./../globex/1",
+    "/calendar-events/acme/%2e%2e/globex/1",
+    "/calendar-events/acme/%2E%2E/globex/1",
+    "/calendar-events/acme/.%2e/globex/1",
+    "/calendar-events/acme/%2e%2e%2fglobex/1",
+    "/calendar-events/acme%2F..%2Fglobex/1",
+    "/calendar-events/acme/..%2Fglobex/1",
+    "/calendar-events/acme/..%5Cglobex/1",
+    "/calendar-events/acme/..\\globex/1",
+    "/calendar-events/acme//../globex/1",
+    "/calendar-events/acme/..;/globex/1",
+    "/calendar-events/acme/..%3B/globex/1",
+    "/calendar-events/acme/%252e%252e/globex/1",
+    "/calendar-events/%61cme/../globex/1",
+    "/calendar-events/acme/%C0%AE%C0%AE/globex/1",
+    "//calendar-events/globex/1",
+    "/calendar-events/acmeglobex/1",
+    "/calendar-events/acme",
+];
+
+/// The status latchkey gives [`TRAVERSALS`]' `target` for an acme token.
+pub fn traversal_status(target: &str) -> u16 {
+    if target.contains("..") || target.contains('%') || target.contains("//") {
+        400
+    } else {
+        403
+    }
+}
+
 /// `e2e/proxy/echo.py` on a free loopback port (log in `dir`), listening;
 /// returns it and its `127.0.0.1:<port>`.
 pub fn spawn_echo(dir: &Path) -> (LoggedChild, String) {

@@ -27,6 +27,19 @@ fn verifier(name: &str) -> (PathBuf, PathBuf) {
 
 /// Runs a third-party verifier; returns the claims it verified, or its error.
 pub fn third_party_verify(name: &str, issuer: &str, audience: &str, token: &str) -> Result<Value, String> {
+    third_party_verify_trusting(name, issuer, audience, token, None)
+}
+
+/// [`third_party_verify`] of an `https://` issuer whose certificate `ca`
+/// (a PEM file) signed: Python's `SSL_CERT_FILE`, node's
+/// `NODE_EXTRA_CA_CERTS`.
+pub fn third_party_verify_trusting(
+    name: &str,
+    issuer: &str,
+    audience: &str,
+    token: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<Value, String> {
     let (program, script) = verifier(name);
     let cache_dir = script.parent().unwrap().to_owned();
     let jose_dir = std::env::var_os("LATCHKEY_CACHE")
@@ -37,6 +50,8 @@ pub fn third_party_verify(name: &str, issuer: &str, audience: &str, token: &str)
         .arg(script)
         .args([issuer, audience, token])
         .env("JOSE_DIR", jose_dir)
+        .envs(ca.map(|ca| ("SSL_CERT_FILE", ca.as_os_str())))
+        .envs(ca.map(|ca| ("NODE_EXTRA_CA_CERTS", ca.as_os_str())))
         .current_dir(cache_dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run the {name} verifier: {e}"));
