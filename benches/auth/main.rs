@@ -27,7 +27,11 @@
 //!   serve`: `POST /token` mints per second, and `/auth/nginx` with a JWT
 //!   first seen (every request a different token, pre-signed with the
 //!   policy's key from its Secret) vs repeated (the same token: cached), next
-//!   to the `/livez` ceiling and the API-key route, medians of `BENCH_REPEAT`.
+//!   to the `/livez` ceiling and the API-key route, medians of `BENCH_REPEAT`;
+//!   delegated mints; a user's delegated role token, repeated, on
+//!   `/auth/nginx?…&resource=path` (nginx's `X-Original-URL` covered by its
+//!   permission) with 100 other sessions revoked in the policy, against the
+//!   ceiling (goal ≥ 0.85); then `token-revocation 20` (below).
 //! - `tls`: wrk with keepalive against `/auth/nginx` over HTTPS (`latchkey
 //!   serve --http-tls self-signed`) vs plain HTTP on a second `latchkey
 //!   serve`, in the same run, as a ratio (goal: TLS costs at most 15 %);
@@ -85,7 +89,10 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("throughput") => throughput::throughput().await,
         Some("revocation") => revocation::revocation(n(20)).await,
-        Some("tokens") => tokens::tokens().await,
+        Some("tokens") => {
+            tokens::tokens().await;
+            token_revocation::token_revocation(n(20)).await
+        }
         Some("token-revocation") => token_revocation::token_revocation(n(20)).await,
         Some("tls") => tls::tls().await,
         Some("grpc") => grpc::grpc().await,
@@ -93,7 +100,7 @@ async fn main() {
         Some("index-synthetic") => index::index_synthetic(n(100_000)),
         Some("index-real") => index::index_real(n(10_000)).await,
         other => panic!(
-            "unknown benchmark {other:?}: throughput | revocation N | tokens | token-revocation N | tls | grpc | cache-flood N | index-synthetic N | index-real N"
+            "unknown benchmark {other:?}: throughput | revocation N | tokens [N] | token-revocation N | tls | grpc | cache-flood N | index-synthetic N | index-real N"
         ),
     }
 }

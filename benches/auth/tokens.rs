@@ -1,6 +1,8 @@
 //! `tokens`: JWT signatures and verifications per second on one core, then
-//! `/token` mints and `/auth/nginx` with first-seen vs repeated JWTs over
-//! HTTP against one `latchkey serve` (see main.rs).
+//! `/token` mints (plain and delegated) and `/auth/nginx` with first-seen vs
+//! repeated JWTs, and a user's role token on a `resource=path` route with
+//! revoked sessions in the policy, over HTTP against one `latchkey serve`
+//! (see main.rs).
 
 use crate::harness::{Bench, Rounds, claims_of, env_or, http_status_with, repeat, wrk_script};
 use kube::Api;
@@ -75,7 +77,9 @@ pub async fn tokens() {
         "apiVersion": "latchkey.dev/v1alpha1", "kind": "TokenPolicy",
         "metadata": {"name": "bench", "namespace": bench.ns},
         "spec": {"audiences": ["orders"], "allowedScopes": ["orders:read"], "tokenTTL": "1h",
-                 "delegation": {"subjectPattern": "^user-[0-9]+$"}},
+                 "sessionMaxAge": "8h", "delegation": {"subjectPattern": "^user-[0-9]+$"},
+                 "customClaims": [{"name": "tenant"}],
+                 "roles": {"data-entry": [{"scopes": ["orders:read"], "resources": ["/orders/{tenant}/"]}]}},
     }))
     .unwrap();
     let policies: Api<TokenPolicy> = Api::namespaced(bench.client.clone(), &bench.ns);
@@ -113,6 +117,65 @@ pub async fn tokens() {
     assert_eq!(
         http_status_with(lk, "/auth/nginx?scope=orders:read", Some(&minted)),
         Some(200)
+    );
+    // A user's token (issue 15's scenario): delegated, a role whose
+    // permission covers /orders/acme/, checked with resource=path against
+    // nginx's X-Original-URL, after REVOKED other sessions were logged out
+    // (so that every request checks a populated revocation set).
+    let post = |path: &str, form: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", "-X", "POST", "-H", &format!("Authorization: {basic}")])
+            .args(["-d", form, &format!("http://127.0.0.1:{lk}{path}")])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let user_form =
+        "grant_type=client_credentials&requested_subject=user-42&role=data-entry&claim.tenant=acme";
+    let user_token = post("/token", user_form)["access_token"]
+        .as_str()
+        .expect("a user token")
+        .to_owned();
+    const REVOKED: usize = 100;
+    for i in 0..REVOKED {
+        let other = post(
+            "/token",
+            &format!(
+                "grant_type=client_credentials&requested_subject=user-{}&role=data-entry&claim.tenant=acme",
+                1000 + i
+            ),
+        );
+        post(
+            "/revoke",
+            &format!("token={}", other["access_token"].as_str().expect("a token")),
+        );
+    }
+    let path_url = format!("{auth_url}&resource=path");
+    let path_lua = bench.dir.join("resource-path.lua");
+    std::fs::write(
+        &path_lua,
+        "wrk.headers[\"X-Original-URL\"] = \"http://app.example/orders/acme/1\"\n",
+    )
+    .unwrap();
+    let path_status = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {user_token}")])
+            .args(["-H", &format!("X-Original-URL: http://app.example{path}")])
+            .arg(&path_url)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        path_status("/orders/acme/1"),
+        "200",
+        "the user token on its own path"
+    );
+    assert_eq!(
+        path_status("/orders/globex/1"),
+        "403",
+        "the user token on another tenant's path"
     );
 
     // Pre-sign distinct tokens with the policy's own key (from its Secret),
@@ -166,7 +229,7 @@ pub async fn tokens() {
     let seconds = 3;
     let connections = 64;
     type Target<'a> = (&'a str, String, Option<&'a str>, Option<&'a Path>);
-    let targets: [Target; 6] = [
+    let targets: [Target; 7] = [
         (
             "latchkey /livez (ceiling)",
             format!("http://127.0.0.1:{lk}/livez"),
@@ -198,6 +261,12 @@ pub async fn tokens() {
             None,
             Some(&delegated_lua),
         ),
+        (
+            "/auth/nginx, user token repeated, resource=path",
+            path_url.clone(),
+            Some(&user_token),
+            Some(&path_lua),
+        ),
     ];
     let names: Vec<&str> = targets.iter().map(|(name, ..)| *name).collect();
     let rounds = Rounds::run(&names, |i| {
@@ -221,5 +290,10 @@ pub async fn tokens() {
     rounds.print_ratio("ratio JWT repeated / ceiling:       ", 2, 0);
     rounds.print_ratio("ratio JWT first seen / ceiling:     ", 3, 0);
     rounds.print_ratio("ratio delegated mint / mint:        ", 5, 4);
+    rounds.print_ratio(
+        &format!("ratio user token, resource=path, {REVOKED} revoked sessions / ceiling (goal ≥ 0.85): "),
+        6,
+        0,
+    );
     bench.cleanup().await;
 }
