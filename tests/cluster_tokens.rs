@@ -526,6 +526,11 @@ async fn invalid_token_policies_are_refused_with_what_to_change() {
             "  customClaims: [{name: token_type}]\n",
             "spec.customClaims[].name must not be a reserved claim name",
         ),
+        // Set only by a federated exchange (its refresh rule depends on it).
+        (
+            "  customClaims: [{name: idp}]\n",
+            "spec.customClaims[].name must not be a reserved claim name",
+        ),
         (
             "  issuer: \"https://a.example/x/\"\n",
             "spec.issuer must be an http(s) URL",

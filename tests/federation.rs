@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -300,8 +301,25 @@ async fn hydra_tokens_are_exchanged_for_role_and_tenant_scoped_tokens() {
         minted["sid"].is_string() && minted["auth_time"].is_i64(),
         "{minted}"
     );
+    assert_eq!(minted["idp"], hydra.public.as_str(), "{minted}");
     // On a resource=path route: acme's calendar, not globex's.
     let minted_token = a.json["access_token"].as_str().unwrap().to_owned();
+    // Refresh by exchange: the policy has no spec.delegation, and a
+    // federated session needs none (same sub, sid, auth_time, idp).
+    let form = format!(
+        "grant_type={}&subject_token={}&subject_token_type={}",
+        enc(EXCHANGE),
+        enc(&minted_token),
+        enc(ACCESS_TOKEN)
+    );
+    let resp = post_token(&token_url, &key, &form).await;
+    let status = resp.status();
+    let r: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::OK, "refresh of a federated token: {r}");
+    let refreshed = payload(r["access_token"].as_str().unwrap());
+    for claim in ["sub", "sid", "auth_time", "idp", "role", "tenant", "act"] {
+        assert_eq!(refreshed[claim], minted[claim], "{claim}");
+    }
     for (tenant, want) in [("acme", StatusCode::OK), ("globex", StatusCode::FORBIDDEN)] {
         let resp = reqwest::Client::new()
             .get(format!(

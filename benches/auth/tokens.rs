@@ -48,6 +48,7 @@ fn crypto_per_core() {
             sid: None,
             auth_time: None,
             authorization_details: Vec::new(),
+            idp: None,
             custom: Default::default(),
         };
         let header = claims::header(verifying.algorithm, &key.kid);

@@ -155,8 +155,8 @@ pub struct TokenPolicySpec {
     /// authorization_details. At most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(c, !(c.name.lowerAscii() in ['active','scope','client_id','username','token_type','exp','iat','nbf','sub','aud','iss','jti','role','act','may_act','sid','typ','cnf','azp','auth_time','acr','amr','nonce','authorization_details']))")
-        .message("spec.customClaims[].name must not be a reserved claim name (in any case: active, scope, client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti, role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce, authorization_details): they are RFC 7662 introspection members or claims latchkey sets itself; rename the claim, for example tenant or x_active"))]
+    #[x_kube(validation = Rule::new("self.all(c, !(c.name.lowerAscii() in ['active','scope','client_id','username','token_type','exp','iat','nbf','sub','aud','iss','jti','role','act','may_act','sid','typ','cnf','azp','auth_time','acr','amr','nonce','authorization_details','idp']))")
+        .message("spec.customClaims[].name must not be a reserved claim name (in any case: active, scope, client_id, username, token_type, exp, iat, nbf, sub, aud, iss, jti, role, act, may_act, sid, typ, cnf, azp, auth_time, acr, amr, nonce, authorization_details, idp): they are RFC 7662 introspection members or claims latchkey sets itself; rename the claim, for example tenant or x_active"))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))")
         .message("spec.customClaims must not name a claim twice"))]
     pub custom_claims: Vec<CustomClaim>,

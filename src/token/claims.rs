@@ -47,31 +47,12 @@ const MAX_CLAIM_VALUE: usize = 256;
 /// Claim names a custom claim may not take: the RFC 7662 introspection
 /// members, the registered JWT claims and latchkey's own (the CRD's CEL rule
 /// lists the same, compared case-insensitively).
+#[rustfmt::skip]
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "active",
-    "scope",
-    "client_id",
-    "username",
-    "token_type",
-    "exp",
-    "iat",
-    "nbf",
-    "sub",
-    "aud",
-    "iss",
-    "jti",
-    "role",
-    "act",
-    "may_act",
-    "sid",
-    "typ",
-    "cnf",
-    "azp",
-    "auth_time",
-    "acr",
-    "amr",
-    "nonce",
-    "authorization_details",
+    "active", "scope", "client_id", "username", "token_type", // RFC 7662
+    "exp", "iat", "nbf", "sub", "aud", "iss", "jti", // RFC 7519
+    "role", "act", "may_act", "sid", "typ", "cnf", "azp", "auth_time", "acr", "amr", "nonce",
+    "authorization_details", "idp",
 ];
 
 /// Whether `name` is reserved ([`RESERVED_CLAIMS`], any case).
@@ -301,6 +282,10 @@ pub struct AccessClaims {
     /// [`permissions`]); empty without a role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization_details: Vec<AuthorizationDetail>,
+    /// The trusted issuer whose token began a federated session
+    /// ([`super::federation`]), the same through refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
     #[serde(flatten)]
     pub custom: BTreeMap<String, serde_json::Value>,
 }
@@ -436,6 +421,7 @@ pub fn build_claims(
         sid: None,
         auth_time: None,
         authorization_details,
+        idp: None,
         custom,
     })
 }

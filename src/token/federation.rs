@@ -486,6 +486,11 @@ pub fn exchange(
     claims.act = acting.then_some(Actor { sub: actor });
     claims.sid = Some(sid);
     claims.auth_time = Some(verified.auth_time);
+    claims.idp = verified
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     claims.exp = claims.exp.min(end);
     Ok(claims)
 }

@@ -335,6 +335,9 @@ fn the_exchanged_token_names_the_external_subject_with_act_role_and_tenant() {
     assert_eq!(c.authorization_details.len(), 1);
     assert_eq!(c.authorization_details[0].paths, vec!["/calendar-events/acme/"]);
     assert_eq!((c.sid.as_deref(), c.auth_time), (Some("sid-1"), Some(NOW - 10)));
+    // The session names its provider: a refresh is judged by federation's
+    // rules, not delegation's (session::refresh).
+    assert_eq!(c.idp.as_deref(), Some(ISSUER));
     assert_eq!(c.exp, NOW + 900);
     assert_eq!(c.client_id, "AbCdEfGhIjKl");
     let c = exchanged(good_claims(), body, 8 * 3600, false).unwrap();

@@ -33,6 +33,14 @@
 //!   that is "invalid, expired, revoked ... or was issued to another
 //!   client"; RFC 8693 §2.2.2 would say `invalid_request`, less useful to a
 //!   client that must tell "log in again" from "fix your request").
+//! - A federated session (a token whose `idp` names the trusted issuer
+//!   whose token began it, [`super::federation`]) refreshes by the same
+//!   rules and the same bound, `auth_time` (the provider's login) +
+//!   `sessionMaxAge`, but not by delegation's: its user is the provider's,
+//!   not one the ApiKey delegated to, so `spec.delegation` is not needed;
+//!   what must still hold is the policy's trust in that issuer (removed
+//!   from `spec.trustedIssuers`: `invalid_grant` saying so). When the
+//!   session is over the error says to log in again at the provider.
 //! - Nothing is stored: the session's bound travels in the token
 //!   (`auth_time`) and the policy (`sessionMaxAge`).
 
@@ -121,6 +129,9 @@ pub enum Delegation {
 pub struct SessionRules {
     pub delegation: Delegation,
     pub session_max_age_seconds: i64,
+    /// `spec.trustedIssuers[].issuer`: whose sessions (a token's `idp`) may
+    /// still be refreshed.
+    pub trusted_issuers: Vec<String>,
 }
 
 impl SessionRules {
@@ -143,6 +154,7 @@ impl SessionRules {
         SessionRules {
             delegation,
             session_max_age_seconds,
+            trusted_issuers: spec.trusted_issuers.iter().map(|t| t.issuer.clone()).collect(),
         }
     }
 }
@@ -368,9 +380,12 @@ pub fn refresh(
     };
     let session_end = auth_time.saturating_add(rules.session_max_age_seconds);
     if now >= session_end {
+        let again = match &old.idp {
+            Some(_) => "log in again at the identity provider and exchange its new token",
+            None => "obtain a new token with client_credentials",
+        };
         return Err(TokenError::InvalidGrant(format!(
-            "the session is over (it began at {auth_time} and lasts spec.sessionMaxAge, {} s); \
-             obtain a new token with client_credentials",
+            "the session is over (it began at {auth_time} and lasts spec.sessionMaxAge, {} s); {again}",
             rules.session_max_age_seconds
         )));
     }
@@ -380,8 +395,22 @@ pub fn refresh(
         ));
     }
     // Who acts, and for whom: still allowed now?
-    let act = match &old.act {
-        Some(_) => {
+    let act = match (&old.idp, &old.act) {
+        // Federated: the user is the provider's; what must still hold is
+        // the policy's trust in that provider (delegation plays no part).
+        (Some(idp), act) => {
+            if !rules.trusted_issuers.iter().any(|t| t == idp) {
+                return Err(TokenError::InvalidGrant(
+                    "the session began with a token of an identity provider the TokenPolicy no longer trusts \
+                     (spec.trustedIssuers); log in again with a provider it trusts"
+                        .into(),
+                ));
+            }
+            act.as_ref().map(|_| Actor {
+                sub: client.subject.to_owned(),
+            })
+        }
+        (None, Some(_)) => {
             let Delegation::To(pattern) = &rules.delegation else {
                 return Err(TokenError::InvalidGrant(
                     "the TokenPolicy no longer allows delegation (spec.delegation); the session cannot be refreshed"
@@ -397,12 +426,12 @@ pub fn refresh(
                 sub: client.subject.to_owned(),
             })
         }
-        None if old.sub != client.subject => {
+        (None, None) if old.sub != client.subject => {
             return Err(TokenError::InvalidGrant(
                 "the API key's subject changed since the subject_token was issued; obtain a new token".into(),
             ));
         }
-        None => None,
+        (None, None) => None,
     };
 
     // Scopes: the old ones or fewer, and only what the key and policy allow now.

@@ -70,6 +70,7 @@ fn a_cached_token_is_refused_once_its_key_is_removed() {
         auth_time: None,
         custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
         authorization_details: vec![],
+        idp: None,
     };
     let token = jsonwebtoken::encode(
         &claims::header(signer.algorithm, &signer.kid),
@@ -319,6 +320,7 @@ fn a_token_speaks_only_for_a_key_its_policy_admits() {
             auth_time: None,
             custom: BTreeMap::new(),
             authorization_details: vec![],
+            idp: None,
         };
         jsonwebtoken::encode(
             &claims::header(signer.algorithm, &signer.kid),
@@ -424,6 +426,7 @@ fn sign(policy: &PolicyEntry, issuer: &str, client_id: &str) -> String {
         auth_time: None,
         custom: BTreeMap::from([("tenant".to_string(), serde_json::json!("acme"))]),
         authorization_details: vec![],
+        idp: None,
     };
     jsonwebtoken::encode(
         &claims::header(signer.algorithm, &signer.kid),
@@ -624,6 +627,7 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
             auth_time: None,
             custom,
             authorization_details: vec![],
+            idp: None,
         };
         jsonwebtoken::encode(
             &claims::header(signer.algorithm, &signer.kid),

@@ -314,6 +314,9 @@ pub fn introspect_token(
             if !c.authorization_details.is_empty() {
                 out["authorization_details"] = json!(c.authorization_details);
             }
+            if let Some(idp) = &c.idp {
+                out["idp"] = json!(idp);
+            }
             // Never over an RFC 7662 member: `active` stays a boolean (a
             // verified token has no reserved custom claim anyway).
             for (k, v) in &c.custom {

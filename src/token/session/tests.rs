@@ -27,7 +27,125 @@ fn rules(pattern: Option<&str>, session: i64) -> SessionRules {
             Delegation::To(SubjectPattern::compile(p).unwrap())
         }),
         session_max_age_seconds: session,
+        trusted_issuers: vec![IDP.into()],
     }
+}
+
+const IDP: &str = "https://idp.example.com";
+
+/// A token as a federated exchange mints it at `at`: the provider's
+/// subject, `act` (the ApiKey that asked), the session begun at the
+/// provider's login `auth_time`, `idp`.
+fn federated(auth_time: i64, at: i64) -> AccessClaims {
+    let request = req("grant_type=client_credentials&claim.tenant=acme");
+    let mut claims = build_claims(&policy(), &client("KeyIdAAAAAAA"), &request, at, "j0".into()).unwrap();
+    claims.sub = "alice@idp".into();
+    claims.act = Some(Actor {
+        sub: "login-handler".into(),
+    });
+    claims.sid = Some("sid-fed".into());
+    claims.auth_time = Some(auth_time);
+    claims.idp = Some(IDP.into());
+    claims.role = Some("data-entry".into());
+    claims
+}
+
+#[test]
+fn a_federated_session_refreshes_without_delegation_until_auth_time_plus_session_max_age() {
+    // The provider's login was 100 s before the exchange; sessions last 2000 s.
+    let login = NOW - 100;
+    let old = federated(login, NOW);
+    for pattern in [None, Some("^user-[0-9]+$")] {
+        let r = rules(pattern, 2000);
+        let new = refresh_at(&old, &r, "", NOW + 600).unwrap();
+        assert_eq!(new.sub, "alice@idp");
+        assert_eq!(
+            new.act,
+            Some(Actor {
+                sub: "login-handler".into()
+            })
+        );
+        assert_eq!(new.sid.as_deref(), Some("sid-fed"));
+        assert_eq!(new.auth_time, Some(login));
+        assert_eq!(new.idp.as_deref(), Some(IDP));
+        assert_eq!(new.role.as_deref(), Some("data-entry"));
+        assert_eq!(new.custom["tenant"], "acme");
+        assert_eq!(new.client_id, "KeyIdBBBBBBB");
+        assert_eq!(new.exp, NOW + 600 + 900);
+        // Near the end: cut at the session's bound, never beyond.
+        let late = refresh_at(&old, &r, "", login + 1500).unwrap();
+        assert_eq!(late.exp, login + 2000);
+        // A refresh of the refresh keeps the same bound.
+        let again = refresh_at(&late, &r, "", login + 1999).unwrap();
+        assert_eq!(again.exp, login + 2000);
+        assert_eq!(again.idp.as_deref(), Some(IDP));
+        // Over: refused, saying to log in at the provider.
+        for at in [login + 2000, login + 5000] {
+            let e = refresh_at(&late, &r, "", at).unwrap_err();
+            assert!(matches!(e, TokenError::InvalidGrant(_)), "{e:?}");
+            let msg = e.description();
+            assert!(
+                msg.contains("the session is over") && msg.contains("log in again at the identity provider"),
+                "{msg}"
+            );
+            assert!(!msg.contains("delegation"), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn a_federated_session_ends_when_its_issuer_is_no_longer_trusted() {
+    let old = federated(NOW, NOW);
+    let mut r = rules(None, 2000);
+    r.trusted_issuers = vec!["https://other.example.com".into()];
+    let e = refresh_at(&old, &r, "", NOW + 10).unwrap_err();
+    assert!(matches!(e, TokenError::InvalidGrant(_)), "{e:?}");
+    assert!(e.description().contains("spec.trustedIssuers"), "{e:?}");
+    r.trusted_issuers.clear();
+    assert!(refresh_at(&old, &r, "", NOW + 10).is_err());
+}
+
+#[test]
+fn a_federated_session_narrows_like_any_other_and_keeps_its_role_and_tenant() {
+    let old = federated(NOW, NOW);
+    let r = rules(None, 2000);
+    // role, claim.* and a wider scope are refused as for every refresh.
+    for extra in ["&role=admin", "&claim.tenant=globex"] {
+        let e = refresh_at(&old, &r, extra, NOW + 10).unwrap_err();
+        assert!(matches!(e, TokenError::InvalidRequest(_)), "{extra}: {e:?}");
+    }
+    let e = refresh_at(&old, &r, "&scope=orders%3Aread", NOW + 10).unwrap_err();
+    assert!(matches!(e, TokenError::InvalidScope(_)), "{e:?}");
+    // Another ApiKey's key cannot refresh it.
+    let e = refresh(
+        Presented {
+            claims: &old,
+            same_policy: true,
+            same_api_key: false,
+        },
+        &r,
+        &policy(),
+        &client("KeyIdBBBBBBB"),
+        &req(EXCHANGE),
+        NOW + 10,
+        "j1".into(),
+    )
+    .unwrap_err();
+    assert!(e.description().contains("issued to another client"), "{e:?}");
+}
+
+#[test]
+fn a_delegated_session_still_needs_delegation() {
+    // Without idp, act means delegation: its rules are unchanged.
+    let old = mint(
+        &rules(Some("^user-[0-9]+$"), 2000),
+        "grant_type=client_credentials&requested_subject=user-42",
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(old.idp, None);
+    let e = refresh_at(&old, &rules(None, 2000), "", NOW + 10).unwrap_err();
+    assert!(e.description().contains("no longer allows delegation"), "{e:?}");
 }
 
 fn client(key_id: &'static str) -> ClientKey<'static> {
@@ -152,6 +270,7 @@ fn requested_subjects_are_refused_without_delegation_or_outside_the_pattern() {
         assert!(matches!(e.code(), "invalid_request"), "{subject}: {e:?}");
     }
     let broken = SessionRules {
+        trusted_issuers: Vec::new(),
         delegation: Delegation::Broken(PatternError::TooBig),
         session_max_age_seconds: 3600,
     };
