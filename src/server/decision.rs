@@ -34,12 +34,12 @@
 //! the metering).
 
 use super::counters::{Denied, KeyCounters};
+use super::identity::EMPTY;
 pub use super::identity::X_AUTH_ACTOR;
 pub use super::identity::{
     CLAIM_HEADER_PREFIX, ClaimHeader, IDENTITY_HEADERS, Identity, X_AUTH_CLAIMS, X_AUTH_KEY_ID,
     X_AUTH_NAMESPACE, X_AUTH_ROLE, X_AUTH_SCOPES, X_AUTH_SUBJECT, claims_header,
 };
-use super::identity::{EMPTY, copy};
 use super::index::{Index, IndexedApiKey, KeyEntry, KeyId, Usage};
 use crate::key;
 use crate::token::claims::TokenInvalid;
@@ -55,6 +55,9 @@ pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+/// The headers of an allow besides the `--claim-header`s: the identity
+/// headers and `Cache-Control`.
+const ALLOW_HEADERS: usize = 7 + 1;
 const CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"latchkey\"");
 pub use super::requirement::{Denial, Offer, Requirement, ResourceRule};
 
@@ -144,6 +147,16 @@ impl Decision {
     /// ApiKey revoked or expired): `latchkey_retired_key_presented_total`.
     pub fn retired_key_presented(&self) -> bool {
         matches!(self, Decision::Invalid(Invalid::Expired | Invalid::Retired))
+    }
+
+    /// Whether a presented API key did not authenticate (unknown, replaced,
+    /// revoked or expired), for the per-key-id throttle; a valid key refused
+    /// for its audience, namespace, issuer or scopes did authenticate.
+    pub fn failed_authentication(&self) -> bool {
+        matches!(
+            self,
+            Decision::Invalid(Invalid::Unknown | Invalid::Expired | Invalid::Retired)
+        )
     }
 
     /// The counter of `status.keyUsage[].denied` a denial of a valid key
@@ -277,7 +290,8 @@ pub fn use_key(usage: &Usage, key: &KeyCounters, now: Timestamp) -> Result<(), L
 /// requirement, then [`use_key`], then the allow with `identity` and
 /// `X-Auth-Namespace`, cacheable until `until` (the credential's end, unix
 /// seconds) and `--decision-cache-seconds` at most, and never under a rate
-/// limit.
+/// limit. `identity` makes the allow's identity for `owner` (namespace and
+/// name included).
 #[allow(clippy::too_many_arguments)]
 pub fn conclude(
     requirement: &Requirement,
@@ -287,7 +301,7 @@ pub fn conclude(
     until: Option<i64>,
     now: Timestamp,
     cache_seconds: u64,
-    identity: impl FnOnce() -> Identity,
+    identity: impl FnOnce(&IndexedApiKey) -> Identity,
 ) -> Decision {
     if let Err(denied) = requirement.check(offer, owner.namespace()) {
         if let Some(why) = denied.denied() {
@@ -304,11 +318,8 @@ pub fn conclude(
         let left = until.map(|t| t.saturating_sub(now.as_second()).max(0) as u64);
         left.map_or(cache_seconds, |l| l.min(cache_seconds))
     };
-    let mut identity = identity();
-    identity.namespace = copy(&owner.namespace_header);
-    identity.api_key_name = copy(&owner.name_header);
     Decision::Allow {
-        identity: Box::new(identity),
+        identity: Box::new(identity(owner)),
         max_age,
     }
 }
@@ -352,7 +363,7 @@ pub fn decide_key_request(
             until,
             now,
             cache_seconds,
-            || Identity::of_key(owner, &id),
+            |owner| Identity::of_key(owner, &id),
         )
     });
     decided.unwrap_or_else(|| retired_or_unknown(index, &id, &sha256, now))
@@ -408,13 +419,25 @@ impl Decision {
     /// The HTTP answer, with a header of its own for each of the operator's
     /// `claim_headers` on an allow (empty when the credential lacks it).
     pub fn into_response_with(self, claim_headers: &[ClaimHeader]) -> Response {
-        self.into_parts_with(claim_headers).into_response()
+        // Written straight into the response's own map, sized for an allow:
+        // no second map to merge, no re-allocation while it fills.
+        let mut response = Response::new(axum::body::Body::empty());
+        let headers = response.headers_mut();
+        headers.reserve(ALLOW_HEADERS + claim_headers.len());
+        *response.status_mut() = self.write_parts(claim_headers, response.headers_mut());
+        response
     }
 
     /// The HTTP answer's status and headers: the one table of what each
     /// decision answers, for the HTTP routes and the gRPC front end alike.
     pub fn into_parts_with(self, claim_headers: &[ClaimHeader]) -> (StatusCode, HeaderMap) {
-        let mut headers = HeaderMap::new();
+        let mut headers = HeaderMap::with_capacity(ALLOW_HEADERS + claim_headers.len());
+        let status = self.write_parts(claim_headers, &mut headers);
+        (status, headers)
+    }
+
+    /// Writes the answer's headers into `headers`; returns its status.
+    fn write_parts(self, claim_headers: &[ClaimHeader], headers: &mut HeaderMap) -> StatusCode {
         let status = match self {
             Decision::Allow { identity, max_age } => {
                 let Identity {
@@ -487,7 +510,7 @@ impl Decision {
         if !headers.contains_key(CACHE_CONTROL) {
             headers.insert(CACHE_CONTROL, NO_STORE);
         }
-        (status, headers)
+        status
     }
 }
 
@@ -590,6 +613,7 @@ mod tests {
         let resp =
             decide_key_request(Some(key.expose()), &req(""), &index, t(0), 1).into_response_with(&[tenant]);
         assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(ALLOW_HEADERS, IDENTITY_HEADERS.len() + 1);
         for name in IDENTITY_HEADERS {
             assert!(resp.headers().contains_key(&name), "{name} missing");
             assert_eq!(resp.headers().get_all(&name).iter().count(), 1, "{name}");

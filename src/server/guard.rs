@@ -39,16 +39,24 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// The API key an auth request presents (not a JWT: tokens are not
-    /// throttled by key id), for the per-key-id throttle.
-    pub(crate) fn auth_credential(&self, headers: &HeaderMap) -> Option<String> {
+    /// The key id of the API key an auth request presents (not a JWT:
+    /// tokens are not throttled by key id), for the per-key-id throttle.
+    /// Read in place: nothing is copied on the request path.
+    pub(crate) fn auth_key_id(&self, headers: &HeaderMap) -> Option<KeyId> {
         decision::credential(headers, self.state.options.api_key_header.as_ref())
             .ok()
             .flatten()
             .filter(|c| !crate::token::claims::looks_like_jwt(c))
-            .map(str::to_owned)
+            .and_then(key_id_of)
     }
 }
+
+/// Set on an auth route's answer whose API key did not authenticate
+/// (unknown, replaced, revoked or expired; see
+/// [`decision::Decision::failed_authentication`]): the guard counts it for
+/// the key id without verifying the key a second time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FailedAuthentication;
 
 /// The routes the guard tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +142,14 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
             .map(|c| source_key(c.0.ip())),
         _ => None,
     };
-    let credential = match class {
-        Class::Auth => guard.auth_credential(request.headers()),
-        _ => client_credential(request.headers()),
+    let (credential, key_id) = match class {
+        Class::Auth => (None, guard.auth_key_id(request.headers())),
+        _ => {
+            let credential = client_credential(request.headers());
+            let key_id = credential.as_deref().and_then(key_id_of);
+            (credential, key_id)
+        }
     };
-    let key_id = credential.as_deref().and_then(key_id_of);
     let throttle = &guard.throttle;
     if let Some((by, wait)) = throttle.blocked(source.as_ref(), key_id.as_ref(), throttle.now_ms()) {
         guard.state.metrics.observe_throttled(by);
@@ -158,10 +169,14 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
             l.failed(s, now);
         }
         // A 401 for a key that does authenticate (a wrong audience) is not
-        // a failed authentication.
-        if let (Some(l), Some(id), Some(c)) = (&throttle.by_key_id, &key_id, &credential)
-            && decision::verify(c, &guard.state.index, guard.state.clock.now()).is_err()
-        {
+        // a failed authentication. The auth routes say which it was.
+        let failed = match class {
+            Class::Auth => response.extensions().get::<FailedAuthentication>().is_some(),
+            _ => credential
+                .as_deref()
+                .is_some_and(|c| decision::verify(c, &guard.state.index, guard.state.clock.now()).is_err()),
+        };
+        if let (Some(l), Some(id), true) = (&throttle.by_key_id, &key_id, failed) {
             l.failed(id, now);
         }
     }

@@ -9,6 +9,7 @@
 //! get a header of their own only when the operator names them.
 
 use super::index::{IndexedApiKey, KeyId};
+use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue};
 
 /// The ApiKey's `spec.subject` (default `<namespace>/<name>`), or a token's `sub`.
@@ -79,16 +80,17 @@ impl std::str::FromStr for ClaimHeader {
 
 /// The identity headers of an allow. Fresh copies, not clones of the
 /// index's values: a clone would bump a reference count that every request
-/// for that key shares across cores.
+/// for that key shares across cores. The copies of one answer share one
+/// buffer ([`copies`]): two allocations per allow, not one per header.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub subject: HeaderValue,
     pub scopes: HeaderValue,
     pub key_id: HeaderValue,
-    /// Set by `conclude` from the ApiKey the credential comes from.
+    /// The namespace of the ApiKey the credential comes from.
     pub namespace: HeaderValue,
-    /// The name of that ApiKey (set with the namespace; no header of its
-    /// own: the gRPC answer's dynamic metadata carries it).
+    /// The name of that ApiKey (no header of its own: the gRPC answer's
+    /// dynamic metadata carries it).
     pub api_key_name: HeaderValue,
     /// Empty without a role.
     pub role: HeaderValue,
@@ -101,42 +103,127 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The identity of an API key: its ApiKey's subject and scopes, no role,
-    /// no claims.
+    /// The identity of an API key: its ApiKey's subject, scopes, namespace
+    /// and name, no role, no claims.
     pub fn of_key(owner: &IndexedApiKey, key_id: &KeyId) -> Self {
+        let [subject, scopes, key_id, namespace, api_key_name] = copies([
+            owner.subject_header.as_bytes(),
+            owner.scopes_header.as_bytes(),
+            key_id,
+            owner.namespace_header.as_bytes(),
+            owner.name_header.as_bytes(),
+        ]);
         Self {
-            subject: copy(&owner.subject_header),
-            scopes: copy(&owner.scopes_header),
-            key_id: HeaderValue::from_bytes(key_id).unwrap_or(EMPTY),
-            namespace: EMPTY,
-            api_key_name: EMPTY,
+            subject,
+            scopes,
+            key_id,
+            namespace,
+            api_key_name,
             role: EMPTY,
             claims: NO_CLAIMS,
             claim_values: Vec::new(),
             actor: EMPTY,
         }
     }
-}
 
-impl Identity {
-    /// Fresh copies of every value (see the type's note on clones).
-    pub fn copied(&self) -> Self {
+    /// Fresh copies of every value (see the type's note on clones), with
+    /// the namespace and name of `owner`, the ApiKey the credential comes
+    /// from (for a token: the one whose key minted it, as the index knows it).
+    pub fn copied_for(&self, owner: &IndexedApiKey) -> Self {
+        let [
+            subject,
+            scopes,
+            key_id,
+            role,
+            claims,
+            actor,
+            namespace,
+            api_key_name,
+        ] = copies([
+            self.subject.as_bytes(),
+            self.scopes.as_bytes(),
+            self.key_id.as_bytes(),
+            self.role.as_bytes(),
+            self.claims.as_bytes(),
+            self.actor.as_bytes(),
+            owner.namespace_header.as_bytes(),
+            owner.name_header.as_bytes(),
+        ]);
         Self {
-            subject: copy(&self.subject),
-            scopes: copy(&self.scopes),
-            key_id: copy(&self.key_id),
-            namespace: copy(&self.namespace),
-            api_key_name: copy(&self.api_key_name),
-            role: copy(&self.role),
-            claims: copy(&self.claims),
+            subject,
+            scopes,
+            key_id,
+            namespace,
+            api_key_name,
+            role,
+            claims,
             claim_values: self
                 .claim_values
                 .iter()
                 .map(|(n, v)| (n.clone(), copy(v)))
                 .collect(),
-            actor: copy(&self.actor),
+            actor,
         }
     }
+
+    /// Fresh copies of every value, as they are.
+    pub fn copied(&self) -> Self {
+        let [
+            subject,
+            scopes,
+            key_id,
+            role,
+            claims,
+            actor,
+            namespace,
+            api_key_name,
+        ] = copies([
+            self.subject.as_bytes(),
+            self.scopes.as_bytes(),
+            self.key_id.as_bytes(),
+            self.role.as_bytes(),
+            self.claims.as_bytes(),
+            self.actor.as_bytes(),
+            self.namespace.as_bytes(),
+            self.api_key_name.as_bytes(),
+        ]);
+        Self {
+            subject,
+            scopes,
+            key_id,
+            namespace,
+            api_key_name,
+            role,
+            claims,
+            claim_values: self
+                .claim_values
+                .iter()
+                .map(|(n, v)| (n.clone(), copy(v)))
+                .collect(),
+            actor,
+        }
+    }
+}
+
+/// Header values with the bytes of `values`, copied into one buffer they
+/// share: one reference count that only this answer touches. A value that is
+/// not a valid header value (never, for values that came from header values
+/// and key ids) becomes empty.
+pub(crate) fn copies<const N: usize>(values: [&[u8]; N]) -> [HeaderValue; N] {
+    let mut buf = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
+    for v in values {
+        buf.extend_from_slice(v);
+    }
+    let shared = Bytes::from(buf);
+    let mut at = 0;
+    values.map(|v| {
+        let value = match v.len() {
+            0 => EMPTY,
+            n => HeaderValue::from_maybe_shared(shared.slice(at..at + n)).unwrap_or(EMPTY),
+        };
+        at += v.len();
+        value
+    })
 }
 
 /// The `X-Auth-Claims` value of a token's custom claims: compact JSON with
@@ -179,6 +266,17 @@ mod tests {
         let back: serde_json::Value = serde_json::from_slice(v.as_bytes()).unwrap();
         assert_eq!(back["tenant"], "acmé \"co\"");
         assert_eq!(claims_header(&Default::default()), "{}");
+    }
+
+    #[test]
+    fn copies_share_one_buffer_and_keep_every_value() {
+        let values = copies([b"subject".as_slice(), b"", b"x y", b"ns"]);
+        assert_eq!(
+            values.map(|v| v.to_str().unwrap().to_owned()),
+            ["subject", "", "x y", "ns"]
+        );
+        let [bad, ok] = copies([b"a\nb".as_slice(), b"ok"]);
+        assert_eq!([bad, ok], ["", "ok"]);
     }
 
     #[test]

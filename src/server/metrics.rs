@@ -7,11 +7,14 @@ use super::Proxy;
 use super::decision::Decision;
 use super::throttle::By;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family as MetricFamily;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Every `result` label value, in [`Decision::label`]'s words.
@@ -78,7 +81,7 @@ struct RouteLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Vec<[Counter; RESULTS.len()]>,
-    latency: Vec<Histogram>,
+    latency: Vec<Latency>,
     keys: Gauge,
     api_keys: Gauge,
     tokens: [Counter; TOKEN_RESULTS.len()],
@@ -110,10 +113,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("latchkey");
         more(&mut registry);
         let decisions_family = MetricFamily::<DecisionLabels, Counter>::default();
-        let latency_family = MetricFamily::<RouteLabels, Histogram>::new_with_constructor(|| {
-            // 10 µs … ~80 ms.
-            Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
-        });
+        let latency_family = MetricFamily::<RouteLabels, Latency>::default();
         registry.register(
             "auth_decisions",
             "External-auth decisions by route and result",
@@ -219,7 +219,7 @@ impl Metrics {
         if let Some(i) = RESULTS.iter().position(|r| *r == decision.label()) {
             self.decisions[route][i].inc();
         }
-        self.latency[route].observe(elapsed.as_secs_f64());
+        self.latency[route].observe(elapsed);
         if decision.retired_key_presented() {
             self.retired_key_presented.inc();
         }
@@ -266,6 +266,93 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// Upper bounds of the latency histogram's buckets: 10 µs … ~80 ms
+/// (doubling), in nanoseconds; then `+Inf`.
+const LATENCY_BOUNDS_NS: [u64; 14] = {
+    let mut b = [10_000u64; 14];
+    let mut i = 1;
+    while i < b.len() {
+        b[i] = b[i - 1] * 2;
+        i += 1;
+    }
+    b
+};
+
+/// Shards of a [`Latency`] histogram: the request path's threads each
+/// write their own, so that no two cores fight over one lock or cache line
+/// on every decision; `/metrics` adds them up.
+const LATENCY_SHARDS: usize = 8;
+
+/// One shard, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LatencyShard {
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// The decision-latency histogram (`prometheus_client`'s own takes a lock
+/// on every observation, shared by all cores): atomic counts, sharded by
+/// thread.
+#[derive(Debug, Clone, Default)]
+pub struct Latency(Arc<[LatencyShard; LATENCY_SHARDS]>);
+
+thread_local! {
+    /// This thread's shard of every [`Latency`], handed out in turn.
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % LATENCY_SHARDS
+    };
+}
+
+impl Latency {
+    pub fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|&upper| upper < ns);
+        let shard = &self.0[SHARD.with(|s| *s)];
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Cumulative buckets `(upper bound in seconds, count)`, the count and
+    /// the sum in seconds.
+    fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut counts = [0u64; LATENCY_BOUNDS_NS.len() + 1];
+        let mut sum_ns = 0u64;
+        for shard in self.0.iter() {
+            for (c, b) in counts.iter_mut().zip(&shard.buckets) {
+                *c += b.load(Ordering::Relaxed);
+            }
+            sum_ns = sum_ns.wrapping_add(shard.sum_ns.load(Ordering::Relaxed));
+        }
+        // The bounds as prometheus_client's `exponential_buckets(1e-5, 2, 14)`
+        // spelled them before, so that `le` labels stay the same.
+        let bounds = std::iter::successors(Some(0.000_01f64), |b| Some(b * 2.0))
+            .take(LATENCY_BOUNDS_NS.len())
+            .chain([f64::INFINITY]);
+        // prometheus_client's encoder takes per-bucket counts and makes
+        // them cumulative itself.
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
+        let count = counts.iter().sum();
+        (buckets, count, sum_ns as f64 / 1e9)
+    }
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (buckets, count, sum) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 

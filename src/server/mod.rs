@@ -258,7 +258,12 @@ async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Reques
         tracing::debug!(route = family.label(), result = decision.label(), %method, %url, "auth decision");
     }
     state.metrics.observe(family, &decision, started.elapsed());
-    decision.into_response_with(&state.options.claim_headers)
+    let failed = decision.failed_authentication();
+    let mut response = decision.into_response_with(&state.options.claim_headers);
+    if failed {
+        response.extensions_mut().insert(guard::FailedAuthentication);
+    }
+    response
 }
 
 /// The decision for a request's `headers` under `requirement`: the

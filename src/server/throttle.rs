@@ -31,6 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Entries kept per kind (source, key id): a few MiB at most.
@@ -87,6 +88,10 @@ pub struct Limiter<K> {
     window_ms: u64,
     per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
+    /// The latest instant (ms) until which any key may be blocked: before
+    /// it nothing is looked up, so that requests without recent failures
+    /// take no lock and hash nothing (every valid request asks).
+    blocking_until_ms: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
@@ -109,6 +114,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             window_ms,
             per_shard: capacity.div_ceil(SHARDS).max(1),
             hasher: Default::default(),
+            blocking_until_ms: AtomicU64::new(0),
         })
     }
 
@@ -119,11 +125,18 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
     /// `Some(seconds to wait)` when `key` has used up its failures at `now_ms`.
     pub fn blocked(&self, key: &K, now_ms: u64) -> Option<u64> {
+        if self.blocking_until_ms.load(Ordering::Relaxed) <= now_ms {
+            return None;
+        }
         let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        let tat = *shard.tat.get(key)?;
-        // Blocked while more than N - 1 failures are outstanding.
-        let allowed_at = tat.saturating_sub(self.window_ms - self.interval_ms.min(self.window_ms));
+        let allowed_at = self.allowed_at(*shard.tat.get(key)?);
         (allowed_at > now_ms).then(|| (allowed_at - now_ms).div_ceil(1000).max(1))
+    }
+
+    /// When a key whose GCRA stands at `tat` may fail again: it is blocked
+    /// while more than N - 1 failures are outstanding.
+    fn allowed_at(&self, tat: u64) -> u64 {
+        tat.saturating_sub(self.window_ms - self.interval_ms.min(self.window_ms))
     }
 
     /// Records one failure of `key` at `now_ms`.
@@ -131,6 +144,8 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tat) = shard.tat.get_mut(key) {
             *tat = (*tat).max(now_ms) + self.interval_ms;
+            let allowed_at = self.allowed_at(*tat);
+            self.blocking_until_ms.fetch_max(allowed_at, Ordering::Relaxed);
             return;
         }
         if shard.tat.len() >= self.per_shard
@@ -140,6 +155,8 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         }
         shard.tat.insert(key.clone(), now_ms + self.interval_ms);
         shard.order.push_back(key.clone());
+        let allowed_at = self.allowed_at(now_ms + self.interval_ms);
+        self.blocking_until_ms.fetch_max(allowed_at, Ordering::Relaxed);
     }
 
     /// Keys remembered now.

@@ -16,8 +16,8 @@
 
 pub mod adapter;
 
-use super::guard::{self, Guard};
-use super::{AppState, Proxy, decision::Decision};
+use super::guard::Guard;
+use super::{AppState, Proxy};
 use crate::error::{Error, Result};
 use crate::listener::{self, Hygiene, Protocol};
 use axum::http::header::{CACHE_CONTROL, RETRY_AFTER};
@@ -66,8 +66,7 @@ impl ExtAuthz {
             tracing::debug!(keys = ?unknown, "context_extensions keys latchkey does not know; ignored");
         }
         let throttle = &self.guard.throttle;
-        let credential = self.guard.auth_credential(&headers);
-        let key_id = credential.as_deref().and_then(guard::key_id_of);
+        let key_id = self.guard.auth_key_id(&headers);
         if let Some((by, wait)) = throttle.blocked(None, key_id.as_ref(), throttle.now_ms()) {
             state.metrics.observe_throttled(by);
             let mut h = HeaderMap::new();
@@ -83,9 +82,8 @@ impl ExtAuthz {
         state.metrics.observe(Proxy::Grpc, &decision, started.elapsed());
         // A 401 for a key that does authenticate (a wrong audience) is not a
         // failed authentication.
-        if matches!(decision, Decision::NoCredential | Decision::Invalid(_))
-            && let (Some(limiter), Some(id), Some(c)) = (&throttle.by_key_id, &key_id, &credential)
-            && super::decision::verify(c, &state.index, state.clock.now()).is_err()
+        if decision.failed_authentication()
+            && let (Some(limiter), Some(id)) = (&throttle.by_key_id, &key_id)
         {
             limiter.failed(id, throttle.now_ms());
         }

@@ -256,7 +256,7 @@ pub fn decide_token(
                     Some(until),
                     now,
                     cache_seconds,
-                    || t.identity.copied(),
+                    |owner| t.identity.copied_for(owner),
                 )
             })
             .unwrap_or(Decision::Invalid(Invalid::ClientRevoked))
