@@ -21,9 +21,20 @@ pub fn index_synthetic(n: usize) {
         ak.metadata.namespace = Some("team-payments".into());
         ak
     };
+    // The decision's cost with one key indexed, before anything else is
+    // in memory (the baseline of the ratio below).
+    let one = ApiKeyValue::generate();
+    let small = Index::default();
+    let mut r = Rebuild::default();
+    r.apply(&with_key(&template, "one", &one), None);
+    small.replace(r);
+    let per_decision_one = time_decisions(&small, std::slice::from_ref(&one));
     let before = rss_kib(pid);
     let index = Index::default();
     let mut rebuild = Rebuild::default();
+    // Every 100th key is kept to present (1,000 of 100,000: most lookups
+    // then miss the CPU caches, as in a server with that many clients).
+    let mut sample = Vec::new();
     for i in 0..n {
         let key = ApiKeyValue::generate();
         let mut ak = template.clone();
@@ -40,6 +51,9 @@ pub fn index_synthetic(n: usize) {
             ..Default::default()
         });
         rebuild.apply(&ak, None);
+        if i % 100 == 0 {
+            sample.push(key);
+        }
     }
     index.replace(rebuild);
     let after = rss_kib(pid);
@@ -48,6 +62,17 @@ pub fn index_synthetic(n: usize) {
         "synthetic index: {keys} keys of {api_keys} ApiKeys: RSS +{:.1} MiB, {:.0} bytes per key",
         (after - before) as f64 / 1024.0,
         (after - before) as f64 * 1024.0 / keys as f64
+    );
+    let per_decision_many = time_decisions(&index, &sample);
+    let per_decision_many_one = time_decisions(&index, &sample[..1]);
+    println!(
+        "decision (in process, decide_key_request with scope=orders:read, allowed): {:.0} ns with 1 key indexed; with {keys}: {:.0} ns cycling over {} of them ({:.2}x), {:.0} ns repeating one ({:.2}x)",
+        per_decision_one,
+        per_decision_many,
+        sample.len(),
+        per_decision_many / per_decision_one,
+        per_decision_many_one,
+        per_decision_many_one / per_decision_one,
     );
     // A CredentialGrant change re-computes every ApiKey's identity (never
     // per request): how long that takes for all of them.
@@ -85,6 +110,47 @@ pub fn index_synthetic(n: usize) {
         took.as_secs_f64() * 1000.0,
         longest.as_secs_f64() * 1000.0
     );
+}
+
+/// An ApiKey like `template` named `name` whose status lists `key`.
+fn with_key(template: &ApiKey, name: &str, key: &ApiKeyValue) -> ApiKey {
+    let mut ak = template.clone();
+    ak.metadata.name = Some(name.into());
+    ak.status = Some(ApiKeyStatus {
+        current_key: Some(KeyRecord {
+            id: key.key_id().into(),
+            sha256: key.sha256_hex(),
+            issued_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+            valid_until: None,
+        }),
+        ..Default::default()
+    });
+    ak
+}
+
+/// Median of 5 runs of the nanoseconds one decision takes, presenting
+/// `keys` in turn (each must be allowed).
+fn time_decisions(index: &latchkey::server::index::Index, keys: &[ApiKeyValue]) -> f64 {
+    use latchkey::server::decision::{Decision, Requirement, decide_key_request};
+    let requirement = Requirement::from_query(Some("scope=orders:read"));
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let rounds = 200_000;
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for i in 0..rounds {
+                let key = &keys[i % keys.len()];
+                let d = decide_key_request(Some(key.expose()), &requirement, index, now, 1);
+                assert!(matches!(d, Decision::Allow { .. }), "{d:?}");
+                std::hint::black_box(d);
+            }
+            started.elapsed().as_nanos() as f64 / rounds as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
 }
 
 pub async fn index_real(n: usize) {
@@ -125,8 +191,19 @@ pub async fn index_real(n: usize) {
         "created {n} ApiKeys with a key in status in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    let (full, _) = bench.latchkey("serve", &bench.ns);
+    // From the process's start to ready (`/readyz`: the first list of
+    // every ApiKey indexed).
+    let started = Instant::now();
+    let (full, full_port) = bench.latchkey("serve", &bench.ns);
+    let first_sync = started.elapsed();
+    let started = Instant::now();
     let (idle, _) = bench.latchkey("serve", &empty.ns);
+    let empty_start = started.elapsed();
+    println!(
+        "first sync: latchkey serve ready {:.2} s after its start with {n} ApiKeys ({:.2} s watching an empty namespace)",
+        first_sync.as_secs_f64(),
+        empty_start.as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (full_kib, idle_kib) = (rss_kib(full.pid()), rss_kib(idle.pid()));
     println!(
@@ -135,7 +212,39 @@ pub async fn index_real(n: usize) {
         idle_kib as f64 / 1024.0,
         (full_kib.saturating_sub(idle_kib)) as f64 * 1024.0 / n as f64
     );
+    // Every ApiKey deleted: what the server gives back once its index is
+    // empty again.
+    bench
+        .api_keys
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while index_keys(full_port) != Some(0) {
+        assert!(Instant::now() < deadline, "the server never saw the deletions");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (deleted_kib, idle_kib) = (rss_kib(full.pid()), rss_kib(idle.pid()));
+    println!(
+        "after deleting them: RSS {:.1} MiB (the idle server {:.1} MiB): {:.0} % of the growth given back",
+        deleted_kib as f64 / 1024.0,
+        idle_kib as f64 / 1024.0,
+        100.0 * full_kib.saturating_sub(deleted_kib) as f64 / full_kib.saturating_sub(idle_kib).max(1) as f64
+    );
     drop((full, idle));
     bench.cleanup().await;
     empty.cleanup().await;
+}
+
+/// `latchkey_index_keys` from the server's `/metrics`.
+fn index_keys(port: u16) -> Option<u64> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("latchkey_index_keys "))
+        .and_then(|v| v.trim().parse().ok())
 }
