@@ -267,6 +267,12 @@ struct ServerArgs {
     /// webhook refuses them). Default: such a namespace is unrestricted.
     #[arg(long, env = "LATCHKEY_REQUIRE_GRANTS")]
     require_grants: bool,
+    /// Share each ApiKey's spec.rateLimit with every replica through this
+    /// Redis (redis://[:PASSWORD@]HOST:PORT[/DB]; no TLS). Off by default:
+    /// each replica has its own bucket. Redis unreachable: per replica
+    /// until it answers again.
+    #[arg(long, env = "LATCHKEY_RATE_LIMIT_REDIS_URL", hide_env_values = true)]
+    rate_limit_redis_url: Option<crate::server::redis_limit::RedisUrl>,
 }
 
 impl ServerArgs {
@@ -326,6 +332,7 @@ impl ServerArgs {
             limits: self.limits(),
             tls: None,
             grpc_tls: None,
+            rate_limit_redis: self.rate_limit_redis_url.clone(),
         }
     }
 

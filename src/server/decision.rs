@@ -41,6 +41,7 @@ pub use super::identity::{
     X_AUTH_NAMESPACE, X_AUTH_ROLE, X_AUTH_SCOPES, X_AUTH_SUBJECT, claims_header,
 };
 use super::index::{Index, IndexedApiKey, KeyEntry, KeyId, Usage};
+use super::shared_limit::{Share, Spend};
 use crate::key;
 use crate::token::claims::TokenInvalid;
 
@@ -265,15 +266,33 @@ pub struct Limited {
 /// `status.lastUsedAt` and the key's `status.keyUsage` (allowed, or denied
 /// by the rate limit); the one metering path.
 pub fn use_key(usage: &Usage, key: &KeyCounters, now: Timestamp) -> Result<(), Limited> {
-    if let (Some(limiter), Some(limit)) = (&usage.limiter, &usage.rate_limit)
-        && let Err(not_until) = limiter.check()
-    {
-        key.deny(Denied::RateLimited);
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        return Err(Limited {
-            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
-            limit: limit.requests_per_second,
-        });
+    if let (Some(limiter), Some(limit)) = (&usage.limiter, &usage.rate_limit) {
+        // Shared through Redis: this replica's lease of the cluster's
+        // bucket (no I/O here), or the per-replica bucket when the key is
+        // cold or Redis down (see `shared_limit`).
+        let refused = match usage.share.as_ref().map(Share::spend) {
+            Some(Spend::Shared) => None,
+            Some(Spend::Refused) => usage.share.as_ref().map(|s| s.retry_after()),
+            Some(Spend::Local) | None => match limiter.check() {
+                Ok(()) => {
+                    if let Some(share) = &usage.share {
+                        share.spent_locally();
+                    }
+                    None
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    Some(wait.as_secs_f64().ceil().max(1.0) as u64)
+                }
+            },
+        };
+        if let Some(retry_after) = refused {
+            key.deny(Denied::RateLimited);
+            return Err(Limited {
+                retry_after,
+                limit: limit.requests_per_second,
+            });
+        }
     }
     // Written once a second at most: a store on every request would make
     // the cores fight over the cache line.

@@ -11,6 +11,7 @@
 pub use super::counters::StoredUsage;
 use super::counters::{KeyCounters, RetiredCounter, RetiredKeys};
 use super::grants::{Claimed, granted, regranted};
+use super::shared_limit::{Settlements, Share, share_id};
 use crate::crd::{ApiKey, RateLimit};
 use crate::grants::Grants;
 use crate::key::KEY_ID_LEN;
@@ -105,6 +106,9 @@ impl IndexedApiKey {
 pub struct Usage {
     pub rate_limit: Option<RateLimit>,
     pub limiter: Option<Box<DefaultDirectRateLimiter>>,
+    /// This replica's share of the cluster-wide bucket
+    /// (`--rate-limit-redis-url`; `limiter` decides when Redis is down).
+    pub share: Option<Arc<Share>>,
     /// Unix seconds of the last accepted request (0: none since start).
     pub last_used: AtomicI64,
     /// Retired keys of this ApiKey presented here, not written yet.
@@ -112,15 +116,20 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn new(rate_limit: Option<RateLimit>) -> Self {
+    fn new(rate_limit: Option<RateLimit>, shared: Option<(&Arc<Settlements>, [u8; 16])>) -> Self {
         let limiter = rate_limit.as_ref().map(|r| {
             let rps = NonZeroU32::new(r.requests_per_second).unwrap_or(NonZeroU32::MIN);
             let burst = r.burst.and_then(NonZeroU32::new).unwrap_or(rps);
             Box::new(RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)))
         });
+        let share = match (&rate_limit, shared) {
+            (Some(r), Some((settlements, id))) => Some(Arc::new(Share::new(id, r, settlements.clone()))),
+            _ => None,
+        };
         Self {
             rate_limit,
             limiter,
+            share,
             last_used: AtomicI64::new(0),
             retired: Arc::default(),
         }
@@ -144,6 +153,8 @@ struct Inner {
     /// Keys that left the index (or that a revoked ApiKey lists), to count
     /// when presented.
     retired: RetiredKeys,
+    /// Rate limits shared through Redis (`--rate-limit-redis-url`).
+    shared: Option<Arc<Settlements>>,
 }
 
 /// The index, shared by every request handler.
@@ -200,8 +211,15 @@ impl Index {
         let objects = &rebuild.inner.by_object;
         retired.retain_objects(|o| objects.contains_key(o));
         rebuild.inner.retired = retired;
+        rebuild.inner.shared = inner.shared.clone();
         *inner = rebuild.inner;
         self.synced.store(true, Ordering::Release);
+    }
+
+    /// Rate limits are shared through `settlements` (Redis) from now on:
+    /// call before the first ApiKey is indexed.
+    pub fn share_rate_limits(&self, settlements: Arc<Settlements>) {
+        self.inner.write().expect("index lock").shared = Some(settlements);
     }
 
     /// The index will not be ready until [`set_grants`](Self::set_grants)
@@ -386,15 +404,20 @@ impl Index {
 struct Carried {
     usage: Option<Arc<Usage>>,
     counters: HashMap<KeyId, Arc<KeyCounters>>,
+    shared: Option<Arc<Settlements>>,
 }
 
 fn carried(inner: &Inner, api_key: &ApiKey) -> Carried {
     let Some((owner, ids)) = inner.by_object.get(&namespaced_name(api_key)) else {
-        return Carried::default();
+        return Carried {
+            shared: inner.shared.clone(),
+            ..Carried::default()
+        };
     };
     Carried {
         usage: Some(owner.usage.clone()),
         counters: counters_of(inner, owner, ids).collect(),
+        shared: inner.shared.clone(),
     }
 }
 
@@ -483,17 +506,28 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
     let name_in_index = namespaced_name(api_key);
     let before = remove(inner, &name_in_index);
     let rate_limit = api_key.spec.rate_limit.clone();
+    if inner.shared.is_none() {
+        inner.shared = carried.shared.clone();
+    }
+    let shared = inner.shared.as_ref().map(|s| {
+        let meta = &api_key.metadata;
+        let id = share_id(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        );
+        (s, id)
+    });
     let usage = match carried.usage {
-        Some(u) if u.rate_limit == rate_limit => u,
+        Some(u) if u.rate_limit == rate_limit && u.share.is_some() == shared.is_some() => u,
         Some(u) => {
-            let mut fresh = Usage::new(rate_limit);
+            let mut fresh = Usage::new(rate_limit, shared);
             fresh
                 .last_used
                 .store(u.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
             fresh.retired = u.retired.clone();
             Arc::new(fresh)
         }
-        None => Arc::new(Usage::new(rate_limit)),
+        None => Arc::new(Usage::new(rate_limit, shared)),
     };
     let status = api_key.status.as_ref();
     let stored_usage: Box<[(KeyId, StoredUsage)]> = status

@@ -37,7 +37,9 @@ pub mod index;
 pub mod introspect;
 pub use crate::listener;
 pub mod metrics;
+pub mod redis_limit;
 pub mod requirement;
+pub mod shared_limit;
 pub mod throttle;
 pub mod token_cache;
 pub mod tokens;
@@ -93,6 +95,9 @@ pub struct Options {
     pub tls: Option<crate::tls::Source>,
     /// TLS on the gRPC listener (`--grpc-tls`); `None`: h2c.
     pub grpc_tls: Option<crate::tls::Source>,
+    /// Share every ApiKey's rate limit with the other replicas through
+    /// this Redis (`--rate-limit-redis-url`); `None`: per replica.
+    pub rate_limit_redis: Option<redis_limit::RedisUrl>,
 }
 
 #[cfg(test)]
@@ -112,6 +117,7 @@ impl Options {
             require_grants: false,
             tls: None,
             grpc_tls: None,
+            rate_limit_redis: None,
         }
     }
 }
@@ -368,6 +374,14 @@ pub async fn run_with_metrics(
 ) -> Result<()> {
     let scope = options.namespaces.clone();
     let index = Arc::new(Index::default());
+    // Cluster-wide rate limits: the settle loop beside the request path.
+    let shared_limits = options.rate_limit_redis.clone().map(|url| {
+        let settlements = Arc::new(shared_limit::Settlements::default());
+        index.share_rate_limits(settlements.clone());
+        let metrics = redis_limit::Metrics::default();
+        let task = tokio::spawn(redis_limit::run(url, settlements, metrics.clone()));
+        (task, metrics)
+    });
     let tokens = Arc::new(tokens::Tokens::with_cache(options.limits.token_cache));
     tokens.set_store(client.clone());
     // Grants are cluster-scoped, whatever namespace the server watches.
@@ -454,7 +468,12 @@ pub async fn run_with_metrics(
         index,
         tokens,
         clock,
-        metrics: metrics::Metrics::with(more),
+        metrics: metrics::Metrics::with(|registry| {
+            more(registry);
+            if let Some((_, m)) = &shared_limits {
+                m.register(registry);
+            }
+        }),
         options,
     });
     let guard = Arc::new(guard::Guard {
@@ -533,6 +552,9 @@ pub async fn run_with_metrics(
     }
     feeder.abort();
     pruner.abort();
+    if let Some((task, _)) = shared_limits {
+        task.abort();
+    }
     tracing::info!("auth server stopped");
     Ok(())
 }
