@@ -51,6 +51,12 @@
 //!   its own keep-alive connection. Prints the server's RSS before and
 //!   after, the cache's bytes and entries (`/metrics`), and the cached
 //!   token's median and p99 latency before vs during the flood (the ratio).
+//! - `redis-limits`: one `latchkey serve --rate-limit-redis-url` (a real
+//!   redis-server on loopback): wrk on the API-key route with a key whose
+//!   limit (100,000/s) is shared through Redis vs a key without a limit, on
+//!   the same server, interleaved rounds of `BENCH_REPEAT`; the same limited
+//!   key on a server without Redis beside them; ratios (goal ≥ 0.8), the
+//!   servers' CPU per request, and the load average (shared cores).
 //! - `index-synthetic N`: the auth index's memory for N synthetic ApiKeys
 //!   (RSS before and after), per key.
 //! - `index-real N`: N real ApiKeys on the control plane, then the RSS of a
@@ -71,6 +77,7 @@ mod index;
 #[path = "../../tests/common/process.rs"]
 #[allow(dead_code)]
 mod process;
+mod redis_limits;
 mod revocation;
 #[path = "../../tests/common/stats.rs"]
 #[allow(dead_code)]
@@ -99,8 +106,9 @@ async fn main() {
         Some("cache-flood") => cache_flood::cache_flood(n(200_000)).await,
         Some("index-synthetic") => index::index_synthetic(n(100_000)),
         Some("index-real") => index::index_real(n(10_000)).await,
+        Some("redis-limits") => redis_limits::redis_limits().await,
         other => panic!(
-            "unknown benchmark {other:?}: throughput | revocation N | tokens [N] | token-revocation N | tls | grpc | cache-flood N | index-synthetic N | index-real N"
+            "unknown benchmark {other:?}: throughput | revocation N | tokens [N] | token-revocation N | tls | grpc | cache-flood N | index-synthetic N | index-real N | redis-limits"
         ),
     }
 }

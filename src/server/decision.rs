@@ -701,6 +701,48 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_limit_spends_the_lease_and_falls_back_to_the_replicas_bucket() {
+        use crate::server::shared_limit::Settlements;
+        let key = ApiKeyValue::generate();
+        let mut ak = api_key(&key, None);
+        ak.spec.rate_limit = Some(RateLimit {
+            requests_per_second: 1,
+            burst: Some(2),
+        });
+        let settlements = std::sync::Arc::new(Settlements::default());
+        settlements.set_up(true);
+        let index = Index::default();
+        index.share_rate_limits(settlements.clone());
+        index.apply(&ak);
+        let owner = index.owners().pop().unwrap();
+        let share = owner
+            .usage
+            .share
+            .clone()
+            .expect("a share of the cluster's bucket");
+        let counters = KeyCounters::default();
+        let refused = Err(Limited {
+            retry_after: 1,
+            limit: 1,
+        });
+        // Cold: the replica's bucket decides, and the use is owed.
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
+        let ask = share.plan().expect("a settle");
+        assert_eq!((ask.give, ask.want), (-1, 1));
+        // Redis grants one: spent from the lease, then refused although
+        // the replica's own bucket has one left.
+        share.settled(ask, 1);
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), refused);
+        // Redis down: the replica's bucket again.
+        settlements.set_up(false);
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), refused);
+        let d = counters.deltas();
+        assert_eq!((d.allowed, d.denied[Denied::RateLimited as usize]), (3, 2));
+    }
+
+    #[test]
     fn use_key_meters_and_records_the_use() {
         let (key, index) = rate_limited_key(2);
         let owner = index.owners().pop().unwrap();

@@ -345,3 +345,50 @@ fn remove(tracked: &mut Vec<Arc<Share>>, indices: &mut Vec<usize>) {
         tracked.swap_remove(i);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_plain_redis_and_its_password_is_never_shown() {
+        let url: RedisUrl = "redis://:hunter2-secret@127.0.0.1:6390/0".parse().unwrap();
+        assert_eq!(url.addr(), "127.0.0.1:6390");
+        assert!(!format!("{url:?}").contains("hunter2"), "{url:?}");
+        for refused in ["rediss://:pw@host:6380", "unix:///tmp/redis.sock", "http://host"] {
+            let err = refused.parse::<RedisUrl>().unwrap_err().to_string();
+            assert!(err.contains("redis://"), "{err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        let err = "redis://:hunter2-secret@"
+            .parse::<RedisUrl>()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn redis_keys_carry_a_hash_only() {
+        let limit = crate::crd::RateLimit {
+            requests_per_second: 5,
+            burst: None,
+        };
+        let settlements = Arc::new(Settlements::default());
+        let a = Share::new(
+            super::super::shared_limit::share_id("team-a", "web"),
+            &limit,
+            settlements.clone(),
+        );
+        let b = Share::new(
+            super::super::shared_limit::share_id("team-b", "web"),
+            &limit,
+            settlements,
+        );
+        let (ka, kb) = (redis_key(&a), redis_key(&b));
+        assert_ne!(ka, kb, "the same name in two namespaces: two buckets");
+        assert!(ka.starts_with("latchkey:rl:") && ka.len() == 44, "{ka}");
+        assert!(!ka.contains("team") && !ka.contains("web"));
+        assert_eq!((a.interval_us, a.burst), (200_000, 5));
+    }
+}

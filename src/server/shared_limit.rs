@@ -348,7 +348,7 @@ mod tests {
             let now = 1_000_000 + ms * 1000;
             for (i, sh) in shares.iter().enumerate() {
                 // One request every ~14 ms per replica, offset per replica.
-                if (ms + i as u64 * 5) % 14 == 0 {
+                if (ms + i as u64 * 5).is_multiple_of(14) {
                     match sh.spend() {
                         Spend::Shared => accepted += 1,
                         Spend::Refused => {}
@@ -360,7 +360,7 @@ mod tests {
                         Spend::Local => {}
                     }
                 }
-                if (ms + i as u64 * 3) % 10 == 0 {
+                if (ms + i as u64 * 3).is_multiple_of(10) {
                     settle(sh, &mut tat, now);
                 }
             }
