@@ -1,15 +1,20 @@
 //! What the request path counts per key, and the recently retired keys the
 //! index remembers so that a presented one can be attributed to its ApiKey.
 //!
-//! Requests only touch atomics here; [`super::usage`] turns them into
+//! Also each ApiKey's [`Usage`] (its rate-limit buckets, last use and
+//! retired count). Requests only touch atomics here; [`super::usage`] turns them into
 //! `status.keyUsage` and `status.retiredKeyPresented` once per flush. The
 //! counts held here are deltas: what this replica counted and has not
 //! written yet. A successful write subtracts exactly what it wrote, so counts
 //! made while it was in flight are kept for the next one.
 
 use super::index::KeyId;
-use crate::crd::KeyUsage;
+use super::shared_limit::Share;
+use crate::crd::{KeyUsage, RateLimit};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Why a valid key's request was refused (the `status.keyUsage[].denied`
@@ -213,6 +218,36 @@ impl RetiredKeys {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+/// Per-ApiKey state that changes on requests, not on watch events.
+#[derive(Debug)]
+pub struct Usage {
+    pub rate_limit: Option<RateLimit>,
+    pub limiter: Option<Box<DefaultDirectRateLimiter>>,
+    /// This replica's share of the cluster's bucket (shared limits only).
+    pub share: Option<Arc<Share>>,
+    /// Unix seconds of the last accepted request (0: none since start).
+    pub last_used: AtomicI64,
+    /// Retired keys of this ApiKey presented here, not written yet.
+    pub retired: Arc<RetiredCounter>,
+}
+
+impl Usage {
+    pub(super) fn new(rate_limit: Option<RateLimit>, share: Option<Arc<Share>>) -> Self {
+        let limiter = rate_limit.as_ref().map(|r| {
+            let rps = NonZeroU32::new(r.requests_per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = r.burst.and_then(NonZeroU32::new).unwrap_or(rps);
+            Box::new(RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)))
+        });
+        Self {
+            rate_limit,
+            limiter,
+            share,
+            last_used: AtomicI64::new(0),
+            retired: Arc::default(),
+        }
     }
 }
 

@@ -8,20 +8,18 @@
 //! revoked ApiKey contributes no key; grace ends and expiry are compared with
 //! the clock on each request, so they take effect without any write.
 
-pub use super::counters::StoredUsage;
-use super::counters::{KeyCounters, RetiredCounter, RetiredKeys};
+use super::counters::{KeyCounters, RetiredKeys};
+pub use super::counters::{StoredUsage, Usage};
 use super::grants::{Claimed, granted, regranted};
-use super::shared_limit::{Settlements, Share, share_id};
-use crate::crd::{ApiKey, RateLimit};
+use super::shared_limit::{Settlements, share_of};
+use crate::crd::ApiKey;
 use crate::grants::Grants;
 use crate::key::KEY_ID_LEN;
 use crate::validity;
 use axum::http::HeaderValue;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
 
@@ -101,41 +99,6 @@ impl IndexedApiKey {
     }
 }
 
-/// Per-ApiKey state that changes on requests, not on watch events.
-#[derive(Debug)]
-pub struct Usage {
-    pub rate_limit: Option<RateLimit>,
-    pub limiter: Option<Box<DefaultDirectRateLimiter>>,
-    /// This replica's share of the cluster-wide bucket
-    /// (`--rate-limit-redis-url`; `limiter` decides when Redis is down).
-    pub share: Option<Arc<Share>>,
-    /// Unix seconds of the last accepted request (0: none since start).
-    pub last_used: AtomicI64,
-    /// Retired keys of this ApiKey presented here, not written yet.
-    pub retired: Arc<RetiredCounter>,
-}
-
-impl Usage {
-    fn new(rate_limit: Option<RateLimit>, shared: Option<(&Arc<Settlements>, [u8; 16])>) -> Self {
-        let limiter = rate_limit.as_ref().map(|r| {
-            let rps = NonZeroU32::new(r.requests_per_second).unwrap_or(NonZeroU32::MIN);
-            let burst = r.burst.and_then(NonZeroU32::new).unwrap_or(rps);
-            Box::new(RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)))
-        });
-        let share = match (&rate_limit, shared) {
-            (Some(r), Some((settlements, id))) => Some(Arc::new(Share::new(id, r, settlements.clone()))),
-            _ => None,
-        };
-        Self {
-            rate_limit,
-            limiter,
-            share,
-            last_used: AtomicI64::new(0),
-            retired: Arc::default(),
-        }
-    }
-}
-
 /// An ApiKey and the counters of the keys it lists, for the usage writer.
 pub type FlushView = (Arc<IndexedApiKey>, Vec<(KeyId, Arc<KeyCounters>)>);
 
@@ -186,6 +149,11 @@ impl Rebuild {
                 regrant_all(&mut self.inner);
             }
         }
+        if let Some(p) = previous {
+            self.inner
+                .shared
+                .clone_from(&p.inner.read().expect("index lock").shared);
+        }
         let carried = previous.map(|p| p.carried(api_key)).unwrap_or_default();
         upsert(&mut self.inner, api_key, carried);
     }
@@ -216,8 +184,7 @@ impl Index {
         self.synced.store(true, Ordering::Release);
     }
 
-    /// Rate limits are shared through `settlements` (Redis) from now on:
-    /// call before the first ApiKey is indexed.
+    /// Rate limits shared through `settlements` (before the first ApiKey).
     pub fn share_rate_limits(&self, settlements: Arc<Settlements>) {
         self.inner.write().expect("index lock").shared = Some(settlements);
     }
@@ -404,20 +371,15 @@ impl Index {
 struct Carried {
     usage: Option<Arc<Usage>>,
     counters: HashMap<KeyId, Arc<KeyCounters>>,
-    shared: Option<Arc<Settlements>>,
 }
 
 fn carried(inner: &Inner, api_key: &ApiKey) -> Carried {
     let Some((owner, ids)) = inner.by_object.get(&namespaced_name(api_key)) else {
-        return Carried {
-            shared: inner.shared.clone(),
-            ..Carried::default()
-        };
+        return Carried::default();
     };
     Carried {
         usage: Some(owner.usage.clone()),
         counters: counters_of(inner, owner, ids).collect(),
-        shared: inner.shared.clone(),
     }
 }
 
@@ -506,28 +468,18 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
     let name_in_index = namespaced_name(api_key);
     let before = remove(inner, &name_in_index);
     let rate_limit = api_key.spec.rate_limit.clone();
-    if inner.shared.is_none() {
-        inner.shared = carried.shared.clone();
-    }
-    let shared = inner.shared.as_ref().map(|s| {
-        let meta = &api_key.metadata;
-        let id = share_id(
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default(),
-        );
-        (s, id)
-    });
+    let share = || inner.shared.as_ref().and_then(|s| share_of(s, api_key));
     let usage = match carried.usage {
-        Some(u) if u.rate_limit == rate_limit && u.share.is_some() == shared.is_some() => u,
+        Some(u) if u.rate_limit == rate_limit && u.share.is_some() == inner.shared.is_some() => u,
         Some(u) => {
-            let mut fresh = Usage::new(rate_limit, shared);
+            let mut fresh = Usage::new(rate_limit, share());
             fresh
                 .last_used
                 .store(u.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
             fresh.retired = u.retired.clone();
             Arc::new(fresh)
         }
-        None => Arc::new(Usage::new(rate_limit, shared)),
+        None => Arc::new(Usage::new(rate_limit, share())),
     };
     let status = api_key.status.as_ref();
     let stored_usage: Box<[(KeyId, StoredUsage)]> = status

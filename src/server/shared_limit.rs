@@ -24,7 +24,7 @@
 //! Redis round trip; at most `burst` each), which is then owed and paid
 //! back out of later leases.
 
-use crate::crd::RateLimit;
+use crate::crd::{ApiKey, RateLimit};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,6 +123,15 @@ pub fn share_id(namespace: &str, name: &str) -> [u8; 16] {
     let mut id = [0u8; 16];
     id.copy_from_slice(&digest[..16]);
     id
+}
+
+/// This replica's share of `api_key`'s bucket, when it has a rate limit.
+pub fn share_of(settlements: &Arc<Settlements>, api_key: &ApiKey) -> Option<Arc<Share>> {
+    let limit = api_key.spec.rate_limit.as_ref()?;
+    let meta = &api_key.metadata;
+    let (ns, name) = (meta.namespace.as_deref(), meta.name.as_deref());
+    let id = share_id(ns.unwrap_or_default(), name.unwrap_or_default());
+    Some(Arc::new(Share::new(id, limit, settlements.clone())))
 }
 
 impl Share {
