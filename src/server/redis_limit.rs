@@ -302,7 +302,8 @@ pub async fn run(url: RedisUrl, settlements: Arc<Settlements>, metrics: Metrics)
                 failures = 0;
                 metrics.settles.inc();
                 for ((i, ask), g) in calls.iter().zip(granted) {
-                    tracked[*i].settled(*ask, g);
+                    // Never more than asked, whatever answers on that port.
+                    tracked[*i].settled(*ask, g.min(ask.want));
                 }
             }
             outcome => {
