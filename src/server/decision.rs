@@ -720,6 +720,10 @@ mod tests {
             .share
             .clone()
             .expect("a share of the cluster's bucket");
+        // A new version of the ApiKey with the same limit keeps its share.
+        index.apply(&ak);
+        let again = index.owners().pop().unwrap().usage.share.clone().unwrap();
+        assert!(std::sync::Arc::ptr_eq(&share, &again));
         let counters = KeyCounters::default();
         let refused = Err(Limited {
             retry_after: 1,

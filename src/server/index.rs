@@ -469,8 +469,9 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
     let before = remove(inner, &name_in_index);
     let rate_limit = api_key.spec.rate_limit.clone();
     let share = || inner.shared.as_ref().and_then(|s| share_of(s, api_key));
+    let share_wanted = inner.shared.is_some() && rate_limit.is_some();
     let usage = match carried.usage {
-        Some(u) if u.rate_limit == rate_limit && u.share.is_some() == inner.shared.is_some() => u,
+        Some(u) if u.rate_limit == rate_limit && u.share.is_some() == share_wanted => u,
         Some(u) => {
             let mut fresh = Usage::new(rate_limit, share());
             fresh
