@@ -10,8 +10,8 @@
 //! on Redis's clock, so replicas' clocks do not matter), expiring when the
 //! bucket is full again.
 //!
-//! Fallback: [`FAILURES`] settles in a row that fail or take longer than
-//! [`TIMEOUT`] turn the shared limits off (every key judged by the
+//! Fallback: settles that fail or take longer than [`TIMEOUT`], all of them
+//! for [`FALLBACK_AFTER`] (at least two), turn the shared limits off (every key judged by the
 //! replica's own bucket, leases forgotten), log one warning and set
 //! `latchkey_rate_limit_shared{state="fallback"}`; a `PING` every
 //! [`RECONNECT`] over a fresh connection turns them back on (one info line).
@@ -31,9 +31,11 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// The least time between two settles (when woken early).
 pub const MIN_GAP: Duration = Duration::from_millis(10);
 /// The longest a settle or a connection attempt may take.
-pub const TIMEOUT: Duration = Duration::from_millis(100);
-/// Failed settles in a row before falling back to per-replica limits.
-pub const FAILURES: u32 = 3;
+pub const TIMEOUT: Duration = Duration::from_millis(250);
+/// How long settles must keep failing before the replica falls back to
+/// per-replica limits (a slow settle only leaves leases short: the replica
+/// refuses more, never accepts more).
+pub const FALLBACK_AFTER: Duration = Duration::from_secs(1);
 /// How often a replica in fallback tries Redis again.
 pub const RECONNECT: Duration = Duration::from_millis(500);
 
@@ -214,6 +216,7 @@ pub async fn run(url: RedisUrl, settlements: Arc<Settlements>, metrics: Metrics)
     let mut loaded = false;
     let mut tracked: Vec<Arc<Share>> = Vec::new();
     let mut failures = 0u32;
+    let mut failing_since: Option<Instant> = None;
     let mut last_try: Option<Instant> = None;
     let mut fell_back_before = false;
     metrics.set_shared(false);
@@ -240,6 +243,7 @@ pub async fn run(url: RedisUrl, settlements: Arc<Settlements>, metrics: Metrics)
                     conn = Some(c);
                     loaded = false;
                     failures = 0;
+                    failing_since = None;
                     settlements.set_up(true);
                     metrics.set_shared(true);
                     if fell_back_before {
@@ -300,6 +304,7 @@ pub async fn run(url: RedisUrl, settlements: Arc<Settlements>, metrics: Metrics)
             Ok(granted) if granted.len() == calls.len() => {
                 loaded = true;
                 failures = 0;
+                failing_since = None;
                 metrics.settles.inc();
                 for ((i, ask), g) in calls.iter().zip(granted) {
                     // Never more than asked, whatever answers on that port.
@@ -320,7 +325,8 @@ pub async fn run(url: RedisUrl, settlements: Arc<Settlements>, metrics: Metrics)
                         tracked[*i].drop_lease();
                     }
                 }
-                if failures >= FAILURES {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if failures >= 2 && since.elapsed() >= FALLBACK_AFTER {
                     settlements.set_up(false);
                     for share in tracked.drain(..) {
                         share.drop_lease();
