@@ -733,17 +733,23 @@ mod tests {
         assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
         let ask = share.plan().expect("a settle");
         assert_eq!((ask.give, ask.want), (-1, 1));
-        // Redis grants one: spent from the lease, then refused although
-        // the replica's own bucket has one left.
-        share.settled(ask, 1);
+        // Redis takes the one owed and grants nothing (the cluster's bucket
+        // is empty): refused although the replica's own bucket has one left.
+        share.settled(ask, 0);
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), refused);
+        // Redis grants all it is asked: spent from the lease; then the dry
+        // lease falls back to the replica's bucket (owed) until it is empty.
+        let ask = share.plan().expect("a settle");
+        share.settled(ask, ask.want);
+        assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
         assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
         assert_eq!(use_key(&owner.usage, &counters, t(0)), refused);
-        // Redis down: the replica's bucket again.
+        // Redis down: the replica's bucket again (empty by now: the
+        // limiter keeps real time, so it does not refill within the test).
         settlements.set_up(false);
-        assert_eq!(use_key(&owner.usage, &counters, t(0)), Ok(()));
         assert_eq!(use_key(&owner.usage, &counters, t(0)), refused);
         let d = counters.deltas();
-        assert_eq!((d.allowed, d.denied[Denied::RateLimited as usize]), (3, 2));
+        assert_eq!((d.allowed, d.denied[Denied::RateLimited as usize]), (3, 3));
     }
 
     #[test]

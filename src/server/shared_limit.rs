@@ -18,11 +18,21 @@
 //! ([`Settlements::up`] false) every key is judged by the per-replica
 //! bucket, and nothing is owed.
 //!
+//! A hot key whose lease runs dry before the next settle lands is judged
+//! the same way (per-replica bucket, owed) as long as Redis granted all it
+//! asked for at the last settle: the lease ran dry because demand grew
+//! faster than the settle loop, not because the cluster's bucket is empty.
+//! Once Redis grants less than asked, a dry lease refuses. Without this, a
+//! key far under its limit was refused for a round trip each time demand
+//! outgrew its lease (39k refusals in 5 s at 40k req/s with a limit of
+//! 100k/s, found by `e2e/bench-auth redis-limits`).
+//!
 //! Accepted requests in the cluster over `t` seconds: at most
 //! `rate × t + burst` for requests spent from leases, plus what cold keys
 //! accept before their first settle (each replica's cold requests of one
-//! Redis round trip; at most `burst` each), which is then owed and paid
-//! back out of later leases.
+//! Redis round trip; at most `burst` each) and what dry leases accept the
+//! same way, which is then owed and paid back out of later leases: at most
+//! `R × burst` more with `R` replicas, never more over a longer window.
 
 use crate::crd::{ApiKey, RateLimit};
 use std::fmt;
@@ -69,9 +79,11 @@ impl Settlements {
 pub enum Spend {
     /// Spent from this replica's lease of the cluster's bucket.
     Shared,
-    /// The lease is used up: refused (the settle loop is woken).
+    /// The lease is used up and Redis granted less than asked last time
+    /// (the cluster's bucket is empty): refused (the settle loop is woken).
     Refused,
-    /// Cold key or Redis down: the per-replica bucket decides; call
+    /// Cold key, Redis down, or a lease that ran dry before its refill: the
+    /// per-replica bucket decides; call
     /// [`Share::spent_locally`] when it accepts.
     Local,
 }
@@ -104,6 +116,8 @@ pub struct Share {
     queued: AtomicBool,
     /// The loop's count of quiet ticks (only the loop touches it).
     quiet: AtomicU32,
+    /// Redis granted less than asked at the last settle: a dry lease refuses.
+    starved: AtomicBool,
     settlements: Arc<Settlements>,
 }
 
@@ -146,6 +160,7 @@ impl Share {
             hot: AtomicBool::new(false),
             queued: AtomicBool::new(false),
             quiet: AtomicU32::new(0),
+            starved: AtomicBool::new(false),
             settlements,
         }
     }
@@ -164,7 +179,11 @@ impl Share {
         loop {
             if credit <= 0 {
                 self.settlements.wake.notify_one();
-                return Spend::Refused;
+                return if self.starved.load(Ordering::Acquire) {
+                    Spend::Refused
+                } else {
+                    Spend::Local
+                };
             }
             match self
                 .credit
@@ -225,6 +244,7 @@ impl Share {
             self.quiet.store(0, Ordering::Relaxed);
             self.queued.store(false, Ordering::Release);
         } else {
+            self.starved.store(granted < ask.want, Ordering::Release);
             self.hot.store(true, Ordering::Release);
         }
     }
@@ -234,6 +254,7 @@ impl Share {
         self.hot.store(false, Ordering::Release);
         self.credit.store(0, Ordering::Release);
         self.quiet.store(0, Ordering::Relaxed);
+        self.starved.store(false, Ordering::Release);
         self.queued.store(false, Ordering::Release);
     }
 }
@@ -301,8 +322,36 @@ mod tests {
         a.settled(ask, g);
         assert_eq!(
             (a.spend(), a.spend(), a.spend()),
-            (Spend::Shared, Spend::Shared, Spend::Refused)
+            (Spend::Shared, Spend::Shared, Spend::Local),
+            "all it asked was granted: a dry lease is judged locally"
         );
+    }
+
+    #[test]
+    fn a_dry_lease_refuses_once_redis_grants_less_than_asked() {
+        let s = Arc::new(Settlements::default());
+        s.set_up(true);
+        let a = share(20, 20, &s);
+        let mut tat = 0;
+        for _ in 0..3 {
+            assert_eq!(a.spend(), Spend::Local);
+            a.spent_locally();
+        }
+        // The cluster's bucket has room for 1 more after the 3 owed.
+        let ask = a.plan().unwrap();
+        assert_eq!((ask.give, ask.want), (-3, 3));
+        tat = tat.max(1_000_000 + 16 * 50_000);
+        let g = settle_model(&mut tat, 1_000_000, (a.interval_us, a.burst), ask);
+        assert_eq!(g, 1, "room for one");
+        a.settled(ask, g);
+        assert_eq!((a.spend(), a.spend()), (Spend::Shared, Spend::Refused));
+        // A later settle that grants all it asks lifts the refusal.
+        let ask = a.plan().unwrap();
+        let g = settle_model(&mut tat, 3_000_000, (a.interval_us, a.burst), ask);
+        assert_eq!(g, ask.want);
+        a.settled(ask, g);
+        while a.spend() == Spend::Shared {}
+        assert_eq!(a.spend(), Spend::Local);
     }
 
     #[test]
