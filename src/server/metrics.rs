@@ -317,8 +317,8 @@ impl Latency {
         shard.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// Cumulative buckets `(upper bound in seconds, count)`, the count and
-    /// the sum in seconds.
+    /// Per-bucket `(upper bound in seconds, count)` (not cumulative: the
+    /// encoder adds them up), the total count and the sum in seconds.
     fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
         let mut counts = [0u64; LATENCY_BOUNDS_NS.len() + 1];
         let mut sum_ns = 0u64;
