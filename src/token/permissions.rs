@@ -318,22 +318,26 @@ pub fn permits<'p>(
     required: &[String],
     path: impl FnOnce() -> Result<&'p str, path::PathRefused>,
 ) -> Result<(), Denial> {
-    let holding: Vec<&AuthorizationDetail> = details
-        .iter()
-        .filter(|d| d.kind == DETAIL_TYPE)
-        .filter(|d| required.iter().all(|s| d.actions.contains(s)))
-        .collect();
-    if holding.is_empty() {
+    // Two passes over the details rather than a collected list: no
+    // allocation on a request's path.
+    let holding = || {
+        details
+            .iter()
+            .filter(|d| d.kind == DETAIL_TYPE)
+            .filter(|d| required.iter().all(|s| d.actions.contains(s)))
+    };
+    let mut any_holds = false;
+    for d in holding() {
+        if d.paths.is_empty() {
+            return Ok(());
+        }
+        any_holds = true;
+    }
+    if !any_holds {
         return Err(Denial::Scope);
     }
-    if holding.iter().any(|d| d.paths.is_empty()) {
-        return Ok(());
-    }
     let path = path().map_err(Denial::Path)?;
-    match holding
-        .iter()
-        .any(|d| d.paths.iter().any(|r| path::covers(r, path)))
-    {
+    match holding().any(|d| d.paths.iter().any(|r| path::covers(r, path))) {
         true => Ok(()),
         false => Err(Denial::Resource),
     }
