@@ -19,6 +19,11 @@ fn helm_lint_passes_for_the_defaults_and_the_variants() {
         vec!["server.tls.mode=certManager", "webhook.certManager.enabled=true"],
         vec!["server.tls.mode=off"],
         vec!["server.grpc.enabled=true", "networkPolicy.enabled=true"],
+        vec![
+            "server.rateLimitRedis.url=redis://redis:6379",
+            "networkPolicy.enabled=true",
+        ],
+        vec!["server.rateLimitRedis.existingSecret.name=latchkey-redis"],
     ] {
         let mut args = vec!["lint", "--strict", CHART];
         args.extend(sets(&values));
@@ -558,4 +563,113 @@ fn cert_manager_mode_mounts_its_certificate_and_lets_it_inject_the_ca() {
     assert!(!docs.iter().any(|d| d["kind"].as_str() == Some("Issuer")));
     let cert = find(&docs, "Certificate", "latchkey-webhook");
     assert_eq!(cert["spec"]["issuerRef"]["name"].as_str(), Some("corp-ca"));
+}
+
+#[test]
+fn shared_rate_limits_take_the_redis_url_from_values_or_a_secret_never_a_password_in_values() {
+    let container = |docs: &[Value]| {
+        find(docs, "Deployment", "latchkey")["spec"]["template"]["spec"]["containers"][0].clone()
+    };
+    let redis_env = |c: &Value| {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some("LATCHKEY_RATE_LIMIT_REDIS_URL"))
+            .cloned()
+    };
+    // Off by default: no flag, no variable, no egress to Redis.
+    let docs = template(&["networkPolicy.enabled=true"]);
+    let c = container(&docs);
+    assert!(!strings(&c["args"]).iter().any(|a| a == "--rate-limit-redis-url"));
+    assert!(redis_env(&c).is_none());
+    let np = find(&docs, "NetworkPolicy", "latchkey");
+    let egress_ports = |np: &Value| -> Vec<String> {
+        np["spec"]["egress"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["ports"].as_sequence().unwrap().iter())
+            .map(|p| match &p["port"] {
+                Value::Number(n) => n.to_string(),
+                other => other.as_str().unwrap_or_default().to_owned(),
+            })
+            .collect()
+    };
+    assert!(!egress_ports(np).contains(&"6379".to_owned()), "{np:?}");
+
+    // A URL without credentials: the flag.
+    let docs = template(&[
+        "server.rateLimitRedis.url=redis://redis.cache.svc:6379/2",
+        "networkPolicy.enabled=true",
+        "server.rateLimitRedis.networkPolicyTo[0].namespaceSelector.matchLabels.team=cache",
+    ]);
+    let args = strings(&container(&docs)["args"]);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--rate-limit-redis-url", "redis://redis.cache.svc:6379/2"]),
+        "args: {args:?}"
+    );
+    let np = find(&docs, "NetworkPolicy", "latchkey");
+    assert!(egress_ports(np).contains(&"6379".to_owned()), "{np:?}");
+    let to_redis = np["spec"]["egress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["ports"][0]["port"].as_u64() == Some(6379))
+        .unwrap();
+    assert_eq!(
+        to_redis["to"][0]["namespaceSelector"]["matchLabels"]["team"].as_str(),
+        Some("cache")
+    );
+
+    // From a Secret: the variable the binary reads, never the URL in the spec.
+    let docs = template(&[
+        "server.rateLimitRedis.existingSecret.name=latchkey-redis",
+        "server.rateLimitRedis.existingSecret.key=redis-url",
+    ]);
+    let c = container(&docs);
+    assert!(!strings(&c["args"]).iter().any(|a| a == "--rate-limit-redis-url"));
+    let env = redis_env(&c).expect("LATCHKEY_RATE_LIMIT_REDIS_URL from the Secret");
+    assert_eq!(
+        env["valueFrom"]["secretKeyRef"]["name"].as_str(),
+        Some("latchkey-redis")
+    );
+    assert_eq!(
+        env["valueFrom"]["secretKeyRef"]["key"].as_str(),
+        Some("redis-url")
+    );
+
+    // Refused at render time, each saying what to change.
+    for (values, says) in [
+        (
+            vec!["server.rateLimitRedis.url=redis://:hunter2@redis:6379"],
+            "existingSecret",
+        ),
+        (
+            vec![
+                "server.rateLimitRedis.url=redis://redis:6379",
+                "server.rateLimitRedis.existingSecret.name=latchkey-redis",
+            ],
+            "not both",
+        ),
+        (
+            vec![
+                "server.rateLimitRedis.existingSecret.name=latchkey-redis",
+                "server.rateLimitRedis.existingSecret.key=",
+            ],
+            "existingSecret.key",
+        ),
+    ] {
+        let mut args = vec!["template", RELEASE, CHART];
+        args.extend(sets(&values));
+        let out = helm(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "helm rendered {values:?}");
+        assert!(stderr.contains(says), "{values:?}: {stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "the refusal repeats the password: {stderr}"
+        );
+    }
 }
