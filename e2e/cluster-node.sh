@@ -12,6 +12,13 @@
 NODE_DIR="$DIR/node"
 NODE_BRIDGE=latchkey0
 NODE_IP=10.244.0.1
+# The bridge's own MAC, set when it is made. A bridge left to choose takes
+# the lowest MAC among its ports, so deleting the pod whose veth held it
+# changes the gateway's MAC under every other pod: their ARP entry for
+# 10.244.0.1 goes stale, and a connection in that window waits 3 s and
+# fails with EHOSTUNREACH (seen as one failed request of a rollout on a
+# busy machine). Locally administered, unicast.
+NODE_BRIDGE_MAC=02:6c:6b:00:00:01
 NODE_POD_CIDR=10.244.0.0/24
 # Services of the node cluster; routed onto the bridge, so a ClusterIP that
 # kube-proxy has no rule for never leaves the machine.
@@ -140,7 +147,7 @@ node_network_up() {
   if [ ! -f "$NODE_DIR/sysctl.saved" ]; then
     for s in "${NODE_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$NODE_DIR/sysctl.saved"
   fi
-  ip link add "$NODE_BRIDGE" type bridge
+  ip link add "$NODE_BRIDGE" address "$NODE_BRIDGE_MAC" type bridge
   ip addr replace "$NODE_IP/24" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   ip route replace "$NODE_SERVICE_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP"
