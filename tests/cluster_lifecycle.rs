@@ -132,6 +132,9 @@ async fn rotate_now_adds_a_key_and_the_old_one_stays_valid_until_its_valid_until
 async fn revocation_ends_every_key_within_a_second_is_reported_and_is_one_way() {
     let s = Scenario::new("lc-revoke").await;
     apply(&manifest(&s.ns.name, "svc", ""));
+    // A request the controller sees before the first key is answered by it
+    // (no previous key): ask once the first key is there.
+    s.settled("svc", "the first key", |_| true).await;
     s.request_rotation("svc", "r1").await;
     let (_, secret) = s
         .settled("svc", "a rotated key", |ak| {
@@ -189,6 +192,36 @@ async fn revocation_ends_every_key_within_a_second_is_reported_and_is_one_way() 
         1,
         "the Event is published once"
     );
+}
+
+#[tokio::test]
+async fn an_apikey_applied_with_a_rotate_request_gets_one_key_that_answers_it() {
+    // As a GitOps repository holds it: the annotation is there from creation,
+    // so no later annotation change wakes the controller for it.
+    let s = Scenario::new("lc-born-rotated").await;
+    let manifest = manifest(&s.ns.name, "svc", "").replace(
+        "metadata:\n",
+        "metadata:\n  annotations:\n    latchkey.dev/rotate: \"gitops-1\"\n",
+    );
+    apply(&manifest);
+    let (ak, secret) = s
+        .settled("svc", "the first key, answering the request", |ak| {
+            ak.status.as_ref().unwrap().last_rotate_request.as_deref() == Some("gitops-1")
+        })
+        .await;
+    let status = ak.status.as_ref().unwrap();
+    assert_eq!(status.revision, Some(1));
+    assert!(status.previous_keys.is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = s.secrets.get("svc").await.unwrap();
+    assert_eq!(key_hash(&after), key_hash(&secret), "no second key");
+    // A new value is a new request.
+    s.request_rotation("svc", "gitops-2").await;
+    s.settled("svc", "the requested rotation", |ak| {
+        let status = ak.status.as_ref().unwrap();
+        status.last_rotate_request.as_deref() == Some("gitops-2") && status.revision == Some(2)
+    })
+    .await;
 }
 
 #[tokio::test]

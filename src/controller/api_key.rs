@@ -183,7 +183,7 @@ impl ApiKeyWrites<'_> {
         let key = ApiKeyValue::generate();
         let record = plan::record_for(&key, now);
         // 1. status knows the key before the Secret holds it.
-        let pending = plan::pending_status(settled, record, cause);
+        let pending = plan::pending_status(&api_key, settled, record, cause);
         let api_key = self.write_status(&api_key, pending.clone()).await?;
         // 2. the Secret receives it.
         let stamp = plan::pending_stamp(&pending).expect("a pending key has a stamp");

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// How many lines of a child's log a failed test prints.
+const LOG_TAIL_ON_FAILURE: usize = 60;
+
 /// How a [`LoggedChild`] is stopped on drop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -161,6 +164,20 @@ impl LoggedChild {
 
 impl Drop for LoggedChild {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test shows what its children said last (the harness
+            // prints a failed test's output; the log files go with the runner).
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+            eprintln!(
+                "--- last {} lines of {} ({}):\n{}\n---",
+                tail.len(),
+                self.name,
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
         if self.stop == Stop::Term {
             self.send_term();
             for _ in 0..50 {

@@ -3,11 +3,25 @@
 use super::*;
 
 /// Step 1 of a delivery: `status` (settled) with `record` as the pending key.
-pub fn pending_status(status: &ApiKeyStatus, record: KeyRecord, cause: &DeliveryCause) -> ApiKeyStatus {
+///
+/// A first key or a repair also answers a rotate-now request not yet
+/// honoured: the key it delivers is new. Otherwise a request already on the
+/// ApiKey when the controller first saw it (created with the annotation, or
+/// annotated before the controller's watch started) would stay unanswered
+/// until the next resync: the watch wakes the reconciler on annotation
+/// changes, and that annotation had not changed.
+pub fn pending_status(
+    api_key: &ApiKey,
+    status: &ApiKeyStatus,
+    record: KeyRecord,
+    cause: &DeliveryCause,
+) -> ApiKeyStatus {
     let mut next = status.clone();
     next.pending_rotate_request = match cause {
         DeliveryCause::Rotation(RotationCause::Requested(value)) => Some(value.clone()),
-        _ => None,
+        DeliveryCause::Issue(_) => rotation::rotate_request(api_key, status),
+        // A request wins over the schedule (`rotation_due`): none is waiting.
+        DeliveryCause::Rotation(RotationCause::Scheduled) => None,
     };
     next.pending_key = Some(record);
     next

@@ -414,7 +414,7 @@ impl World {
             }
             Some(cause) => {
                 let key = ApiKeyValue::generate();
-                let pending = pending_status(&p.status, record_for(&key, now), cause);
+                let pending = pending_status(&self.ak, &p.status, record_for(&key, now), cause);
                 self.set_status(pending.clone(), now);
                 if crash == Crash::AfterPendingStatus {
                     return true;
@@ -734,6 +734,38 @@ fn repeated_crashes_at_every_point_never_break_the_invariant() {
     }
     // Every request delivered exactly one key.
     assert_eq!(w.status().revision, Some(61));
+}
+
+#[test]
+fn a_request_already_there_at_creation_is_answered_by_the_first_key() {
+    let mut w = World::new(Some(("24h", None)));
+    w.request("r1");
+    assert!(w.reconcile(t(0), Crash::Never));
+    assert_eq!(w.status().revision, Some(1));
+    assert_eq!(w.status().last_rotate_request.as_deref(), Some("r1"));
+    assert_eq!(w.reasons(), vec!["KeyIssued"]);
+    // Nothing is left waiting for a wake-up the watch would not send.
+    assert!(!w.reconcile(t(1), Crash::Never));
+    // The same, interrupted after the Secret: the promotion records it.
+    let mut w = World::new(Some(("24h", None)));
+    w.request("r1");
+    w.reconcile(t(0), Crash::AfterSecret);
+    assert!(w.reconcile(t(5), Crash::Never));
+    assert_eq!(w.status().last_rotate_request.as_deref(), Some("r1"));
+    assert_eq!(w.status().revision, Some(1));
+    assert!(!w.reconcile(t(6), Crash::Never));
+}
+
+#[test]
+fn a_repair_answers_a_request_made_with_it() {
+    let mut w = World::new(Some(("24h", Some("1h"))));
+    w.reconcile(t(0), Crash::Never);
+    w.secret = None;
+    w.request("r1");
+    assert!(w.reconcile(t(10), Crash::Never));
+    assert_eq!(w.status().revision, Some(2), "one new key for both");
+    assert_eq!(w.status().last_rotate_request.as_deref(), Some("r1"));
+    assert!(!w.reconcile(t(11), Crash::Never));
 }
 
 #[test]
