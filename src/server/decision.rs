@@ -187,6 +187,23 @@ impl Decision {
     }
 }
 
+/// `HeaderValue::to_str`: the same bytes accepted (visible ASCII, space and
+/// tab), judged 32 at a time. Runs over the whole credential twice a
+/// request (the guard's and the decision's reading); `to_str` judged a byte
+/// at a time, which a user's token (about 700 bytes) felt.
+pub(crate) fn visible_ascii(bytes: &[u8]) -> Option<&str> {
+    let visible = bytes.chunks(32).all(|chunk| {
+        chunk
+            .iter()
+            .fold(true, |ok, &b| ok & ((b' '..=b'~').contains(&b) | (b == b'\t')))
+    });
+    if visible {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
 /// The credential a request presents: `Authorization: Bearer`, `X-Api-Key`
 /// or the configured header. An `Authorization` header with another scheme
 /// (Basic, say) is not a credential of ours. Refused, never "first wins": a
@@ -207,7 +224,7 @@ pub fn credential<'a>(
                 false => Ok(None),
             };
         };
-        let value = value.to_str().map_err(|_| Decision::InvalidRequest(UNREADABLE))?;
+        let value = visible_ascii(value.as_bytes()).ok_or(Decision::InvalidRequest(UNREADABLE))?;
         Ok(Some(value.trim()))
     };
     let bearer = only(&AUTHORIZATION)?.and_then(|v| {
@@ -549,6 +566,20 @@ mod tests {
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_credential_is_read_as_http_reads_a_header_value(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)
+        ) {
+            // Every byte a header value can hold, and the ones it cannot.
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                proptest::prop_assert_eq!(visible_ascii(value.as_bytes()), value.to_str().ok());
+            }
+            let visible = bytes.iter().all(|b| (32..127).contains(b) || *b == b'\t');
+            proptest::prop_assert_eq!(visible_ascii(&bytes).is_some(), visible);
+        }
     }
 
     fn api_key(current: &ApiKeyValue, previous: Option<(&ApiKeyValue, i64)>) -> ApiKey {

@@ -40,13 +40,14 @@ pub struct Guard {
 
 impl Guard {
     /// The key id of the API key an auth request presents (not a JWT:
-    /// tokens are not throttled by key id), for the per-key-id throttle.
-    /// Read in place: nothing is copied on the request path.
+    /// tokens are not throttled by key id; [`key_id_of`] refuses anything
+    /// not shaped as a key, a JWT first, without reading it through), for
+    /// the per-key-id throttle. Read in place: nothing is copied on the
+    /// request path.
     pub(crate) fn auth_key_id(&self, headers: &HeaderMap) -> Option<KeyId> {
         decision::credential(headers, self.state.options.api_key_header.as_ref())
             .ok()
             .flatten()
-            .filter(|c| !crate::token::claims::looks_like_jwt(c))
             .and_then(key_id_of)
     }
 }

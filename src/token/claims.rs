@@ -515,7 +515,19 @@ impl TokenInvalid {
 
 /// Whether `presented` has the shape of a JWS compact serialization.
 pub fn looks_like_jwt(presented: &str) -> bool {
-    presented.bytes().filter(|b| *b == b'.').count() == 2 && presented.starts_with("ey")
+    presented.starts_with("ey") && count_dots(presented.as_bytes()) == 2
+}
+
+/// The number of `.` in `bytes`. Runs on every auth request over the whole
+/// token (about 700 bytes for a user's token): counted in one-byte lanes
+/// per chunk of at most 255 bytes, which vectorises 32 bytes at a time; a
+/// plain `filter().count()` added 64-bit lanes four bytes at a time and
+/// cost about 0.2 µs a request (perf, `e2e/bench-auth tokens`).
+fn count_dots(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(255)
+        .map(|chunk| usize::from(chunk.iter().fold(0u8, |n, &b| n + u8::from(b == b'.'))))
+        .sum()
 }
 
 /// Verifies a presented access token: signature by a published key of the
@@ -832,6 +844,15 @@ mod tests {
 
     fn claims() -> AccessClaims {
         build("grant_type=client_credentials&claim.tenant=acme").unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dots_are_counted_as_a_plain_count_does(bytes in proptest::collection::vec(
+            proptest::sample::select(vec![b'.', b'a', b'e', b'y', 0xff]), 0..2000)
+        ) {
+            proptest::prop_assert_eq!(count_dots(&bytes), bytes.iter().filter(|b| **b == b'.').count());
+        }
     }
 
     #[test]

@@ -466,6 +466,51 @@ fn a_token_allow_names_the_namespace_of_its_key_and_every_identity_header() {
     assert_eq!(owner.usage.last_used.load(Ordering::Relaxed), NOW);
 }
 
+/// The verified-token cache is keyed by the signature: an attacker who
+/// pastes a cached token's signature under a payload of their own (another
+/// subject, an admin's role) is answered as the cached token, never with
+/// the claims they wrote; without a cached entry the forgery is refused.
+#[test]
+fn a_forged_payload_under_a_cached_signature_gains_nothing() {
+    use base64::Engine;
+    let (state, signer, issuer, api_key) = token_state(None);
+    let token = sign(&signer, &issuer, api_key.key_id());
+    let (header, rest) = token.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap();
+    claims["sub"] = "admin".into();
+    claims["role"] = "admin".into();
+    claims["scope"] = "orders:read orders:write".into();
+    let forged = format!("{header}.{}.{signature}", b64.encode(claims.to_string()));
+    // Not seen yet: verified, and refused.
+    assert!(
+        matches!(
+            decide_at(&state, &forged, "scope=orders:read"),
+            Decision::Invalid(Invalid::Token(claims::TokenInvalid::Signature))
+        ),
+        "a forged payload verified"
+    );
+    // The real token cached, then the forgery: the real token's answer.
+    assert!(matches!(
+        decide_at(&state, &token, "scope=orders:read"),
+        Decision::Allow { .. }
+    ));
+    let d = decide_at(&state, &forged, "scope=orders:write");
+    assert!(matches!(d, Decision::InsufficientScope { .. }), "{d:?}");
+    let Decision::Allow { identity, .. } = decide_at(&state, &forged, "scope=orders:read") else {
+        panic!("the cached token's own scope")
+    };
+    assert_eq!(identity.subject, "login-service");
+    assert_eq!(identity.role, "reader");
+    // A token without a signature is refused, cached or not.
+    let unsigned = format!("{header}.{payload}.");
+    assert!(matches!(
+        decide_at(&state, &unsigned, "scope=orders:read"),
+        Decision::Invalid(Invalid::Token(_))
+    ));
+}
+
 #[test]
 fn a_token_meets_namespace_and_issuer_requirements_by_its_key_and_iss() {
     let (state, signer, issuer, api_key) = token_state(None);
@@ -641,11 +686,11 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
     // every victim entry. With 1 MiB a shard is 64 KiB, three big entries
     // (about 21.7 KiB each) fill one, and a third landing in a shard with
     // a victim entry evicted it: the share bounds how much a client
-    // displaces, not where. Which shard an entry lands in is its token's
-    // SHA-256, and ES256 signatures are randomized (and the key is new each
-    // run), so that happened in about 1 run in 20, whatever the load. Here
-    // no placement can make a shard overflow, and the test says so: no
-    // eviction at all.
+    // displaces, not where. Which shard an entry lands in is the SHA-256
+    // of its token's signature, and ES256 signatures are randomized (and
+    // the key is new each run), so that happened in about 1 run in 20,
+    // whatever the load. Here no placement can make a shard overflow, and
+    // the test says so: no eviction at all.
     let limits = token_cache::Limits {
         total_bytes: 4 << 20,
         per_client_bytes: 1 << 17,
@@ -690,7 +735,7 @@ fn a_flood_of_big_tokens_from_one_client_stays_in_its_share_and_spares_the_other
     // with the key removed a cached token answers UnknownKey only after a
     // new snapshot, so check by the cache's own lookup).
     for t in &victim {
-        let hash = crate::key::sha256(t.as_bytes());
+        let hash = super::verify::cache_key(t).unwrap();
         assert!(matches!(
             tokens.cache().get(&hash, now, |c| c.claims.sub.clone()),
             Lookup::Hit(s) if s == "svc-VictimVictim"
