@@ -336,9 +336,21 @@ fn children_cpu_seconds() -> f64 {
 /// machine the rate depends on what else runs (wrk included: its TLS runs
 /// on the same cores); CPU per request does much less.
 pub fn wrk_cpu(url: &str, connections: u32, seconds: u32, key: Option<&str>, servers: &[u32]) -> WrkResult {
+    wrk_script_cpu(url, connections, seconds, key, None, servers)
+}
+
+/// [`wrk_cpu`] with a Lua script, as [`wrk_script`].
+pub fn wrk_script_cpu(
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    key: Option<&str>,
+    script: Option<&Path>,
+    servers: &[u32],
+) -> WrkResult {
     let server_cpu = || servers.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let (server_before, client_before) = (server_cpu(), children_cpu_seconds());
-    let mut r = wrk(url, connections, seconds, key);
+    let mut r = wrk_script(url, connections, seconds, key, script);
     let (server_after, client_after) = (server_cpu(), children_cpu_seconds());
     let per_request = |seconds: f64| seconds * 1e6 / r.requests.max(1) as f64;
     r.server_cpu_us = per_request(server_after - server_before);
