@@ -50,14 +50,28 @@ impl Guard {
             .flatten()
             .and_then(key_id_of)
     }
+
+    /// [`auth_key_id`](Self::auth_key_id), read only while the per-key-id
+    /// throttle may block some key: otherwise no request is refused by its
+    /// key id, and the request that authenticates reads no more than its
+    /// decision does. A failure's key id is read after the decision.
+    pub(crate) fn auth_key_id_to_check(&self, headers: &HeaderMap) -> Option<KeyId> {
+        let throttle = &self.throttle;
+        match &throttle.by_key_id {
+            Some(l) if l.may_block(throttle.now_ms()) => self.auth_key_id(headers),
+            _ => None,
+        }
+    }
 }
 
 /// Set on an auth route's answer whose API key did not authenticate
 /// (unknown, replaced, revoked or expired; see
-/// [`decision::Decision::failed_authentication`]): the guard counts it for
-/// the key id without verifying the key a second time.
+/// [`decision::Decision::failed_authentication`]), with the key id the
+/// request presented: the guard counts the failure for that id without
+/// verifying the key a second time, and without reading the credential on
+/// the requests that authenticate.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FailedAuthentication;
+pub(crate) struct FailedAuthentication(pub Option<KeyId>);
 
 /// The routes the guard tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,15 +157,16 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
             .map(|c| source_key(c.0.ip())),
         _ => None,
     };
+    let throttle = &guard.throttle;
     let (credential, key_id) = match class {
-        Class::Auth => (None, guard.auth_key_id(request.headers())),
+        // A failure's key id comes with the answer.
+        Class::Auth => (None, guard.auth_key_id_to_check(request.headers())),
         _ => {
             let credential = client_credential(request.headers());
             let key_id = credential.as_deref().and_then(key_id_of);
             (credential, key_id)
         }
     };
-    let throttle = &guard.throttle;
     if let Some((by, wait)) = throttle.blocked(source.as_ref(), key_id.as_ref(), throttle.now_ms()) {
         guard.state.metrics.observe_throttled(by);
         return throttled(class, wait);
@@ -171,13 +186,18 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         }
         // A 401 for a key that does authenticate (a wrong audience) is not
         // a failed authentication. The auth routes say which it was.
-        let failed = match class {
-            Class::Auth => response.extensions().get::<FailedAuthentication>().is_some(),
-            _ => credential
-                .as_deref()
-                .is_some_and(|c| decision::verify(c, &guard.state.index, guard.state.clock.now()).is_err()),
+        let failed_key_id = match class {
+            Class::Auth => response
+                .extensions()
+                .get::<FailedAuthentication>()
+                .and_then(|f| f.0),
+            _ => key_id.filter(|_| {
+                credential.as_deref().is_some_and(|c| {
+                    decision::verify(c, &guard.state.index, guard.state.clock.now()).is_err()
+                })
+            }),
         };
-        if let (Some(l), Some(id), true) = (&throttle.by_key_id, &key_id, failed) {
+        if let (Some(l), Some(id)) = (&throttle.by_key_id, &failed_key_id) {
             l.failed(id, now);
         }
     }

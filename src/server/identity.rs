@@ -96,8 +96,9 @@ pub struct Identity {
     pub role: HeaderValue,
     /// A JSON object, `{}` without custom claims.
     pub claims: HeaderValue,
-    /// A token's string custom claims by name (for `--claim-header`).
-    pub claim_values: Vec<(Box<str>, HeaderValue)>,
+    /// A token's string custom claims, `(name, value)` (for
+    /// `--claim-header`).
+    pub claim_values: Vec<(HeaderValue, HeaderValue)>,
     /// A delegated token's `act.sub`; empty otherwise.
     pub actor: HeaderValue,
 }
@@ -130,63 +131,40 @@ impl Identity {
     /// the namespace and name of `owner`, the ApiKey the credential comes
     /// from (for a token: the one whose key minted it, as the index knows it).
     pub fn copied_for(&self, owner: &IndexedApiKey) -> Self {
-        let [
-            subject,
-            scopes,
-            key_id,
-            role,
-            claims,
-            actor,
-            namespace,
-            api_key_name,
-        ] = copies([
-            self.subject.as_bytes(),
-            self.scopes.as_bytes(),
-            self.key_id.as_bytes(),
-            self.role.as_bytes(),
-            self.claims.as_bytes(),
-            self.actor.as_bytes(),
-            owner.namespace_header.as_bytes(),
-            owner.name_header.as_bytes(),
-        ]);
-        Self {
-            subject,
-            scopes,
-            key_id,
-            namespace,
-            api_key_name,
-            role,
-            claims,
-            claim_values: self
-                .claim_values
-                .iter()
-                .map(|(n, v)| (n.clone(), copy(v)))
-                .collect(),
-            actor,
-        }
+        self.copied_with(owner.namespace_header.as_bytes(), owner.name_header.as_bytes())
     }
 
     /// Fresh copies of every value, as they are.
     pub fn copied(&self) -> Self {
-        let [
-            subject,
-            scopes,
-            key_id,
-            role,
-            claims,
-            actor,
-            namespace,
-            api_key_name,
-        ] = copies([
-            self.subject.as_bytes(),
-            self.scopes.as_bytes(),
-            self.key_id.as_bytes(),
-            self.role.as_bytes(),
-            self.claims.as_bytes(),
-            self.actor.as_bytes(),
-            self.namespace.as_bytes(),
-            self.api_key_name.as_bytes(),
-        ]);
+        self.copied_with(self.namespace.as_bytes(), self.api_key_name.as_bytes())
+    }
+
+    fn copied_with(&self, namespace: &[u8], api_key_name: &[u8]) -> Self {
+        let (
+            [
+                subject,
+                scopes,
+                key_id,
+                role,
+                claims,
+                actor,
+                namespace,
+                api_key_name,
+            ],
+            claim_values,
+        ) = copies_with_pairs(
+            [
+                self.subject.as_bytes(),
+                self.scopes.as_bytes(),
+                self.key_id.as_bytes(),
+                self.role.as_bytes(),
+                self.claims.as_bytes(),
+                self.actor.as_bytes(),
+                namespace,
+                api_key_name,
+            ],
+            &self.claim_values,
+        );
         Self {
             subject,
             scopes,
@@ -195,11 +173,7 @@ impl Identity {
             api_key_name,
             role,
             claims,
-            claim_values: self
-                .claim_values
-                .iter()
-                .map(|(n, v)| (n.clone(), copy(v)))
-                .collect(),
+            claim_values,
             actor,
         }
     }
@@ -210,20 +184,40 @@ impl Identity {
 /// not a valid header value (never, for values that came from header values
 /// and key ids) becomes empty.
 pub(crate) fn copies<const N: usize>(values: [&[u8]; N]) -> [HeaderValue; N] {
-    let mut buf = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
+    copies_with_pairs(values, &[]).0
+}
+
+/// [`copies`] of `values` and of the `(name, value)` pairs, all in one
+/// buffer (a token's custom claims add no allocation of their own).
+fn copies_with_pairs<const N: usize>(
+    values: [&[u8]; N],
+    pairs: &[(HeaderValue, HeaderValue)],
+) -> ([HeaderValue; N], Vec<(HeaderValue, HeaderValue)>) {
+    let pair_bytes = pairs.iter().map(|(n, v)| n.len() + v.len());
+    let mut buf = Vec::with_capacity(values.iter().map(|v| v.len()).chain(pair_bytes).sum());
     for v in values {
         buf.extend_from_slice(v);
     }
+    for (name, value) in pairs {
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    }
     let shared = Bytes::from(buf);
     let mut at = 0;
-    values.map(|v| {
-        let value = match v.len() {
+    let mut next = |n: usize| {
+        let value = match n {
             0 => EMPTY,
             n => HeaderValue::from_maybe_shared(shared.slice(at..at + n)).unwrap_or(EMPTY),
         };
-        at += v.len();
+        at += n;
         value
-    })
+    };
+    let values = values.map(|v| next(v.len()));
+    let pairs = pairs
+        .iter()
+        .map(|(name, value)| (next(name.len()), next(value.len())))
+        .collect();
+    (values, pairs)
 }
 
 /// The `X-Auth-Claims` value of a token's custom claims: compact JSON with
@@ -244,10 +238,6 @@ pub fn claims_header(custom: &std::collections::BTreeMap<String, serde_json::Val
         }
     }
     HeaderValue::from_str(&ascii).unwrap_or(NO_CLAIMS)
-}
-
-pub(crate) fn copy(value: &HeaderValue) -> HeaderValue {
-    HeaderValue::from_bytes(value.as_bytes()).unwrap_or(EMPTY)
 }
 
 #[cfg(test)]

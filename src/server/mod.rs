@@ -61,6 +61,7 @@ use futures::StreamExt;
 use index::{Index, Rebuild};
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use requirement::RequirementMemo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,7 +180,7 @@ impl Proxy {
     /// `X-Original-URL` (nginx overwrites a client's), Traefik's and
     /// Caddy's `X-Forwarded-Uri` (both overwrite a client's). A repeated or
     /// unreadable header: none (refused when the path is needed).
-    fn target(self, headers: &HeaderMap) -> Option<String> {
+    fn target(self, headers: &HeaderMap) -> Option<&str> {
         let name = match self {
             Proxy::Nginx => "x-original-url",
             Proxy::Forward => "x-forwarded-uri",
@@ -187,7 +188,7 @@ impl Proxy {
         };
         let mut values = headers.get_all(name).iter();
         match (values.next(), values.next()) {
-            (Some(v), None) => v.to_str().ok().map(str::to_owned),
+            (Some(v), None) => decision::visible_ascii(v),
             _ => None,
         }
     }
@@ -243,19 +244,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+thread_local! {
+    /// This worker thread's parsed auth-URL queries (see [`RequirementMemo`]).
+    static REQUIREMENTS: std::cell::RefCell<RequirementMemo> = Default::default();
+}
+
 async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Request) -> Response {
     let started = Instant::now();
-    // Envoy appends the client's own path and query to the prefix: a query
-    // there is the client's, not a requirement of the route.
-    let mut requirement = match family {
-        Proxy::Envoy => Requirement::default(),
-        _ => Requirement::from_query(request.uri().query()),
-    };
     let headers = request.headers();
-    if requirement.resource == decision::ResourceRule::Path {
-        requirement.target = family.target(headers);
-    }
-    let decision = decide(&state, headers, &requirement);
+    let decision = REQUIREMENTS.with_borrow_mut(|memo| {
+        // Envoy appends the client's own path and query to the prefix: a
+        // query there is the client's, not a requirement of the route.
+        let requirement = memo.get(match family {
+            Proxy::Envoy => None,
+            _ => request.uri().query(),
+        });
+        // Always this request's own (or none), never a previous one's.
+        requirement.set_target(match requirement.resource {
+            decision::ResourceRule::Path => family.target(headers),
+            _ => None,
+        });
+        decide(&state, headers, requirement)
+    });
     if tracing::enabled!(tracing::Level::DEBUG) {
         // The original URL may carry credentials (`?api_key=`, user info):
         // redacted here, and again by the log writer.
@@ -264,10 +274,15 @@ async fn auth(State(state): State<Arc<AppState>>, family: Proxy, request: Reques
         tracing::debug!(route = family.label(), result = decision.label(), %method, %url, "auth decision");
     }
     state.metrics.observe(family, &decision, started.elapsed());
-    let failed = decision.failed_authentication();
+    // The key id of a key that failed to authenticate, for the guard's
+    // per-key-id throttle (read only then: an allow reads no more).
+    let failed = decision.failed_authentication().then(|| {
+        let presented = decision::credential(headers, state.options.api_key_header.as_ref());
+        guard::FailedAuthentication(presented.ok().flatten().and_then(guard::key_id_of))
+    });
     let mut response = decision.into_response_with(&state.options.claim_headers);
-    if failed {
-        response.extensions_mut().insert(guard::FailedAuthentication);
+    if let Some(failed) = failed {
+        response.extensions_mut().insert(failed);
     }
     response
 }

@@ -122,6 +122,70 @@ impl Requirement {
     }
 }
 
+/// The requirements of the auth URLs one thread has answered lately, by
+/// query. A proxy calls one auth URL per route, so a query repeats on every
+/// request of the route: parsed once per thread (no percent-decoding, no
+/// allocation per request), not once per request. Bounded: at most
+/// [`RequirementMemo::ENTRIES`] queries of at most
+/// [`RequirementMemo::LONGEST_QUERY`] bytes are kept, replaced in turn, and
+/// a longer query is parsed every time, so a client calling the auth server
+/// directly with ever new queries costs a parse, as without the memo, and
+/// no memory. The target of a `resource=path` route is the request's own:
+/// [`Requirement::set_target`] before every decision.
+#[derive(Debug, Default)]
+pub struct RequirementMemo {
+    entries: Vec<(Box<str>, Requirement)>,
+    /// The entry the next new query replaces, once full.
+    next: usize,
+    /// A query too long to keep, parsed for this request only.
+    scratch: Requirement,
+}
+
+impl RequirementMemo {
+    pub const ENTRIES: usize = 16;
+    pub const LONGEST_QUERY: usize = 512;
+
+    /// The requirement of an auth URL's `query` (what
+    /// [`Requirement::from_query`] makes of it), with the target of the
+    /// last request it served: set it before deciding.
+    pub fn get(&mut self, query: Option<&str>) -> &mut Requirement {
+        let query = query.unwrap_or_default();
+        if query.len() > Self::LONGEST_QUERY {
+            self.scratch = Requirement::from_query(Some(query));
+            return &mut self.scratch;
+        }
+        let at = match self.entries.iter().position(|(q, _)| **q == *query) {
+            Some(at) => at,
+            None if self.entries.len() < Self::ENTRIES => {
+                self.entries
+                    .push((query.into(), Requirement::from_query(Some(query))));
+                self.entries.len() - 1
+            }
+            None => {
+                let at = self.next;
+                self.next = (at + 1) % Self::ENTRIES;
+                self.entries[at] = (query.into(), Requirement::from_query(Some(query)));
+                at
+            }
+        };
+        &mut self.entries[at].1
+    }
+}
+
+impl Requirement {
+    /// Sets the original request's target (reusing the previous one's
+    /// buffer): `None` when the request reports none.
+    pub fn set_target(&mut self, target: Option<&str>) {
+        match (target, &mut self.target) {
+            (Some(t), Some(kept)) => {
+                kept.clear();
+                kept.push_str(t);
+            }
+            (target, slot) => *slot = target.map(str::to_owned),
+        }
+    }
+}
+
 /// What a verified credential offers to a route's requirement: an API key
 /// (its ApiKey, [`IndexedApiKey`]) or a token (its claims).
 pub trait Offer {
@@ -157,5 +221,59 @@ impl Offer for IndexedApiKey {
 
     fn issuer(&self) -> Option<&str> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memo_answers_what_the_query_says_and_stays_bounded() {
+        let mut memo = RequirementMemo::default();
+        let queries: Vec<String> = (0..3 * RequirementMemo::ENTRIES)
+            .map(|i| format!("scope=orders%3Aread+s{i}&namespace=shop&resource=path"))
+            .collect();
+        // Twice through more queries than it keeps: every answer is the
+        // parse of its own query, whatever was kept or replaced before.
+        for _ in 0..2 {
+            for q in &queries {
+                let mut expected = Requirement::from_query(Some(q));
+                let got = memo.get(Some(q));
+                got.set_target(None);
+                expected.set_target(None);
+                assert_eq!(*got, expected, "{q}");
+                assert!(memo.entries.len() <= RequirementMemo::ENTRIES);
+            }
+        }
+        assert_eq!(*memo.get(None), Requirement::default());
+        assert_eq!(*memo.get(Some("")), Requirement::default());
+        let long = format!("scope={}", "a".repeat(RequirementMemo::LONGEST_QUERY));
+        assert_eq!(
+            memo.get(Some(&long)).scopes,
+            vec!["a".repeat(RequirementMemo::LONGEST_QUERY)]
+        );
+        assert!(
+            memo.entries
+                .iter()
+                .all(|(q, _)| q.len() <= RequirementMemo::LONGEST_QUERY),
+            "a long query is not kept"
+        );
+    }
+
+    #[test]
+    fn a_target_is_the_requests_own() {
+        let mut memo = RequirementMemo::default();
+        let r = memo.get(Some("scope=a&resource=path"));
+        r.set_target(Some("/calendar-events/acme/1"));
+        assert_eq!(r.target.as_deref(), Some("/calendar-events/acme/1"));
+        // The next request of the same route reports another target, or
+        // none: never the previous request's.
+        let r = memo.get(Some("scope=a&resource=path"));
+        r.set_target(Some("/x"));
+        assert_eq!(r.target.as_deref(), Some("/x"));
+        let r = memo.get(Some("scope=a&resource=path"));
+        r.set_target(None);
+        assert_eq!(r.target, None);
     }
 }

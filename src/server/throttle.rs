@@ -123,6 +123,14 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
+    /// Whether some key may be blocked at `now_ms` (when not, [`blocked`]
+    /// is `None` for every key, and a caller need not even find the key).
+    ///
+    /// [`blocked`]: Self::blocked
+    pub fn may_block(&self, now_ms: u64) -> bool {
+        self.blocking_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
     /// `Some(seconds to wait)` when `key` has used up its failures at `now_ms`.
     pub fn blocked(&self, key: &K, now_ms: u64) -> Option<u64> {
         if self.blocking_until_ms.load(Ordering::Relaxed) <= now_ms {

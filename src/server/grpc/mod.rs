@@ -66,7 +66,7 @@ impl ExtAuthz {
             tracing::debug!(keys = ?unknown, "context_extensions keys latchkey does not know; ignored");
         }
         let throttle = &self.guard.throttle;
-        let key_id = self.guard.auth_key_id(&headers);
+        let key_id = self.guard.auth_key_id_to_check(&headers);
         if let Some((by, wait)) = throttle.blocked(None, key_id.as_ref(), throttle.now_ms()) {
             state.metrics.observe_throttled(by);
             let mut h = HeaderMap::new();
@@ -83,9 +83,10 @@ impl ExtAuthz {
         // A 401 for a key that does authenticate (a wrong audience) is not a
         // failed authentication.
         if decision.failed_authentication()
-            && let (Some(limiter), Some(id)) = (&throttle.by_key_id, &key_id)
+            && let Some(limiter) = &throttle.by_key_id
+            && let Some(id) = key_id.or_else(|| self.guard.auth_key_id(&headers))
         {
-            limiter.failed(id, throttle.now_ms());
+            limiter.failed(&id, throttle.now_ms());
         }
         adapter::answer(decision, claim_headers, &headers)
     }

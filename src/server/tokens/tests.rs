@@ -84,7 +84,7 @@ fn a_cached_token_is_refused_once_its_key_is_removed() {
         .with_verified(&token, now, |t| t.identity.copied())
         .unwrap();
     assert_eq!(seen.claims, r#"{"tenant":"acme"}"#);
-    assert_eq!(&*seen.claim_values[0].0, "tenant");
+    assert_eq!(seen.claim_values[0].0, "tenant");
     assert_eq!(seen.claim_values[0].1, "acme");
     assert_eq!(seen.role, "");
     // Cached now: still valid, then expired after exp + leeway.

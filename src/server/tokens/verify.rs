@@ -180,10 +180,10 @@ pub(super) fn identity_bytes(i: &Identity) -> usize {
         + header(&i.role)
         + header(&i.claims)
         + header(&i.actor)
-        + alloc(i.claim_values.capacity() * std::mem::size_of::<(Box<str>, HeaderValue)>())
+        + alloc(i.claim_values.capacity() * std::mem::size_of::<(HeaderValue, HeaderValue)>())
         + i.claim_values
             .iter()
-            .map(|(name, value)| alloc(name.len()) + header(value))
+            .map(|(name, value)| header(name) + header(value))
             .sum::<usize>()
 }
 
@@ -226,7 +226,7 @@ pub(super) fn cache_entry(claims: AccessClaims, kid: String, version: u64) -> Ca
         claim_values: claims
             .custom
             .iter()
-            .filter_map(|(name, value)| Some((name.as_str().into(), header(value.as_str()?))))
+            .filter_map(|(name, value)| Some((header(name), header(value.as_str()?))))
             .collect(),
         actor: header(claims.act.as_ref().map_or("", |a| a.sub.as_str())),
     };
