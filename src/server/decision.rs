@@ -201,9 +201,9 @@ impl Decision {
 /// control byte other than tab, nor DEL (http's constructors refuse them,
 /// and so does hyper's parser, httparse, for what arrives on the wire), so
 /// for a header value "visible ASCII" is plain ASCII. Runs over the whole
-/// credential twice a request (the guard's and the decision's reading);
-/// `to_str` judged a byte at a time, which a user's token (about 700
-/// bytes) felt.
+/// credential on every request (the decision's reading; the guard's too
+/// while some key id is throttled); `to_str` judged a byte at a time, which
+/// a user's token (about 700 bytes) felt.
 pub(crate) fn visible_ascii(value: &HeaderValue) -> Option<&str> {
     let bytes = value.as_bytes();
     if bytes.is_ascii() {

@@ -130,7 +130,7 @@ impl Requirement {
 /// [`RequirementMemo::LONGEST_QUERY`] bytes are kept, replaced in turn, and
 /// a longer query is parsed every time, so a client calling the auth server
 /// directly with ever new queries costs a parse, as without the memo, and
-/// no memory. The target of a `resource=path` route is the request's own:
+/// no memory beyond the last long query's parse (one per thread). The target of a `resource=path` route is the request's own:
 /// [`Requirement::set_target`] before every decision.
 #[derive(Debug, Default)]
 pub struct RequirementMemo {
