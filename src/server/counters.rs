@@ -202,6 +202,13 @@ impl RetiredKeys {
         for id in self.by_object.remove(object).into_iter().flatten() {
             self.by_id.remove(&id);
         }
+        // Given back after many deletions (as the index's own tables).
+        if self.by_object.capacity() > 1024 && self.by_object.len() * 4 < self.by_object.capacity() {
+            self.by_object.shrink_to(self.by_object.len() * 2);
+        }
+        if self.by_id.capacity() > 1024 && self.by_id.len() * 4 < self.by_id.capacity() {
+            self.by_id.shrink_to(self.by_id.len() * 2);
+        }
     }
 
     /// The ApiKey that retired the key with this id and hash, compared in

@@ -271,7 +271,7 @@ pub fn verify(presented: &str, index: &Index, now: Timestamp) -> Result<(KeyEntr
     let entry = index
         .find(&key_id, &key::sha256(presented.as_bytes()))
         .ok_or(Invalid::Unknown)?;
-    if entry.valid_until.is_some_and(|t| t <= now) {
+    if entry.valid_until.passed(now) {
         return Err(Invalid::Expired);
     }
     Ok((entry, key_id))
@@ -394,12 +394,12 @@ pub fn decide_key_request(
     // reference to the entry out of it.
     let sha256 = key::sha256(presented.as_bytes());
     let decided = index.find_with(&id, &sha256, |entry| {
-        if entry.valid_until.is_some_and(|t| t <= now) {
+        if entry.valid_until.passed(now) {
             entry.owner.usage.retired.presented(&id, now.as_second());
             return Decision::Invalid(Invalid::Expired);
         }
         let owner = &*entry.owner;
-        let until = entry.valid_until.map(|t| t.as_second());
+        let until = entry.valid_until.second();
         conclude(
             requirement,
             owner,

@@ -10,10 +10,9 @@
 //! server answers 503): it never honours a claim on the assumption that
 //! no grant exists.
 
-use super::index::{Index, IndexedApiKey, header};
+use super::index::{ClaimedAs, IdentityText, Index, IndexedApiKey, claimed_as};
 use crate::crd::{ApiKey, CredentialGrant};
 use crate::grants::{Audiences, Grants};
-use axum::http::HeaderValue;
 use kube::Api;
 use std::sync::Arc;
 
@@ -26,7 +25,7 @@ pub const NO_AUDIENCE: &str = "";
 
 /// What an ApiKey's spec claims (kept to re-compute its identity when the
 /// grants change).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claimed {
     pub subject: Option<Box<str>>,
     pub scopes: Box<[Box<str>]>,
@@ -44,15 +43,23 @@ impl Claimed {
     }
 }
 
-/// The identity an ApiKey is honoured with, as the index stores it.
+/// The identity an ApiKey is honoured with, as the index stores it, and
+/// its claims.
 pub struct Granted {
-    pub subject_header: HeaderValue,
-    pub scopes_header: HeaderValue,
+    pub identity: IdentityText,
     pub audiences: Box<[Box<str>]>,
+    pub claimed: ClaimedAs,
 }
 
-/// The identity of ApiKey `namespace/name` with `claimed` under `grants`.
-pub fn granted(grants: &Grants, namespace: &str, name: &str, claimed: &Claimed) -> Granted {
+/// The identity of ApiKey `namespace/name` (at `resource_version`) with
+/// `claimed` under `grants`.
+pub fn granted(
+    grants: &Grants,
+    namespace: &str,
+    name: &str,
+    resource_version: &str,
+    claimed: Claimed,
+) -> Granted {
     let effective = grants.effective(
         namespace,
         name,
@@ -60,37 +67,47 @@ pub fn granted(grants: &Grants, namespace: &str, name: &str, claimed: &Claimed) 
         &claimed.scopes,
         &claimed.audiences,
     );
-    let audiences = match effective.audiences {
+    let audiences: Box<[Box<str>]> = match effective.audiences {
         Audiences::Any => Box::default(),
         Audiences::Only(list) if list.is_empty() => [NO_AUDIENCE.into()].into(),
         Audiences::Only(list) => list.into_iter().map(Into::into).collect(),
     };
+    let identity = IdentityText::new(
+        namespace,
+        name,
+        &effective.subject,
+        &effective.scopes.join(" "),
+        resource_version,
+    );
+    let claimed = claimed_as(claimed, &identity, &audiences);
     Granted {
-        subject_header: header(&effective.subject),
-        scopes_header: header(&effective.scopes.join(" ")),
+        identity,
         audiences,
+        claimed,
     }
 }
 
 /// `owner` re-computed under `grants` (everything else, its rate-limit
 /// bucket and last use included, carried over).
 pub fn regranted(owner: &IndexedApiKey, grants: &Grants) -> IndexedApiKey {
-    let g = granted(grants, owner.namespace(), owner.name(), &owner.claimed);
+    let g = granted(
+        grants,
+        owner.namespace(),
+        owner.name(),
+        owner.identity.resource_version(),
+        owner.claimed().into_owned(),
+    );
     IndexedApiKey {
-        subject_header: g.subject_header,
-        scopes_header: g.scopes_header,
-        namespace_header: owner.namespace_header.clone(),
-        name_header: owner.name_header.clone(),
+        identity: g.identity,
         audiences: g.audiences,
         usage: owner.usage.clone(),
-        resource_version: owner.resource_version.clone(),
         status_last_used: owner.status_last_used,
         stored_usage: owner.stored_usage.clone(),
         stale_usage: owner.stale_usage.clone(),
         stored_retired: owner.stored_retired,
         token_policy: owner.token_policy.clone(),
         labels: owner.labels.clone(),
-        claimed: owner.claimed.clone(),
+        claimed: g.claimed,
     }
 }
 

@@ -108,11 +108,11 @@ impl Identity {
     /// and name, no role, no claims.
     pub fn of_key(owner: &IndexedApiKey, key_id: &KeyId) -> Self {
         let [subject, scopes, key_id, namespace, api_key_name] = copies([
-            owner.subject_header.as_bytes(),
-            owner.scopes_header.as_bytes(),
+            owner.subject().as_bytes(),
+            owner.scopes_text().as_bytes(),
             key_id,
-            owner.namespace_header.as_bytes(),
-            owner.name_header.as_bytes(),
+            owner.namespace().as_bytes(),
+            owner.name().as_bytes(),
         ]);
         Self {
             subject,
@@ -131,7 +131,7 @@ impl Identity {
     /// the namespace and name of `owner`, the ApiKey the credential comes
     /// from (for a token: the one whose key minted it, as the index knows it).
     pub fn copied_for(&self, owner: &IndexedApiKey) -> Self {
-        self.copied_with(owner.namespace_header.as_bytes(), owner.name_header.as_bytes())
+        self.copied_with(owner.namespace().as_bytes(), owner.name().as_bytes())
     }
 
     /// Fresh copies of every value, as they are.

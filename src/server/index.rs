@@ -19,6 +19,7 @@ use crate::validity;
 use axum::http::HeaderValue;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
@@ -30,34 +31,55 @@ pub type KeyId = [u8; KEY_ID_LEN];
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub sha256: [u8; 32],
-    /// When the key stops being valid (`None`: not before a rotation,
+    /// When the key stops being valid (never: not before a rotation,
     /// revocation or expiry is written).
-    pub valid_until: Option<Timestamp>,
+    pub valid_until: ValidUntil,
     pub owner: Arc<IndexedApiKey>,
     /// This key's use on this replica (for `status.keyUsage`).
     pub counters: Arc<KeyCounters>,
 }
 
+/// The second from which a key is no longer valid, or never: 8 bytes, not
+/// an `Option<Timestamp>`'s 24 (one index entry per key). An instant
+/// within a second is rounded down, so a key never outlives its end;
+/// Kubernetes' times are whole seconds anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidUntil(i64);
+
+impl ValidUntil {
+    pub const NEVER: Self = Self(i64::MAX);
+
+    pub fn new(until: Option<Timestamp>) -> Self {
+        until.map_or(Self::NEVER, |t| Self(t.as_second()))
+    }
+
+    /// Whether the key is no longer valid at `now`.
+    pub fn passed(self, now: Timestamp) -> bool {
+        self.0 <= now.as_second()
+    }
+
+    /// The end, in Unix seconds (`None`: never).
+    pub fn second(self) -> Option<i64> {
+        (self != Self::NEVER).then_some(self.0)
+    }
+}
+
 /// What a decision needs to know about the ApiKey a key belongs to. Kept
-/// small (the index's budget is 1 KiB per key): strings live once, as the
-/// header values the answers carry.
+/// small (the index's budget is 1 KiB per key): namespace, name, subject
+/// and scopes share one allocation ([`IdentityText`]), and the claims are
+/// kept apart only when the grants changed them.
 #[derive(Debug)]
 pub struct IndexedApiKey {
-    /// Identity headers, built once per ApiKey version; namespace, name,
-    /// subject and scopes are read back from them.
-    pub subject_header: HeaderValue,
-    /// Space-separated scopes.
-    pub scopes_header: HeaderValue,
-    pub namespace_header: HeaderValue,
-    pub name_header: HeaderValue,
+    /// Namespace, name, the subject and the scopes the grants let it have.
+    pub identity: IdentityText,
     pub audiences: Box<[Box<str>]>,
     /// What survives a new version of the same ApiKey: the rate limiter's
     /// bucket and the last use.
     pub usage: Arc<Usage>,
-    /// `metadata.resourceVersion` and `status.lastUsedAt` as the watch saw
-    /// them, for the lastUsedAt writer's optimistic lock.
-    pub resource_version: Box<str>,
-    pub status_last_used: Option<Timestamp>,
+    /// `status.lastUsedAt` as the watch saw it (with the resourceVersion
+    /// in [`Self::identity`]), for the lastUsedAt writer's optimistic lock;
+    /// Unix seconds.
+    pub status_last_used: Option<i64>,
     /// `status.keyUsage` as the watch saw it, for the keys status lists.
     pub stored_usage: Box<[(KeyId, StoredUsage)]>,
     /// Ids in `status.keyUsage` whose key status no longer lists (to prune).
@@ -68,34 +90,178 @@ pub struct IndexedApiKey {
     pub token_policy: Option<Box<str>>,
     /// The ApiKey's labels (for TokenPolicy `apiKeySelector`s).
     pub labels: Box<[(Box<str>, Box<str>)]>,
-    /// What the spec claims; subject, scopes and audiences above are what
-    /// the CredentialGrants let it have ([`super::grants`]).
-    pub claimed: Claimed,
+    /// What the spec claims ([`Self::claimed`]); subject, scopes and
+    /// audiences above are what the CredentialGrants let it have
+    /// ([`super::grants`]).
+    pub claimed: ClaimedAs,
+}
+
+/// Where an [`IndexedApiKey`]'s claims are: in its granted identity (the
+/// grants changed nothing: nothing more stored), or apart.
+#[derive(Debug, Clone)]
+pub enum ClaimedAs {
+    /// The claims are the granted subject (claimed in `spec.subject`, or
+    /// not: the default), scopes and audiences.
+    Granted {
+        subject_claimed: bool,
+    },
+    Apart(Box<Claimed>),
 }
 
 impl IndexedApiKey {
     pub fn subject(&self) -> &str {
-        self.subject_header.to_str().unwrap_or_default()
+        self.identity.subject()
     }
 
     pub fn namespace(&self) -> &str {
-        self.namespace_header.to_str().unwrap_or_default()
+        self.identity.namespace()
     }
 
     pub fn name(&self) -> &str {
-        self.name_header.to_str().unwrap_or_default()
+        self.identity.name()
+    }
+
+    /// The scopes, space-separated.
+    pub fn scopes_text(&self) -> &str {
+        self.identity.scopes()
     }
 
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.scopes_header
-            .to_str()
-            .unwrap_or_default()
-            .split(' ')
-            .filter(|s| !s.is_empty())
+        self.scopes_text().split(' ').filter(|s| !s.is_empty())
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes().any(|s| s == scope)
+    }
+
+    /// What the spec claims.
+    pub fn claimed(&self) -> std::borrow::Cow<'_, Claimed> {
+        match &self.claimed {
+            ClaimedAs::Granted { subject_claimed } => std::borrow::Cow::Owned(claimed_as_granted(
+                &self.identity,
+                &self.audiences,
+                *subject_claimed,
+            )),
+            ClaimedAs::Apart(c) => std::borrow::Cow::Borrowed(c),
+        }
+    }
+}
+
+/// The claims that an identity granted unchanged would have come from.
+fn claimed_as_granted(identity: &IdentityText, audiences: &[Box<str>], subject_claimed: bool) -> Claimed {
+    Claimed {
+        subject: subject_claimed.then(|| identity.subject().into()),
+        scopes: identity
+            .scopes()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(Into::into)
+            .collect(),
+        audiences: audiences.into(),
+    }
+}
+
+/// How to keep `claimed` next to `identity` and `audiences` granted from
+/// it: nothing more when they give it back exactly.
+pub(super) fn claimed_as(claimed: Claimed, identity: &IdentityText, audiences: &[Box<str>]) -> ClaimedAs {
+    let subject_claimed = claimed.subject.is_some();
+    if claimed_as_granted(identity, audiences, subject_claimed) == claimed {
+        ClaimedAs::Granted { subject_claimed }
+    } else {
+        ClaimedAs::Apart(Box::new(claimed))
+    }
+}
+
+/// An ApiKey's namespace, name, subject, scopes and resourceVersion in one
+/// allocation: `<namespace>/<name>` (the index's key for the ApiKey), then
+/// the subject unless it is that default, then the space-separated scopes,
+/// then the resourceVersion. A subject or scopes a header cannot carry (not
+/// visible ASCII; the CRD refuses such values) are kept empty, as their
+/// headers would be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityText {
+    text: Box<str>,
+    /// Namespaces (63) and names (253) are short: 2 bytes each.
+    namespace_end: u16,
+    name_end: u16,
+    /// The scopes start where the subject ends (default or not).
+    subject: (u32, u32),
+    scopes_end: u32,
+}
+
+impl IdentityText {
+    pub fn new(namespace: &str, name: &str, subject: &str, scopes: &str, resource_version: &str) -> Self {
+        // What `HeaderValue::to_str` accepts: tab and visible ASCII.
+        let carried = |v: &str| v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        let subject = if carried(subject) { subject } else { "" };
+        let scopes = if carried(scopes) { scopes } else { "" };
+        let default_len = namespace.len() + 1 + name.len();
+        let is_default = subject.len() == default_len
+            && subject.starts_with(namespace)
+            && subject[namespace.len()..].starts_with('/')
+            && &subject[namespace.len() + 1..] == name;
+        let own_subject = if is_default { "" } else { subject };
+        let mut text =
+            String::with_capacity(default_len + own_subject.len() + scopes.len() + resource_version.len());
+        for part in [namespace, "/", name, own_subject, scopes, resource_version] {
+            text.push_str(part);
+        }
+        let subject_range = match is_default {
+            true => (0, default_len),
+            false => (default_len, default_len + subject.len()),
+        };
+        // Longer names than Kubernetes allows, or specs over 4 GiB (etcd
+        // takes 1.5 MiB), are kept empty.
+        let short = |n: usize| u16::try_from(n).ok();
+        let at = |n: usize| u32::try_from(n).ok();
+        match (
+            short(namespace.len()),
+            short(default_len),
+            at(subject_range.0),
+            at(subject_range.1),
+            at(subject_range.1 + scopes.len()),
+            at(text.len()),
+        ) {
+            (Some(namespace_end), Some(name_end), Some(s0), Some(s1), Some(scopes_end), Some(_)) => Self {
+                text: text.into(),
+                namespace_end,
+                name_end,
+                subject: (s0, s1),
+                scopes_end,
+            },
+            _ => Self::new("", "", "", "", ""),
+        }
+    }
+
+    fn part(&self, from: u32, to: u32) -> &str {
+        self.text.get(from as usize..to as usize).unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.part(0, self.namespace_end.into())
+    }
+
+    pub fn name(&self) -> &str {
+        self.part(u32::from(self.namespace_end) + 1, self.name_end.into())
+    }
+
+    /// `<namespace>/<name>`.
+    pub fn namespaced_name(&self) -> &str {
+        self.part(0, self.name_end.into())
+    }
+
+    pub fn subject(&self) -> &str {
+        self.part(self.subject.0, self.subject.1)
+    }
+
+    /// Space-separated.
+    pub fn scopes(&self) -> &str {
+        self.part(self.subject.1, self.scopes_end)
+    }
+
+    /// `metadata.resourceVersion` as the watch saw it.
+    pub fn resource_version(&self) -> &str {
+        self.text.get(self.scopes_end as usize..).unwrap_or_default()
     }
 }
 
@@ -105,12 +271,74 @@ pub type FlushView = (Arc<IndexedApiKey>, Vec<(KeyId, Arc<KeyCounters>)>);
 /// `<namespace>/<name>` of an ApiKey.
 type NamespacedName = Box<str>;
 
+/// An indexed ApiKey and the ids of the keys it lists.
+type Object = (Arc<IndexedApiKey>, Box<[KeyId]>);
+
+/// The indexed ApiKeys by `<namespace>/<name>`, read from each one's
+/// [`IdentityText`]: no key of its own is allocated per ApiKey.
+#[derive(Default)]
+struct Objects {
+    table: hashbrown::HashTable<Object>,
+    hasher: std::hash::RandomState,
+}
+
+fn name_of(object: &Object) -> &str {
+    object.0.identity.namespaced_name()
+}
+
+impl Objects {
+    fn get(&self, name: &str) -> Option<&Object> {
+        self.table
+            .find(self.hasher.hash_one(name), |o| name_of(o) == name)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Object> {
+        let hash = self.hasher.hash_one(name);
+        let entry = self.table.find_entry(hash, |o| name_of(o) == name).ok()?;
+        Some(entry.remove().0)
+    }
+
+    /// Adds `object` under its owner's name, replacing the one there.
+    fn insert(&mut self, object: Object) {
+        let Self { table, hasher } = self;
+        let name = name_of(&object);
+        match table.entry(
+            hasher.hash_one(name),
+            |o| name_of(o) == name,
+            |o| hasher.hash_one(name_of(o)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = object,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(object);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Object> {
+        self.table.iter()
+    }
+
+    /// Every object, mutably: an owner may be replaced only by one of the
+    /// same namespace and name (its place in the table depends on them).
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Object> {
+        self.table.iter_mut()
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     /// Usually one entry per id; a Vec only for the (71-bit random, so
     /// practically impossible) case of two keys with the same id.
     by_key_id: HashMap<KeyId, Vec<KeyEntry>>,
-    by_object: HashMap<NamespacedName, (Arc<IndexedApiKey>, Box<[KeyId]>)>,
+    by_object: Objects,
     /// The CredentialGrants every IndexedApiKey was computed with.
     grants: Arc<Grants>,
     /// Keys that left the index (or that a revoked ApiKey lists), to count
@@ -246,6 +474,7 @@ impl Index {
         let name = namespaced_name(api_key);
         remove(&mut inner, &name);
         inner.retired.forget(&name);
+        shrink_if_sparse(&mut inner);
     }
 
     /// The ApiKey that recently retired the key with this id and hash (a
@@ -308,7 +537,7 @@ impl Index {
         inner
             .by_key_id
             .get(key_id)
-            .is_some_and(|entries| entries.iter().any(|e| e.valid_until.is_none_or(|t| t > now)))
+            .is_some_and(|entries| entries.iter().any(|e| !e.valid_until.passed(now)))
     }
 
     /// Whether some key listed under `key_id` is valid at `now` and its
@@ -324,7 +553,7 @@ impl Index {
         inner.by_key_id.get(key_id).is_some_and(|entries| {
             entries
                 .iter()
-                .any(|e| e.valid_until.is_none_or(|t| t > now) && admitted(&e.owner))
+                .any(|e| !e.valid_until.passed(now) && admitted(&e.owner))
         })
     }
 
@@ -339,10 +568,7 @@ impl Index {
     ) -> Option<R> {
         let inner = self.inner.read().expect("index lock");
         let entries = inner.by_key_id.get(key_id)?;
-        entries
-            .iter()
-            .find(|e| e.valid_until.is_none_or(|t| t > now))
-            .map(f)
+        entries.iter().find(|e| !e.valid_until.passed(now)).map(f)
     }
 
     /// Number of keys and of ApiKeys indexed.
@@ -407,6 +633,22 @@ fn namespaced_name(api_key: &ApiKey) -> NamespacedName {
     .into()
 }
 
+/// Tables at most a quarter full (after deletions) are halved and more, so
+/// that an index that held many keys gives their tables back (each halving
+/// follows as many deletions as the table holds: linear overall).
+fn shrink_if_sparse(inner: &mut Inner) {
+    const SMALLEST: usize = 1024;
+    let sparse = |len: usize, capacity: usize| capacity > SMALLEST && len * 4 < capacity;
+    if sparse(inner.by_key_id.len(), inner.by_key_id.capacity()) {
+        inner.by_key_id.shrink_to(inner.by_key_id.len() * 2);
+    }
+    let objects = &mut inner.by_object;
+    if sparse(objects.table.len(), objects.table.capacity()) {
+        let Objects { table, hasher } = objects;
+        table.shrink_to(table.len() * 2, |o| hasher.hash_one(name_of(o)));
+    }
+}
+
 /// Removes an ApiKey's keys; returns each key's id and hash.
 fn remove(inner: &mut Inner, name: &NamespacedName) -> Vec<(KeyId, [u8; 32])> {
     let Some((owner, ids)) = inner.by_object.remove(name) else {
@@ -433,6 +675,7 @@ fn parse_record(id: &str, sha256: &str) -> Option<(KeyId, [u8; 32])> {
     Some((id, hash))
 }
 
+/// `value` as a header value; one a header cannot carry becomes empty.
 pub(crate) fn header(value: &str) -> HeaderValue {
     // Subjects, scopes and names are restricted by the CRD to visible ASCII;
     // anything else becomes an empty header rather than a failed request.
@@ -453,6 +696,7 @@ fn swap_owners(inner: &mut Inner, mut fresh: impl FnMut(&Arc<IndexedApiKey>) -> 
     } = inner;
     for (owner, ids) in by_object.values_mut() {
         let fresh = fresh(owner);
+        debug_assert_eq!(fresh.identity.namespaced_name(), owner.identity.namespaced_name());
         for id in ids.iter() {
             for entry in by_key_id.get_mut(id).into_iter().flatten() {
                 if Arc::ptr_eq(&entry.owner, owner) {
@@ -510,21 +754,15 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
         api_key.metadata.name.as_deref().unwrap_or_default(),
     );
     let claimed = Claimed::of(api_key);
-    let granted = granted(&inner.grants, namespace, name, &claimed);
+    let resource_version = api_key.metadata.resource_version.as_deref().unwrap_or_default();
+    let granted = granted(&inner.grants, namespace, name, resource_version, claimed);
     let owner = Arc::new(IndexedApiKey {
-        subject_header: granted.subject_header,
-        scopes_header: granted.scopes_header,
-        namespace_header: header(namespace),
-        name_header: header(name),
+        identity: granted.identity,
         audiences: granted.audiences,
         usage,
-        resource_version: api_key
-            .metadata
-            .resource_version
-            .as_deref()
-            .unwrap_or_default()
-            .into(),
-        status_last_used: status.and_then(|s| s.last_used_at.as_ref()).map(|t| t.0),
+        status_last_used: status
+            .and_then(|s| s.last_used_at.as_ref())
+            .map(|t| t.0.as_second()),
         stored_usage,
         stale_usage,
         stored_retired,
@@ -540,7 +778,7 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
             .flatten()
             .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
             .collect(),
-        claimed,
+        claimed: granted.claimed,
     });
     let mut ids = Vec::new();
     for (record, valid_until) in validity::all_keys(api_key) {
@@ -554,7 +792,7 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
             .or_insert_with(|| Vec::with_capacity(1))
             .push(KeyEntry {
                 sha256: hash,
-                valid_until,
+                valid_until: ValidUntil::new(valid_until),
                 owner: owner.clone(),
                 counters: carried.counters.get(&id).cloned().unwrap_or_default(),
             });
@@ -571,9 +809,8 @@ fn upsert(inner: &mut Inner, api_key: &ApiKey, carried: Carried) {
             inner.retired.retire(id, hash, &name_in_index);
         }
     }
-    inner
-        .by_object
-        .insert(name_in_index, (owner, ids.into_boxed_slice()));
+    debug_assert_eq!(owner.identity.namespaced_name(), &*name_in_index);
+    inner.by_object.insert((owner, ids.into_boxed_slice()));
 }
 
 #[cfg(test)]
@@ -600,7 +837,7 @@ mod tests {
         let entry = lookup(&a).unwrap();
         assert_eq!(hex::encode(entry.sha256), a.sha256_hex());
         assert_eq!(entry.owner.subject(), "shop/billing");
-        assert_eq!(entry.owner.scopes_header, "orders:read orders:write");
+        assert_eq!(entry.owner.scopes_text(), "orders:read orders:write");
 
         // A rotation: b current, a in grace. The usage state survives.
         entry.owner.usage.last_used.store(42, Ordering::Relaxed);
@@ -608,7 +845,7 @@ mod tests {
         index.apply(&api_key_with("billing", &[(&b, None), (&a, Some(until))]));
         assert_eq!(index.len(), (2, 1));
         let old = lookup(&a).unwrap();
-        assert_eq!(old.valid_until, Some(until));
+        assert_eq!(old.valid_until.second(), Some(until.as_second()));
         assert_eq!(old.owner.usage.last_used.load(Ordering::Relaxed), 42);
 
         // Revoked: no key left.
@@ -620,6 +857,56 @@ mod tests {
         index.apply(&api_key_with("billing", &[(&b, None)]));
         index.delete(&api_key_with("billing", &[]));
         assert_eq!(index.len(), (0, 0));
+    }
+
+    #[test]
+    fn a_key_is_valid_until_the_second_its_end_falls_in_and_never_after() {
+        let at = |s: i64, ns: i32| Timestamp::new(s, ns).unwrap();
+        let until = ValidUntil::new(Some(at(100, 0)));
+        assert!(!until.passed(at(99, 999_999_999)));
+        assert!(until.passed(at(100, 0)) && until.passed(at(101, 0)));
+        // Within a second: rounded down, never later than the end.
+        let until = ValidUntil::new(Some(at(100, 500_000_000)));
+        assert!(until.passed(at(100, 0)) && !until.passed(at(99, 999_999_999)));
+        assert_eq!(until.second(), Some(100));
+        let never = ValidUntil::new(None);
+        assert!(!never.passed(Timestamp::MAX) && never.second().is_none());
+    }
+
+    #[test]
+    fn tables_shrink_after_deletions_and_the_keys_left_are_found() {
+        let index = Index::default();
+        let keys: Vec<ApiKeyValue> = (0..5000).map(|_| ApiKeyValue::generate()).collect();
+        let objects: Vec<ApiKey> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| api_key_with(&format!("k-{i}"), &[(k, None)]))
+            .collect();
+        for o in &objects {
+            index.apply(o);
+        }
+        let capacities = |index: &Index| {
+            let inner = index.inner.read().unwrap();
+            (inner.by_key_id.capacity(), inner.by_object.table.capacity())
+        };
+        let full = capacities(&index);
+        assert!(full.0 >= 5000 && full.1 >= 5000, "{full:?}");
+        for o in &objects[10..] {
+            index.delete(o);
+        }
+        assert_eq!(index.len(), (10, 10));
+        let left = capacities(&index);
+        assert!(left.0 <= 1024 * 2 && left.1 <= 1024 * 2, "{full:?} -> {left:?}");
+        for (k, o) in keys.iter().zip(&objects).take(10) {
+            let entry = index.find(&id(k), &hash(k)).unwrap();
+            assert_eq!(entry.owner.name(), o.metadata.name.as_deref().unwrap());
+        }
+        // And they grow again as keys come back.
+        for o in &objects[10..] {
+            index.apply(o);
+        }
+        assert_eq!(index.len(), (5000, 5000));
+        assert!(keys.iter().all(|k| index.find(&id(k), &hash(k)).is_some()));
     }
 
     fn grant(namespaces: &[&str], scopes: &[&str]) -> Arc<Grants> {
@@ -649,7 +936,7 @@ mod tests {
         index.set_grants(grant(&["shop"], &["orders:read"]));
         assert!(index.is_synced());
         let owner = lookup();
-        assert_eq!(owner.scopes_header, "orders:read");
+        assert_eq!(owner.scopes_text(), "orders:read");
         assert_eq!(
             owner.subject(),
             "shop/billing",
@@ -665,7 +952,7 @@ mod tests {
         // A grant for another namespace only: shop is open again.
         index.set_grants(grant(&["other"], &[]));
         let owner = lookup();
-        assert_eq!(owner.scopes_header, "orders:read orders:write");
+        assert_eq!(owner.scopes_text(), "orders:read orders:write");
         assert_eq!(owner.subject(), "orders-svc");
         assert_eq!(&*owner.audiences, [Box::<str>::from("orders.example.com")]);
         // An apply under grants uses them; a rebuild made under old grants is re-computed.
@@ -673,10 +960,94 @@ mod tests {
         stale.apply(&ak, None);
         index.set_grants(grant(&["shop"], &["orders:write"]));
         index.replace(stale);
-        assert_eq!(lookup().scopes_header, "orders:write");
+        assert_eq!(lookup().scopes_text(), "orders:write");
         index.apply(&ak);
-        assert_eq!(lookup().scopes_header, "orders:write");
+        assert_eq!(lookup().scopes_text(), "orders:write");
         assert_eq!(index.namespace_of(&id(&a)).as_deref(), Some("shop"));
+        // The claims are kept apart only while the grants change them.
+        assert!(matches!(lookup().claimed, ClaimedAs::Apart(_)));
+        index.set_grants(grant(&["other"], &[]));
+        assert!(matches!(
+            lookup().claimed,
+            ClaimedAs::Granted {
+                subject_claimed: true
+            }
+        ));
+        assert_eq!(*lookup().claimed(), Claimed::of(&ak));
+    }
+
+    #[test]
+    fn identity_text_gives_back_each_value_and_stores_the_default_subject_once() {
+        let t = IdentityText::new(
+            "shop",
+            "billing",
+            "shop/billing",
+            "orders:read orders:write",
+            "17",
+        );
+        assert_eq!(
+            (t.namespace(), t.name(), t.subject(), t.scopes()),
+            ("shop", "billing", "shop/billing", "orders:read orders:write")
+        );
+        assert_eq!(
+            (t.namespaced_name(), t.resource_version()),
+            ("shop/billing", "17")
+        );
+        assert_eq!(&*t.text, "shop/billingorders:read orders:write17");
+        let t = IdentityText::new("shop", "billing", "orders-svc", "", "");
+        assert_eq!(
+            (t.namespace(), t.name(), t.subject(), t.scopes()),
+            ("shop", "billing", "orders-svc", "")
+        );
+        assert_eq!(t.resource_version(), "");
+        // Lookalikes of the default are subjects of their own.
+        for subject in [
+            "shop/billin",
+            "shop/billingx",
+            "shopx/billing",
+            "shop:billing",
+            "",
+        ] {
+            let t = IdentityText::new("shop", "billing", subject, "a", "9");
+            assert_eq!(
+                (t.subject(), t.scopes(), t.name(), t.resource_version()),
+                (subject, "a", "billing", "9")
+            );
+        }
+        // What a header cannot carry is kept empty (as its header was).
+        let t = IdentityText::new("shop", "billing", "a\nb", "x\u{7f} y", "3");
+        assert_eq!((t.subject(), t.scopes(), t.resource_version()), ("", "", "3"));
+    }
+
+    #[test]
+    fn claims_that_the_grants_left_unchanged_are_not_stored_twice() {
+        let identity = IdentityText::new("shop", "billing", "shop/billing", "a b", "1");
+        let claimed = |subject: Option<&str>, scopes: &[&str], audiences: &[&str]| Claimed {
+            subject: subject.map(Into::into),
+            scopes: scopes.iter().map(|s| (*s).into()).collect(),
+            audiences: audiences.iter().map(|s| (*s).into()).collect(),
+        };
+        let aud: Box<[Box<str>]> = ["x".into()].into();
+        for (c, granted) in [
+            (claimed(None, &["a", "b"], &["x"]), true),
+            (claimed(Some("shop/billing"), &["a", "b"], &["x"]), true),
+            (claimed(None, &["a"], &["x"]), false),
+            (claimed(None, &["a", "b", "c"], &["x"]), false),
+            (claimed(None, &["b", "a"], &["x"]), false),
+            (claimed(None, &["a", "b"], &[]), false),
+            (claimed(None, &["a b"], &["x"]), false),
+            (claimed(None, &["a", "", "b"], &["x"]), false),
+        ] {
+            let kept = claimed_as(c.clone(), &identity, &aud);
+            assert_eq!(matches!(kept, ClaimedAs::Granted { .. }), granted, "{c:?}");
+            let owner_claims = match &kept {
+                ClaimedAs::Granted { subject_claimed } => {
+                    claimed_as_granted(&identity, &aud, *subject_claimed)
+                }
+                ClaimedAs::Apart(c) => (**c).clone(),
+            };
+            assert_eq!(owner_claims, c, "the claims come back as they were");
+        }
     }
 
     #[test]
@@ -695,7 +1066,7 @@ mod tests {
         assert!(index.is_synced());
         for k in [&a, &b] {
             assert_eq!(
-                index.find(&id(k), &hash(k)).unwrap().owner.scopes_header,
+                index.find(&id(k), &hash(k)).unwrap().owner.scopes_text(),
                 "",
                 "strict mode without a grant: no scope"
             );

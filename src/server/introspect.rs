@@ -83,8 +83,8 @@ fn describe(state: &AppState, body: &[u8]) -> Result<Value, MissingToken> {
         // Valid for no audience (restricted without a granted one): `[]`.
         out["aud"] = json!(super::grants::shown_audiences(owner));
     }
-    if let Some(until) = entry.valid_until {
-        out["exp"] = json!(until.as_second());
+    if let Some(until) = entry.valid_until.second() {
+        out["exp"] = json!(until);
     }
     Ok(out)
 }

@@ -42,7 +42,7 @@ pub const MIN_STEP: i64 = 60;
 pub fn due(owner: &IndexedApiKey, min_step: i64) -> Option<Timestamp> {
     newer(
         owner.usage.last_used.load(Ordering::Relaxed),
-        owner.status_last_used.map(|t| t.as_second()),
+        owner.status_last_used,
         min_step,
     )
 }
@@ -141,7 +141,7 @@ pub fn plan_flush(owner: &IndexedApiKey, keys: &[(KeyId, Arc<KeyCounters>)], min
     }
     Some(Flush {
         patch: json!({
-            "metadata": {"resourceVersion": owner.resource_version},
+            "metadata": {"resourceVersion": owner.identity.resource_version()},
             "status": status,
         }),
         keys: taken,

@@ -270,8 +270,8 @@ pub fn decide_token(
                 if !policy.is_some_and(|p| p.admits(&entry.owner)) {
                     return Decision::Invalid(Invalid::Token(claims::TokenInvalid::Client));
                 }
-                let until = match entry.valid_until {
-                    Some(key_end) => t.claims.exp.min(key_end.as_second()),
+                let until = match entry.valid_until.second() {
+                    Some(key_end) => t.claims.exp.min(key_end),
                     None => t.claims.exp,
                 };
                 decision::conclude(
