@@ -256,9 +256,12 @@ async fn run_controllers(ctx: Arc<Context>, options: Options, shutdown: Option<S
     let (secret_reader, secret_writer) = reflector::store();
     ctx.secrets.watch(secret_reader);
     let own = ctx.clone();
+    // Of their managedFields the cache keeps what the ownership checks read.
     let secret_changes = reflector(
         secret_writer,
-        scope.watch_metadata::<Secret>(client, watcher::Config::default().labels(&managed).any_semantic()),
+        scope
+            .watch_metadata::<Secret>(client, watcher::Config::default().labels(&managed).any_semantic())
+            .modify(|s| plan::keep_read_managed_fields(&mut s.metadata)),
     )
     .filter_map(move |event| {
         let changed = match event {

@@ -104,3 +104,35 @@ pub fn owned_metadata_keys(secret: &ObjectMeta, field_manager: &str) -> (BTreeSe
     }
     (labels, annotations)
 }
+
+/// Keeps of a cached Secret's `managedFields` only what
+/// [`owned_metadata_keys`] and [`data_applied_only_by`] read: each entry's
+/// manager, operation and subresource, and of its `fieldsV1` the `f:data`
+/// set and `f:metadata`'s `f:labels` and `f:annotations`. The rest (the
+/// time, the owner reference's key with its uid, `f:type`) is most of an
+/// entry and nothing reads it; the watch cache holds one per ApiKey.
+pub fn keep_read_managed_fields(secret: &mut ObjectMeta) {
+    for entry in secret.managed_fields.iter_mut().flatten() {
+        entry.time = None;
+        entry.api_version = None;
+        entry.fields_type = None;
+        let Some(serde_json::Value::Object(fields)) = entry.fields_v1.as_mut().map(|f| &mut f.0) else {
+            continue;
+        };
+        let data = fields.remove("f:data");
+        let metadata = fields.remove("f:metadata");
+        fields.clear();
+        if let Some(data) = data {
+            fields.insert("f:data".into(), data);
+        }
+        if let Some(serde_json::Value::Object(mut metadata)) = metadata {
+            let mut kept = serde_json::Map::new();
+            for section in ["f:labels", "f:annotations"] {
+                if let Some(v) = metadata.remove(section) {
+                    kept.insert(section.into(), v);
+                }
+            }
+            fields.insert("f:metadata".into(), kept.into());
+        }
+    }
+}

@@ -997,3 +997,75 @@ fn our_own_secret_write_is_recognised_once_and_only_with_our_data() {
         MANAGER
     ));
 }
+
+#[test]
+fn a_cached_secret_keeps_what_the_ownership_checks_read_and_they_answer_the_same() {
+    let entry = |manager: &str, operation: &str, fields: serde_json::Value| ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some(operation.into()),
+        api_version: Some("v1".into()),
+        fields_type: Some("FieldsV1".into()),
+        time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(0))),
+        fields_v1: Some(FieldsV1(fields)),
+        ..Default::default()
+    };
+    let ours = entry(
+        MANAGER,
+        "Apply",
+        serde_json::json!({
+            "f:data": {"f:api-key": {}},
+            "f:metadata": {
+                "f:annotations": {"f:latchkey.dev/key-id": {}, "f:latchkey.dev/revision": {}},
+                "f:labels": {"f:app.kubernetes.io/managed-by": {}},
+                "f:ownerReferences": {"k:{\"uid\":\"5f0c6a4e-1c2d-4e3f-8a9b-0c1d2e3f4a5b\"}": {}}
+            },
+            "f:type": {}
+        }),
+    );
+    let labels_by_hand = entry(
+        "kubectl-label",
+        "Update",
+        serde_json::json!({"f:metadata": {"f:labels": {"f:team": {}}}}),
+    );
+    let data_by_hand = entry(
+        "kubectl-edit",
+        "Update",
+        serde_json::json!({"f:data": {"f:api-key": {}}}),
+    );
+    for entries in [
+        vec![ours.clone()],
+        vec![ours.clone(), labels_by_hand.clone()],
+        vec![ours.clone(), data_by_hand.clone()],
+        vec![labels_by_hand, data_by_hand],
+    ] {
+        let full = ObjectMeta {
+            managed_fields: Some(entries),
+            ..Default::default()
+        };
+        let mut kept = full.clone();
+        keep_read_managed_fields(&mut kept);
+        assert_eq!(
+            data_applied_only_by(&kept, MANAGER),
+            data_applied_only_by(&full, MANAGER)
+        );
+        assert_eq!(
+            owned_metadata_keys(&kept, MANAGER),
+            owned_metadata_keys(&full, MANAGER)
+        );
+        let size = |m: &ObjectMeta| serde_json::to_string(m).unwrap().len();
+        assert!(size(&kept) < size(&full), "{} < {}", size(&kept), size(&full));
+    }
+    let mut kept = ObjectMeta {
+        managed_fields: Some(vec![ours]),
+        ..Default::default()
+    };
+    keep_read_managed_fields(&mut kept);
+    assert!(data_applied_only_by(&kept, MANAGER));
+    let fields = &kept.managed_fields.unwrap()[0];
+    assert_eq!(
+        (fields.time.as_ref(), fields.manager.as_deref()),
+        (None, Some(MANAGER))
+    );
+    let v = &fields.fields_v1.as_ref().unwrap().0;
+    assert!(v.get("f:type").is_none() && v["f:metadata"].get("f:ownerReferences").is_none());
+}
