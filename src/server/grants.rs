@@ -10,7 +10,8 @@
 //! server answers 503): it never honours a claim on the assumption that
 //! no grant exists.
 
-use super::index::{ClaimedAs, IdentityText, Index, IndexedApiKey, claimed_as};
+use super::index::Index;
+use super::owner::{ClaimedAs, IdentityText, IndexedApiKey, claimed_as};
 use crate::crd::{ApiKey, CredentialGrant};
 use crate::grants::{Audiences, Grants};
 use kube::Api;

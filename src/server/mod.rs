@@ -37,6 +37,7 @@ pub mod index;
 pub mod introspect;
 pub use crate::listener;
 pub mod metrics;
+pub mod owner;
 pub mod redis_limit;
 pub mod requirement;
 pub mod shared_limit;
