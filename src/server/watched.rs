@@ -3,9 +3,10 @@
 //! each a tree of field names), `annotations` (kubectl's client-side apply
 //! keeps a copy of the whole object there), `ownerReferences` and
 //! `finalizers` are skipped while the JSON is parsed instead of being
-//! allocated and dropped: a page of the first list (500 ApiKeys) then costs
-//! a fraction of the memory at its peak, and glibc keeps a process's peak
-//! (issue 18: the RSS per indexed key, and what is given back).
+//! allocated and dropped: a page of the first list (100 ApiKeys, see
+//! `feed_index`) then costs a fraction of the memory at its peak, and
+//! glibc keeps a process's peak (issue 18: the RSS per indexed key, and
+//! what is given back).
 //!
 //! Only the server's index feed uses it; the controller reads whole ApiKeys.
 //! An object that lacks `spec` is an error here as for [`ApiKey`].
