@@ -4,6 +4,9 @@
 //! (the API server's `apiserver_request_total` before and after), and a
 //! forced resync: the controller restarted over the N unchanged ApiKeys
 //! (writes made, which must be 0, and the time until all are reconciled).
+//! Last, the floor (`floor.rs`): the same N keys delivered by this client
+//! alone with the calls no crash-safe controller can skip, and latchkey's
+//! keys/s as a share of it.
 //! Run through the script, which builds the release binary and brings the
 //! cluster up.
 
@@ -17,6 +20,8 @@ use latchkey::crd::{ApiKey, ApiKeySpec};
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod floor;
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
@@ -100,6 +105,7 @@ const OURS: [&str; 5] = ["apikeys", "apikeys/status", "secrets", "events", "toke
 
 /// Prints the calls made between `before` and `after` on the resources the
 /// controller touches, per key; `own` are the bench's own calls to subtract.
+/// Returns the total printed.
 fn print_calls(
     before: &BTreeMap<(String, String), f64>,
     after: &BTreeMap<(String, String), f64>,
@@ -138,7 +144,7 @@ fn print_calls(
         total / n as f64,
         writes / n as f64
     );
-    writes
+    total
 }
 
 fn free_port() -> u16 {
@@ -367,6 +373,7 @@ async fn main() {
         reconciles / n as f64
     );
 
+    let keys_per_second = n as f64 / elapsed.as_secs_f64();
     let wall = elapsed.as_secs_f64();
     println!(
         "  CPU while reconciling       latchkey {controller_cpu:.1} s ({:.0} % of one core)",
@@ -476,4 +483,33 @@ async fn main() {
         ],
     );
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+
+    let floor_ns = format!("{ns_name}-floor");
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": floor_ns}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let workers = concurrency.parse().expect("BENCH_CONCURRENCY is a number");
+    let load_floor = load();
+    let calls_before = api_requests(&client).await;
+    let floor = floor::run(&client, &floor_ns, n, workers).await;
+    let calls_after = api_requests(&client).await;
+    let floor_keys_per_second = n as f64 / floor.delivered.as_secs_f64();
+    println!(
+        "  the floor: the same {n} keys, only the crash-safe delivery's calls, no latchkey (load {load_floor} → {}):",
+        load()
+    );
+    println!(
+        "    created in {:.2} s, all delivered after {:.2} s: {floor_keys_per_second:.1} keys/s; latchkey's {keys_per_second:.1} is {:.2} of it",
+        floor.created.as_secs_f64(),
+        floor.delivered.as_secs_f64(),
+        keys_per_second / floor_keys_per_second
+    );
+    println!("    API calls (apiserver_request_total; the {n} creates subtracted):");
+    let calls = print_calls(&calls_before, &calls_after, n, &[("POST", "apikeys", n as f64)]) + n as f64;
+    let calls_per_second = calls / floor.delivered.as_secs_f64();
+    println!(
+        "    the API server answered {calls_per_second:.0} of these calls/s (the creates included): \
+         200 keys/s would need at most {:.1} calls per key, the create included",
+        calls_per_second / 200.0
+    );
+    let _ = namespaces.delete(&floor_ns, &DeleteParams::default()).await;
 }
