@@ -57,6 +57,12 @@
 //!   the same server, interleaved rounds of `BENCH_REPEAT`; the same limited
 //!   key on a server without Redis beside them; ratios (goal ≥ 0.8), the
 //!   servers' CPU per request, and the load average (shared cores).
+//! - `route-floor`: no cluster; one server in process, built as `latchkey
+//!   serve` builds its own, over one synthetic key: wrk on `/livez`, on
+//!   `/answer` (the route's allow for that key, decided once and cloned per
+//!   request: everything but the decision) and on the API-key route,
+//!   interleaved rounds of `BENCH_REPEAT`; `/answer` / `/livez` is the most
+//!   any decision lets the route reach on this HTTP stack.
 //! - `index-synthetic N`: the auth index's memory for N synthetic ApiKeys
 //!   (RSS before and after), per key.
 //! - `index-real N`: N real ApiKeys on the control plane, then the RSS of a
@@ -79,6 +85,7 @@ mod index;
 mod process;
 mod redis_limits;
 mod revocation;
+mod route_floor;
 #[path = "../../tests/common/stats.rs"]
 #[allow(dead_code)]
 mod stats;
@@ -104,6 +111,7 @@ async fn main() {
         Some("tls") => tls::tls().await,
         Some("grpc") => grpc::grpc().await,
         Some("cache-flood") => cache_flood::cache_flood(n(200_000)).await,
+        Some("route-floor") => route_floor::route_floor(harness::env_or("BENCH_SECONDS", 5)),
         Some("index-synthetic") => index::index_synthetic(n(100_000)),
         Some("index-real") => index::index_real(n(10_000)).await,
         Some("redis-limits") => redis_limits::redis_limits().await,
