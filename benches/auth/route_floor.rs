@@ -86,7 +86,11 @@ fn serve(key: &ApiKeyValue) -> u16 {
         axum::http::header::AUTHORIZATION,
         format!("Bearer {}", key.expose()).parse().unwrap(),
     );
-    let allow = decide(&state, &headers, &Requirement::from_query(Some("scope=orders:read")));
+    let allow = decide(
+        &state,
+        &headers,
+        &Requirement::from_query(Some("scope=orders:read")),
+    );
     assert!(matches!(allow, Decision::Allow { .. }), "{allow:?}");
     let guard = Arc::new(guard::Guard {
         state: state.clone(),
@@ -163,10 +167,12 @@ pub fn route_floor(seconds: u32) {
     ];
     // Wait for the listener (its runtime starts beside this thread).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while crate::harness::http_status_with(port, "/answer?scope=orders:read", Some(key.expose()))
-        != Some(200)
+    while crate::harness::http_status_with(port, "/answer?scope=orders:read", Some(key.expose())) != Some(200)
     {
-        assert!(std::time::Instant::now() < deadline, "the in-process server never answered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the in-process server never answered"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let names: Vec<&str> = targets.iter().map(|(name, ..)| *name).collect();
