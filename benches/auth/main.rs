@@ -59,8 +59,9 @@
 //!   servers' CPU per request, and the load average (shared cores).
 //! - `route-floor`: no cluster; one server in process, built as `latchkey
 //!   serve` builds its own, over one synthetic key: wrk on `/livez`, on
-//!   `/answer` (the route's allow for that key, decided once and cloned per
-//!   request: everything but the decision) and on the API-key route,
+//!   `/livez` with the route's query and key header, on `/answer` (the
+//!   route's allow for that key, decided once and cloned per request:
+//!   everything but the decision) and on the API-key route,
 //!   interleaved rounds of `BENCH_REPEAT`; `/answer` / `/livez` is the most
 //!   any decision lets the route reach on this HTTP stack.
 //! - `index-synthetic N`: the auth index's memory for N synthetic ApiKeys

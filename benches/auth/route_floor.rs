@@ -2,8 +2,8 @@
 //! any decision, on latchkey's own HTTP stack. One server in this process,
 //! built as `latchkey serve` builds its own (the router, the guard layer,
 //! `listener::serve` with the default limits, a runtime of its own with a
-//! worker per core), over an index of one synthetic key, answers three
-//! routes to wrk (64 connections, interleaved rounds):
+//! worker per core), over an index of one synthetic key, answers four
+//! targets to wrk (64 connections, interleaved rounds):
 //! - `/livez`, the ceiling;
 //! - `/livez` asked with the route's request (its query and key header),
 //!   for what reading the longer request costs;

@@ -8,7 +8,10 @@
 //! and one of its Secrets' metadata run as a controller's would. No GET, no
 //! planning, no key generated. latchkey's keys/s against this is the share
 //! of the machine's ceiling it reaches; the floor itself bounds any
-//! controller keeping the same three writes.
+//! controller keeping the same three writes. It starts right after
+//! latchkey's namespace is deleted, so that namespace's garbage collection
+//! may run beside it: a floor measured so can only be lower than on an
+//! idle API server (see the README for what bounds the goal regardless).
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Event, Secret};
