@@ -2,7 +2,7 @@
 # e2e/lib.sh: what the scripts of e2e/ share, sourced (never run):
 #   LATCHKEY_CACHE_DIR   the build and tool cache (LATCHKEY_CACHE, default ~/.cache/latchkey)
 #   say / die            messages on stderr, prefixed with the script's name (LK_SCRIPT)
-#   free_port            a free TCP port on 127.0.0.1
+#   free_port            a free TCP port on 127.0.0.1, outside the ephemeral range
 #   pip_tool_venv DIR SPEC BIN   install a PyPI tool (SPEC=name==version) into a venv
 #                        of its own at DIR, unless DIR/bin/BIN is there already
 # The versions pinned for the whole suite are in versions.env, sourced here too.
@@ -17,8 +17,29 @@ LK_SCRIPT=${LK_SCRIPT:-$(basename "$0")}
 say() { printf '%s: %s\n' "$LK_SCRIPT" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$LK_SCRIPT" "$*" >&2; exit 1; }
 
+# The control plane's ports. A port the OS picks (bind to 0) comes from the
+# ephemeral range, where any outgoing connection may take it before the
+# server binds it; so take one from 10000-19999 that binds now, unless the
+# ephemeral range covers that window. The tests' own picker
+# (tests/common/ports.rs) uses 20000-29999, so the two never race.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+start, end = 10000, 20000
+candidates = list(range(start, end)) if end <= low or start > high else [0]
+random.shuffle(candidates)
+for port in candidates:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+else:
+    raise SystemExit("free_port: no free TCP port on 127.0.0.1 in %d-%d" % (start, end - 1))
+PY
 }
 
 pip_tool_venv() {

@@ -3,6 +3,7 @@
 //! wrk and its results over interleaved rounds ([`Rounds`]), and the
 //! environment knobs.
 
+pub use crate::ports::free_port;
 use crate::process::{LoggedChild, Stop};
 use crate::stats::median;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -30,14 +31,6 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// How many interleaved rounds each wrk target runs (`BENCH_REPEAT`, 3).
 pub fn repeat() -> usize {
     env_or("BENCH_REPEAT", 3)
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 pub fn rss_kib(pid: u32) -> u64 {

@@ -81,6 +81,9 @@ mod cache_flood;
 mod grpc;
 mod harness;
 mod index;
+#[path = "../../tests/common/ports.rs"]
+#[allow(dead_code)]
+mod ports;
 #[path = "../../tests/common/process.rs"]
 #[allow(dead_code)]
 mod process;

@@ -17,11 +17,15 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use latchkey::conditions;
 use latchkey::crd::{ApiKey, ApiKeySpec};
+use ports::free_port;
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod floor;
+#[path = "../../tests/common/ports.rs"]
+#[allow(dead_code)]
+mod ports;
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
@@ -145,14 +149,6 @@ fn print_calls(
         writes / n as f64
     );
     total
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Controller {

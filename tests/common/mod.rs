@@ -16,6 +16,8 @@
 //! never wait for each other; tests/cluster_ha.rs shares one between two.
 //!
 //! - [`cluster`]: the control plane, kubectl, namespaces, applying manifests.
+//! - [`ports`]: ports for children's servers, from outside the kernel's
+//!   ephemeral range (also used by the benches, hence std only).
 //! - [`process`]: child processes with a log file, stopped by PID (also used
 //!   by benches/auth, hence std only).
 //! - [`latchkey_process`]: `latchkey controller`/`serve`/`run` children.
@@ -39,12 +41,15 @@ pub mod cluster;
 pub mod crash;
 pub mod http;
 pub mod latchkey_process;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod stats;
 pub mod tls;
 pub mod verifiers;
 pub mod webhook;
+
+pub use ports::free_port;
 
 // Files that name what they use (`use common::{…}`) leave some unused.
 #[allow(unused_imports)]
@@ -64,16 +69,6 @@ pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A free TCP port on 127.0.0.1 (the OS picks it; another process may take
-/// it before ours binds: latchkey processes are checked for that, see
-/// [`LatchkeyProcess`]).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes (then panics with `what`).

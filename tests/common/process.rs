@@ -3,9 +3,10 @@
 //! when the child exits.
 //!
 //! Readiness of a latchkey server is taken from its own log: a free port is
-//! picked before the child binds it, so another process may take it in
-//! between, and then a connect or a `/readyz` on that port would reach the
-//! other process. latchkey logs `auth server listening` with `addr=…` only
+//! picked before the child binds it (ports.rs keeps the OS from handing it
+//! to an outgoing connection, but a process binding by number may still
+//! take it in between), and then a connect or a `/readyz` on that port
+//! would reach the other process. latchkey logs `auth server listening` with `addr=…` only
 //! after its bind succeeded; [`LoggedChild::wait_serving`] waits for that
 //! line (the child still alive) before it polls `/readyz`.
 //!
