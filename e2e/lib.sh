@@ -20,7 +20,7 @@ die() { printf '%s: error: %s\n' "$LK_SCRIPT" "$*" >&2; exit 1; }
 # The control plane's ports. A port the OS picks (bind to 0) comes from the
 # ephemeral range, where any outgoing connection may take it before the
 # server binds it; so take one from 10000-19999 that binds now, unless the
-# ephemeral range covers that window. The tests' own picker
+# ephemeral range overlaps that window (then the OS picks). The tests' own picker
 # (tests/common/ports.rs) uses 20000-29999, so the two never race.
 free_port() {
   python3 - <<'PY'

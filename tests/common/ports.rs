@@ -7,13 +7,14 @@
 //! connections open to the API server, so such a port can be taken by one
 //! of them before the child binds it (CI saw `Address already in use` on
 //! 127.0.0.1:37035 that way). So the ports come from a window outside
-//! `ip_local_port_range` (20000–29999 by default, below the default
-//! 32768–60999 and the NodePort range 30000–32767): there only processes
-//! that bind a port by number take one, a bind check skips those, and a
-//! counter in this process never hands the same port out twice.
-//! `e2e/lib.sh`'s `free_port` (the control plane's ports) takes its own
-//! window, 10000–19999, so the two never race. When the machine's
-//! ephemeral range covers the window the OS picks, as before.
+//! `ip_local_port_range`: 20000–29999, below Linux's default 32768–60999
+//! and the NodePort range 30000–32767, or 61000–65534 when the ephemeral
+//! range overlaps that. There only processes that bind a port by number
+//! take one, a bind check skips those, and a counter in this process never
+//! hands the same port out twice. `e2e/lib.sh`'s `free_port` (the control
+//! plane's ports) takes its own window, 10000–19999, so the two never
+//! race. When the ephemeral range overlaps both windows the OS picks, as
+//! before (tests/ports.rs fails then, to say so).
 //!
 //! std only: the benches include this file with `#[path]`.
 
@@ -21,8 +22,8 @@ use std::net::TcpListener;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The window tried first, and those tried when the ephemeral range
-/// overlaps it; `[start, end)`.
+/// The windows, in the order tried (the first the ephemeral range does not
+/// overlap is used); `[start, end)`.
 const WINDOWS: [(u16, u16); 2] = [(20000, 30000), (61000, 65535)];
 
 /// A TCP port on 127.0.0.1 that nothing had bound when this returned, from

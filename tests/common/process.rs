@@ -6,9 +6,10 @@
 //! picked before the child binds it (ports.rs keeps the OS from handing it
 //! to an outgoing connection, but a process binding by number may still
 //! take it in between), and then a connect or a `/readyz` on that port
-//! would reach the other process. latchkey logs `auth server listening` with `addr=…` only
-//! after its bind succeeded; [`LoggedChild::wait_serving`] waits for that
-//! line (the child still alive) before it polls `/readyz`.
+//! would reach the other process. latchkey logs `auth server listening`
+//! with `addr=…` only after its bind succeeded;
+//! [`LoggedChild::wait_serving`] waits for that line (the child still
+//! alive) before it polls `/readyz`.
 //!
 //! std only: benches/auth includes this file with `#[path]`.
 
